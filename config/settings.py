@@ -1,0 +1,189 @@
+"""Settings, all read from the environment (12-factor) in this one module.
+
+With nothing set, the project runs as a zero-setup quickstart: SQLite and a server-free
+filesystem broker under ./var/, emails printed to the console. Production sets the URLs.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("SIGNUP_VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = "django-insecure-quickstart-key-do-not-use-in-production"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+_site = urlsplit(SITE_URL)
+CSRF_TRUSTED_ORIGINS = env.list(
+    "CSRF_TRUSTED_ORIGINS", default=[f"{_site.scheme}://{_site.netloc}"]
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "anymail",
+    "signup",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The quickstart runs web, worker and beat against one file: wait for locks, don't fail.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _site.scheme == "https"
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Email ------------------------------------------------------------------------------
+# EMAIL_URL picks a backend by URL (smtp://, consolemail://, ...); EMAIL_BACKEND, when set,
+# names any backend instead (an anymail ESP such as anymail.backends.postmark.EmailBackend).
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+if env.str("EMAIL_BACKEND", default=""):
+    EMAIL_BACKEND = env.str("EMAIL_BACKEND")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Signup <no-reply@example.com>")
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=20)
+# Every ANYMAIL_<NAME> variable becomes ANYMAIL["<NAME>"] (API keys, WEBHOOK_SECRET, ...).
+ANYMAIL = {
+    name.removeprefix("ANYMAIL_"): value
+    for name, value in os.environ.items()
+    if name.startswith("ANYMAIL_")
+}
+
+# --- The signup workflow (intervals in seconds) ------------------------------------------
+SIGNUP_REMINDER_INTERVAL = env.int("SIGNUP_REMINDER_INTERVAL", default=24 * 3600)
+SIGNUP_EXPIRES_AFTER = env.int("SIGNUP_EXPIRES_AFTER", default=7 * 24 * 3600)
+SIGNUP_MAX_REMINDERS = env.int("SIGNUP_MAX_REMINDERS", default=6)
+SIGNUP_SWEEP_INTERVAL = env.int("SIGNUP_SWEEP_INTERVAL", default=60)
+# A pending signup whose next reminder is this late lost its countdown task: the sweeper
+# re-enqueues it. Likewise an email left unsent this long after it was (re-)enqueued.
+SIGNUP_REMINDER_GRACE = env.int("SIGNUP_REMINDER_GRACE", default=10)
+SIGNUP_EMAIL_REDRIVE_AFTER = env.int("SIGNUP_EMAIL_REDRIVE_AFTER", default=120)
+SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
+# How many verification emails one address may ask for per hour on the resend page.
+SIGNUP_RESENDS_PER_HOUR = env.int("SIGNUP_RESENDS_PER_HOUR", default=3)
+for _name in ("SIGNUP_REMINDER_INTERVAL", "SIGNUP_EXPIRES_AFTER", "SIGNUP_SWEEP_INTERVAL"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
+
+# --- Celery -----------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A Redis broker hands a countdown task to a worker at once and redelivers it if it is not
+# acknowledged within the visibility timeout; it must outlast the longest countdown the
+# workflow uses (a reminder interval, or the wait until expiry), or a long countdown would be
+# delivered twice. Tasks lost to a killed worker are repaired by the sweeper, not by this.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": max(SIGNUP_REMINDER_INTERVAL, SIGNUP_EXPIRES_AFTER) + 3600,
+}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    _broker_dir.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            "data_folder_in": str(_broker_dir),
+            "data_folder_out": str(_broker_dir),
+            "control_folder": str(_broker_dir / "control"),
+            "store_processed": False,
+        }
+    )
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True  # nothing reads results: the database holds the outcome
+CELERY_RESULT_BACKEND = None
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "sweep-signups": {
+        "task": "signup.tasks.sweep",
+        "schedule": float(SIGNUP_SWEEP_INTERVAL),
+        "options": {"expires": float(SIGNUP_SWEEP_INTERVAL)},
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "signup": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    },
+}

@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from signup import api
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="signup:form", permanent=False)),
+    path("signup/", include("signup.urls")),
+    path("api/", include(api.urlpatterns)),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,155 @@
+"""The server-to-server JSON API: create a signup, read its status, verify by token.
+
+Every call needs `Authorization: Bearer $SIGNUP_API_KEY`. Errors are JSON with a message
+(and field errors where a field is at fault); bad input never gets a 500.
+"""
+
+import json
+from functools import wraps
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.urls import path
+from django.utils.crypto import constant_time_compare
+from django.views.decorators.csrf import csrf_exempt
+
+from signup import selectors, tokens, workflow
+from signup.forms import SignupForm
+from signup.models import Signup
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+def _error(status: int, message: str, **extra) -> JsonResponse:
+    return JsonResponse({"message": message, **extra}, status=status)
+
+
+def api_view(*methods: str):
+    """Wrap a view with bearer-key auth, the allowed methods and JSON body parsing."""
+
+    def decorate(view):
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if not settings.SIGNUP_API_KEY:
+                return _error(403, "The API is disabled: no SIGNUP_API_KEY is configured.")
+            scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not key.strip():
+                response = _error(401, "Send the API key as 'Authorization: Bearer <key>'.")
+                response["WWW-Authenticate"] = 'Bearer realm="signup"'
+                return response
+            if not constant_time_compare(key.strip(), settings.SIGNUP_API_KEY):
+                return _error(403, "The API key is not valid.")
+            if request.method not in methods:
+                response = _error(405, f"Use {' or '.join(methods)}.")
+                response["Allow"] = ", ".join(methods)
+                return response
+            if request.method == "POST":
+                body = _json_body(request)
+                if isinstance(body, JsonResponse):
+                    return body
+                kwargs["body"] = body
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _json_body(request) -> dict | JsonResponse:
+    length = request.headers.get("Content-Length", "0")
+    if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        return _error(413, f"The body must be at most {MAX_BODY_BYTES} bytes of JSON.")
+    try:
+        body = json.loads(request.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return _error(400, "The body must be a JSON object (UTF-8).")
+    if not isinstance(body, dict):
+        return _error(400, "The body must be a JSON object.")
+    return body
+
+
+def _field_errors(body: dict, allowed: set[str]) -> dict[str, list[str]]:
+    errors = {name: ["Unknown field."] for name in body if name not in allowed}
+    for name, value in body.items():
+        if name in allowed and not isinstance(value, str):
+            errors[name] = ["Must be a string."]
+    return errors
+
+
+def signup_json(signup: Signup) -> dict:
+    return {
+        "username": signup.username,
+        "status": signup.status,
+        "reminders_sent": signup.reminders_sent,
+        "verified_source": signup.verified_source or None,
+        "created_at": signup.created_at.isoformat(),
+        "verified_at": signup.verified_at.isoformat() if signup.verified_at else None,
+        "expires_at": signup.expires_at.isoformat(),
+    }
+
+
+@api_view("POST")
+def create_signup(request, body):
+    errors = _field_errors(body, set(SignupForm.base_fields))
+    if errors:
+        return _error(400, "Some fields are not valid.", errors=errors)
+    form = SignupForm(body)
+    if not form.is_valid():
+        errors = {
+            name: [error["message"] for error in field_errors]
+            for name, field_errors in form.errors.get_json_data().items()
+        }
+        return _error(400, "Some fields are not valid.", errors=errors)
+    try:
+        signup = workflow.start_signup(**form.cleaned_data)
+    except workflow.UsernameTaken:
+        return _error(409, f"The username {form.cleaned_data['username']!r} is already taken.")
+    return JsonResponse(signup_json(signup), status=201)
+
+
+@api_view("GET")
+def read_signup(request, username):
+    signup = selectors.signup_by_username(username) if len(username) <= 150 else None
+    if signup is None:
+        return _error(404, "No signup has this username.")
+    return JsonResponse(signup_json(signup))
+
+
+@api_view("POST")
+def verify_signup(request, body):
+    errors = _field_errors(body, {"token", "source"})
+    errors.update({name: ["This field is required."] for name in ("token",) if name not in body})
+    if errors:
+        return _error(400, "Some fields are not valid.", errors=errors)
+    source = body.get("source", "api")
+    if not tokens.is_valid_source(source):
+        return _error(
+            400,
+            "Some fields are not valid.",
+            errors={"source": ["Use verification, reminder-<n>, operator or api."]},
+        )
+    try:
+        result = workflow.verify_signup(token=body["token"], source=source)
+    except tokens.ExpiredToken:
+        return _error(410, "This verification link has expired.")
+    except tokens.InvalidToken:
+        return _error(
+            400,
+            "This verification token is not valid.",
+            errors={"token": ["Not a valid verification token."]},
+        )
+    except workflow.SignupClosed as closed:
+        return _error(
+            410,
+            f"This signup is {closed.status}; it can no longer be verified.",
+            status=closed.status,
+        )
+    return JsonResponse({"result": result.message, "username": result.signup.username})
+
+
+urlpatterns = [
+    path("signups", create_signup, name="api-signup-create"),
+    path("signups/verify", verify_signup, name="api-signup-verify"),
+    path("signups/<str:username>", read_signup, name="api-signup-read"),
+]

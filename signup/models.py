@@ -1,0 +1,153 @@
+"""The records: a signup, its event timeline and the outbound-email ledger.
+
+The fields here only hold state; every change to them is made by signup.workflow.
+"""
+
+from django.db import models
+from django.db.models.functions import Lower
+
+USERNAME_MAX_LENGTH = 30
+NAME_MAX_LENGTH = 100
+
+
+class Signup(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        VERIFIED = "verified", "Verified"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+        UNDELIVERABLE = "undeliverable", "Undeliverable"
+
+    # A username is taken while one of its signups is in one of these states.
+    HOLDING_STATUSES = (Status.PENDING, Status.VERIFIED)
+
+    username = models.CharField(max_length=USERNAME_MAX_LENGTH)
+    email = models.EmailField()
+    first_name = models.CharField(max_length=NAME_MAX_LENGTH)
+    last_name = models.CharField(max_length=NAME_MAX_LENGTH, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    reminders_sent = models.PositiveSmallIntegerField(default=0)
+    next_reminder_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_source = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                Lower("username"),
+                condition=models.Q(status__in=["pending", "verified"]),
+                name="signup_username_taken_once",
+                violation_error_message="This username is already taken.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    status__in=["pending", "verified", "expired", "cancelled", "undeliverable"]
+                ),
+                name="signup_status_known",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status="verified", verified_at__isnull=False)
+                | ~models.Q(status="verified"),
+                name="signup_verified_has_time",
+            ),
+        ]
+        indexes = [
+            # What the sweeper scans: pending signups by due time.
+            models.Index(
+                fields=["next_reminder_at"],
+                condition=models.Q(status="pending"),
+                name="signup_pending_reminder_idx",
+            ),
+            models.Index(
+                fields=["expires_at"],
+                condition=models.Q(status="pending"),
+                name="signup_pending_expiry_idx",
+            ),
+            models.Index(Lower("username"), name="signup_username_lower_idx"),
+            models.Index(Lower("email"), name="signup_email_lower_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} ({self.status})"
+
+
+class SignupEvent(models.Model):
+    """One line of a signup's timeline."""
+
+    class Kind(models.TextChoices):
+        SUBMITTED = "submitted", "Submitted"
+        VERIFICATION_SENT = "verification_sent", "Verification email sent"
+        VERIFICATION_REQUESTED = "verification_requested", "Verification email requested again"
+        REMINDER_SENT = "reminder_sent", "Reminder sent"
+        VERIFIED = "verified", "Verified"
+        WELCOME_SENT = "welcome_sent", "Welcome email sent"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+        UNDELIVERABLE = "undeliverable", "Marked undeliverable"
+        EMAIL_FAILED = "email_failed", "Email failed"
+        EMAIL_SKIPPED = "email_skipped", "Email not sent (signup moved on)"
+        CHAIN_REPAIRED = "chain_repaired", "Lost reminder re-enqueued by the sweeper"
+        EMAIL_REDRIVEN = "email_redriven", "Stuck email re-enqueued"
+
+    signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    number = models.PositiveSmallIntegerField(null=True, blank=True)
+    detail = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["signup", "created_at"], name="event_signup_time_idx")]
+
+    def __str__(self) -> str:
+        suffix = f" {self.number}" if self.number is not None else ""
+        return f"{self.get_kind_display()}{suffix}"
+
+
+class OutboundEmail(models.Model):
+    """The ledger: one row per email the workflow means to send, so each is sent once."""
+
+    class Kind(models.TextChoices):
+        VERIFICATION = "verification", "Verification"
+        REMINDER = "reminder", "Reminder"
+        WELCOME = "welcome", "Welcome"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="emails")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    sequence = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    to_email = models.EmailField()
+    attempts = models.PositiveSmallIntegerField(default=0)
+    provider_message_id = models.CharField(max_length=255, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["signup", "kind", "sequence"], name="email_once_per_kind_and_sequence"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["enqueued_at"],
+                condition=models.Q(status__in=["queued", "sending"]),
+                name="email_unsent_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.sequence} to {self.to_email} ({self.status})"

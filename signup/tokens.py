@@ -1,0 +1,61 @@
+"""Signed, expiring verification links.
+
+A token names one signup record (its id and creation time) and is signed with SECRET_KEY
+through django.core.signing, so it cannot be forged or pointed at another record; it stops
+working after SIGNUP_EXPIRES_AFTER. The state checks (already verified, expired) are the
+workflow's, so a used link can still say what happened.
+"""
+
+import re
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core import signing
+from django.urls import reverse
+
+SALT = "signup.verify"
+# Which email a link came from: the verification email, reminder n, or an operator/API call.
+SOURCE_PATTERN = re.compile(r"\A(verification|reminder-[1-9][0-9]{0,2}|operator|api)\Z")
+TOKEN_MAX_LENGTH = 200
+
+
+class InvalidToken(Exception):
+    """The token was tampered with, malformed or made for another site."""
+
+
+class ExpiredToken(InvalidToken):
+    """The token was genuine but is older than SIGNUP_EXPIRES_AFTER."""
+
+
+def make_token(signup) -> str:
+    """Return a token that verifies this signup until it expires."""
+    return signing.dumps([signup.pk, int(signup.created_at.timestamp())], salt=SALT)
+
+
+def read_token(token: str) -> tuple[int, int]:
+    """Return (signup id, creation timestamp) from a token, or raise InvalidToken."""
+    if not isinstance(token, str) or not token or len(token) > TOKEN_MAX_LENGTH:
+        raise InvalidToken("malformed token")
+    try:
+        value = signing.loads(token, salt=SALT, max_age=settings.SIGNUP_EXPIRES_AFTER)
+    except signing.SignatureExpired as exc:
+        raise ExpiredToken("token expired") from exc
+    except (signing.BadSignature, ValueError) as exc:
+        raise InvalidToken("bad signature") from exc
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(part, int) and not isinstance(part, bool) for part in value)
+    ):
+        raise InvalidToken("unexpected payload")
+    return value[0], value[1]
+
+
+def is_valid_source(source: object) -> bool:
+    return isinstance(source, str) and bool(SOURCE_PATTERN.match(source))
+
+
+def verification_url(signup, *, source: str) -> str:
+    """Return the absolute link to put in an email, built from SITE_URL."""
+    path = reverse("signup:verify", kwargs={"token": make_token(signup)})
+    return f"{settings.SITE_URL}{path}?{urlencode({'source': source})}"

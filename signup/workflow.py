@@ -1,0 +1,465 @@
+"""The signup workflow: every rule and transition of a signup's life, in one module.
+
+pending -> verified | expired | cancelled | undeliverable; only a pending signup moves.
+Each function is one transaction that locks the signup row, is safe to call twice, and
+enqueues follow-up work only after it commits. Views, the API, admin actions, tasks and
+webhooks call these functions and never change a signup themselves.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from signup import emails, tasks, tokens
+from signup.models import OutboundEmail, Signup, SignupEvent
+
+logger = logging.getLogger(__name__)
+
+Status = Signup.Status
+Event = SignupEvent.Kind
+EmailKind = OutboundEmail.Kind
+EmailStatus = OutboundEmail.Status
+
+# An email delivery that has not finished after this many attempts is dead-lettered.
+MAX_EMAIL_ATTEMPTS = 10
+
+
+class UsernameTaken(Exception):
+    """A pending or verified signup already holds this username."""
+
+
+class SignupClosed(Exception):
+    """The signup is no longer pending (expired, cancelled or undeliverable)."""
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    signup: Signup
+    already_verified: bool
+
+    @property
+    def message(self) -> str:
+        return "already verified" if self.already_verified else "done"
+
+
+# --- Starting ----------------------------------------------------------------------------
+
+
+def start_signup(*, username: str, email: str, first_name: str, last_name: str = "") -> Signup:
+    """Record a new pending signup and, once committed, send its verification email.
+
+    Raise UsernameTaken if a pending or verified signup holds the username (in any case).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        if _username_is_taken(username):
+            raise UsernameTaken(username)
+        try:
+            # The savepoint turns a lost race for the username into UsernameTaken, not a
+            # broken outer transaction.
+            with transaction.atomic():
+                signup = Signup.objects.create(
+                    username=username,
+                    email=email,
+                    first_name=first_name,
+                    last_name=last_name,
+                    expires_at=now + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER),
+                )
+        except IntegrityError as exc:
+            raise UsernameTaken(username) from exc
+        _log(signup, Event.SUBMITTED)
+        _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+        _plan_next_step(signup, now=now)
+        signup.save(update_fields=["next_reminder_at", "updated_at"])
+    return signup
+
+
+def _username_is_taken(username: str) -> bool:
+    return Signup.objects.filter(
+        username__iexact=username, status__in=Signup.HOLDING_STATUSES
+    ).exists()
+
+
+# --- Reminders and expiry ----------------------------------------------------------------
+
+
+def send_reminder(*, signup_id: int, number: int) -> bool:
+    """Queue reminder `number` and plan the next step; return False if the task is stale.
+
+    A reminder task is acted on only while the signup is pending and `number` is the next
+    reminder due, so late, duplicated and superseded tasks are dropped here.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return _drop("reminder", signup_id, number, "signup is not pending")
+        if signup.reminders_sent != number - 1:
+            return _drop("reminder", signup_id, number, f"{signup.reminders_sent} already sent")
+        if signup.expires_at <= now:
+            _expire(signup)
+            return False
+        if number > settings.SIGNUP_MAX_REMINDERS:
+            return _drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
+        signup.reminders_sent = number
+        _queue_email(signup, EmailKind.REMINDER, sequence=number)
+        _plan_next_step(signup, now=now)
+        signup.save(update_fields=["reminders_sent", "next_reminder_at", "updated_at"])
+    return True
+
+
+def expire_signup(*, signup_id: int) -> bool:
+    """Expire a pending signup whose time is up; return whether it changed."""
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return False
+        if signup.expires_at > timezone.now():
+            return _drop("expiry", signup_id, None, "not due yet")
+        _expire(signup)
+    return True
+
+
+def _expire(signup: Signup) -> None:
+    _close(signup, Status.EXPIRED, Event.EXPIRED)
+
+
+def _plan_next_step(signup: Signup, *, now) -> None:
+    """Set next_reminder_at and, after commit, schedule the task that will act then.
+
+    This is the self-rescheduling chain: each reminder schedules the next with a countdown,
+    and the last one schedules the expiry. The sweeper repairs a chain whose task was lost.
+    """
+    interval = timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL)
+    next_reminder_at = now + interval
+    signup_id = signup.pk
+    if (
+        signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
+        and next_reminder_at < signup.expires_at
+    ):
+        signup.next_reminder_at = next_reminder_at
+        number = signup.reminders_sent + 1
+        transaction.on_commit(
+            lambda: tasks.send_reminder.apply_async(
+                (signup_id, number), countdown=interval.total_seconds()
+            )
+        )
+    else:
+        signup.next_reminder_at = None
+        countdown = max((signup.expires_at - now).total_seconds(), 0)
+        transaction.on_commit(
+            lambda: tasks.expire_signup.apply_async((signup_id,), countdown=countdown)
+        )
+
+
+# --- Verification ------------------------------------------------------------------------
+
+
+def verify_signup(*, token: str, source: str) -> VerifyResult:
+    """Verify the signup a link's token names, crediting `source` (which email it came from).
+
+    Raise tokens.InvalidToken (or ExpiredToken) for a bad link, SignupClosed if the signup
+    expired or was cancelled. Verifying twice answers already_verified and sends nothing.
+    """
+    if not tokens.is_valid_source(source):
+        raise tokens.InvalidToken("unknown source")
+    signup_id, created_ts = tokens.read_token(token)
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or int(signup.created_at.timestamp()) != created_ts:
+            raise tokens.InvalidToken("no such signup")
+        if not _expire_if_due(signup):
+            return _verify(signup, source=source)
+    raise SignupClosed(Status.EXPIRED)  # after the expiry above has committed
+
+
+def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
+    """Mark a pending signup verified on an operator's word (source "operator")."""
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None:
+            raise Signup.DoesNotExist(signup_id)
+        if not _expire_if_due(signup):
+            return _verify(signup, source="operator")
+    raise SignupClosed(Status.EXPIRED)
+
+
+def _expire_if_due(signup: Signup) -> bool:
+    if signup.status == Status.PENDING and signup.expires_at <= timezone.now():
+        _expire(signup)
+        return True
+    return False
+
+
+def _verify(signup: Signup, *, source: str) -> VerifyResult:
+    if signup.status == Status.VERIFIED:
+        return VerifyResult(signup, already_verified=True)
+    if signup.status != Status.PENDING:
+        raise SignupClosed(signup.status)
+    signup.status = Status.VERIFIED
+    signup.verified_at = timezone.now()
+    signup.verified_source = source
+    signup.next_reminder_at = None
+    signup.save(
+        update_fields=["status", "verified_at", "verified_source", "next_reminder_at", "updated_at"]
+    )
+    _log(signup, Event.VERIFIED, detail=f"source: {source}")
+    _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
+    _queue_email(signup, EmailKind.WELCOME, sequence=1)
+    return VerifyResult(signup, already_verified=False)
+
+
+# --- Resending the verification email ----------------------------------------------------
+
+
+def request_verification_email(*, email: str) -> int:
+    """Send a fresh verification email to each pending signup of this address.
+
+    Limited to SIGNUP_RESENDS_PER_HOUR verification emails per address, counted from the
+    ledger; return how many were queued (0 when none is pending or the limit is reached).
+    """
+    since = timezone.now() - timedelta(hours=1)
+    recent = OutboundEmail.objects.filter(
+        kind=EmailKind.VERIFICATION, to_email__iexact=email, created_at__gte=since
+    ).count()
+    budget = max(settings.SIGNUP_RESENDS_PER_HOUR - recent, 0)
+    pending_ids = list(
+        Signup.objects.filter(email__iexact=email, status=Status.PENDING)
+        .order_by("id")
+        .values_list("id", flat=True)[:budget]
+    )
+    return sum(resend_verification(signup_id=signup_id) for signup_id in pending_ids)
+
+
+def resend_verification(*, signup_id: int) -> bool:
+    """Queue another verification email for a pending signup; return whether one was queued."""
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return False
+        last = signup.emails.filter(kind=EmailKind.VERIFICATION).order_by("-sequence").first()
+        sequence = last.sequence + 1 if last else 1
+        _log(signup, Event.VERIFICATION_REQUESTED, number=sequence)
+        _queue_email(signup, EmailKind.VERIFICATION, sequence=sequence)
+    return True
+
+
+# --- Cancelling and undeliverable addresses ----------------------------------------------
+
+
+def cancel_signup(*, signup_id: int, reason: str = "") -> bool:
+    """Cancel a pending signup (an operator's decision); its username is free again."""
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return False
+        _close(signup, Status.CANCELLED, Event.CANCELLED, detail=reason)
+    return True
+
+
+def mark_undeliverable(*, signup_id: int, reason: str) -> bool:
+    """Stop a pending signup whose address bounced hard or complained."""
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return False
+        _close(signup, Status.UNDELIVERABLE, Event.UNDELIVERABLE, detail=reason)
+    return True
+
+
+def _close(signup: Signup, status: str, event: str, detail: str = "") -> None:
+    signup.status = status
+    signup.next_reminder_at = None
+    signup.save(update_fields=["status", "next_reminder_at", "updated_at"])
+    _log(signup, event, detail=detail)
+    _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
+
+
+# --- Sending emails through the ledger ---------------------------------------------------
+
+# Which emails still make sense in which state: no reminder after verification, no welcome
+# without it.
+_WANTED_WHILE = {
+    EmailKind.VERIFICATION: Status.PENDING,
+    EmailKind.REMINDER: Status.PENDING,
+    EmailKind.WELCOME: Status.VERIFIED,
+}
+_SENT_EVENT = {
+    EmailKind.VERIFICATION: Event.VERIFICATION_SENT,
+    EmailKind.REMINDER: Event.REMINDER_SENT,
+    EmailKind.WELCOME: Event.WELCOME_SENT,
+}
+
+
+def deliver_email(*, email_id: int) -> bool:
+    """Send one ledger email unless it was sent already or is no longer wanted.
+
+    Return whether it was sent now. Provider errors propagate to the caller (the task's retry
+    policy); the row stays "sending" so a later attempt or the sweeper finishes the job.
+    The signup row stays locked while the provider is called, so a verify that commits after
+    a reminder was checked still waits for that reminder to be recorded: no reminder is sent
+    after a verification commits.
+    """
+    with transaction.atomic():
+        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        if email is None or email.status not in (EmailStatus.QUEUED, EmailStatus.SENDING):
+            return False
+        if email.attempts >= MAX_EMAIL_ATTEMPTS:
+            _fail(email, f"gave up after {email.attempts} attempts")
+            return False
+        email.status = EmailStatus.SENDING
+        email.attempts += 1
+        email.save(update_fields=["status", "attempts", "updated_at"])
+
+    with transaction.atomic():
+        signup = _lock(email.signup_id)
+        email = OutboundEmail.objects.select_for_update().get(pk=email_id)
+        if email.status != EmailStatus.SENDING:
+            return False  # a concurrent delivery finished it while we waited for the lock
+        if signup.status != _WANTED_WHILE[email.kind]:
+            email.status = EmailStatus.SKIPPED
+            email.save(update_fields=["status", "updated_at"])
+            return False
+        email.provider_message_id = emails.send(email, signup)
+        email.status = EmailStatus.SENT
+        email.sent_at = timezone.now()
+        email.last_error = ""
+        email.save(
+            update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
+        )
+        number = email.sequence if email.kind == EmailKind.REMINDER else None
+        _log(signup, _SENT_EVENT[email.kind], number=number, detail=email.to_email)
+    return True
+
+
+def record_email_error(*, email_id: int, error: str, retry_in: float) -> None:
+    """Note a failed attempt that will be retried in `retry_in` seconds."""
+    OutboundEmail.objects.filter(pk=email_id, status=EmailStatus.SENDING).update(
+        last_error=error[:2000],
+        enqueued_at=timezone.now() + timedelta(seconds=retry_in),
+        updated_at=timezone.now(),
+    )
+
+
+def record_email_failure(*, email_id: int, error: str) -> None:
+    """Dead-letter an email whose provider refused it for good or whose retries ran out."""
+    with transaction.atomic():
+        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        if email is not None and email.status in (EmailStatus.QUEUED, EmailStatus.SENDING):
+            _fail(email, error)
+
+
+def _fail(email: OutboundEmail, error: str) -> None:
+    email.status = EmailStatus.FAILED
+    email.last_error = error[:2000]
+    email.save(update_fields=["status", "last_error", "updated_at"])
+    number = email.sequence if email.kind == EmailKind.REMINDER else None
+    _log_for(
+        email.signup_id, Event.EMAIL_FAILED, number=number, detail=f"{email.kind}: {error}"[:500]
+    )
+    logger.error("email %s (%s #%s) failed: %s", email.pk, email.kind, email.sequence, error)
+
+
+def _queue_email(signup: Signup, kind: str, *, sequence: int) -> OutboundEmail:
+    email, created = OutboundEmail.objects.get_or_create(
+        signup=signup,
+        kind=kind,
+        sequence=sequence,
+        defaults={"to_email": signup.email, "enqueued_at": timezone.now()},
+    )
+    if created:
+        transaction.on_commit(lambda: tasks.deliver_email.delay(email.pk))
+    return email
+
+
+def _skip_unsent(signup: Signup, *, kinds) -> None:
+    signup.emails.filter(kind__in=kinds, status=EmailStatus.QUEUED).update(
+        status=EmailStatus.SKIPPED, updated_at=timezone.now()
+    )
+
+
+# --- The sweeper -------------------------------------------------------------------------
+
+
+def sweep(*, batch_size: int = 1000) -> dict[str, int]:
+    """Expire overdue signups and re-enqueue work whose task was lost.
+
+    The database is the source of truth and the countdown chain the fast path: a pending
+    signup whose next reminder is overdue by more than SIGNUP_REMINDER_GRACE lost its task
+    (broker restart or flush, killed worker), and so did an email stuck unsent for longer
+    than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped by the reminder
+    sequence check and the email ledger.
+    """
+    now = timezone.now()
+    counts = {"expired": 0, "reminders_requeued": 0, "emails_requeued": 0}
+
+    overdue = Signup.objects.filter(status=Status.PENDING, expires_at__lte=now)
+    for signup_id in overdue.values_list("id", flat=True)[:batch_size]:
+        counts["expired"] += expire_signup(signup_id=signup_id)
+
+    late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE)
+    lost_reminders = Signup.objects.filter(
+        status=Status.PENDING, next_reminder_at__lte=late, expires_at__gt=now
+    ).values_list("id", "reminders_sent")
+    for signup_id, reminders_sent in lost_reminders[:batch_size]:
+        tasks.send_reminder.delay(signup_id, reminders_sent + 1)
+        counts["reminders_requeued"] += 1
+
+    stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
+    stuck = OutboundEmail.objects.filter(
+        Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
+        status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
+    )
+    stuck_ids = list(stuck.values_list("id", flat=True)[:batch_size])
+    OutboundEmail.objects.filter(pk__in=stuck_ids).update(enqueued_at=now)
+    for email_id in stuck_ids:
+        tasks.deliver_email.delay(email_id)
+    counts["emails_requeued"] = len(stuck_ids)
+
+    if any(counts.values()):
+        logger.info("sweep: %s", counts)
+    return counts
+
+
+def redrive_email(*, email_id: int) -> bool:
+    """Give a failed email another round of attempts (an operator's re-drive)."""
+    with transaction.atomic():
+        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        if email is None or email.status != EmailStatus.FAILED:
+            return False
+        email.status = EmailStatus.QUEUED
+        email.attempts = 0
+        email.enqueued_at = timezone.now()
+        email.save(update_fields=["status", "attempts", "enqueued_at", "updated_at"])
+        _log_for(email.signup_id, Event.EMAIL_REDRIVEN, detail=f"{email.kind} #{email.sequence}")
+        transaction.on_commit(lambda: tasks.deliver_email.delay(email_id))
+    return True
+
+
+# --- Helpers -----------------------------------------------------------------------------
+
+
+def _lock(signup_id: int) -> Signup | None:
+    return Signup.objects.select_for_update().filter(pk=signup_id).first()
+
+
+def _log(signup: Signup, kind: str, *, number: int | None = None, detail: str = "") -> None:
+    _log_for(signup.pk, kind, number=number, detail=detail)
+
+
+def _log_for(signup_id: int, kind: str, *, number: int | None = None, detail: str = "") -> None:
+    SignupEvent.objects.create(signup_id=signup_id, kind=kind, number=number, detail=detail)
+
+
+def _drop(what: str, signup_id: int, number: int | None, why: str) -> bool:
+    logger.info("dropped stale %s task: signup %s, number %s (%s)", what, signup_id, number, why)
+    return False
