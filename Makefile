@@ -19,8 +19,13 @@ migrate: install
 run: migrate
 	FLOWER_BASIC_AUTH=$${FLOWER_BASIC_AUTH:-admin:admin} PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start
 
-test: install  ## needs PostgreSQL and Redis (see README); headless Chromium for the browser tests
-	$(BIN)/pytest
+# The tests run against PostgreSQL and Redis on their usual local ports (see README).
+TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/signup} \
+	CELERY_BROKER_URL=$${TEST_BROKER_URL:-redis://127.0.0.1:6379/15} CONN_MAX_AGE=0 DEBUG=false \
+	SECRET_KEY=test-secret-key-not-for-production ALLOWED_HOSTS=testserver,localhost,127.0.0.1
+
+test: install
+	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,57 @@
+"""Helpers for the tests: waiting on real processes, reading the emails they sent."""
+
+import re
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.core import mail
+
+API_KEY = "test-api-key-0123456789"
+
+
+def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message: str = ""):
+    """Poll until predicate() is truthy and return its value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+def sent_to(address: str, subject_word: str = "") -> list:
+    """The emails in the outbox to this address whose subject contains subject_word."""
+    return [m for m in list(mail.outbox) if address in m.to and subject_word in m.subject]
+
+
+def wait_for_emails(address: str, subject_word: str, count: int = 1, timeout: float = 15):
+    return wait_for(
+        lambda: (found := sent_to(address, subject_word)) and len(found) >= count and found,
+        timeout=timeout,
+        message=f"{count} email(s) with {subject_word!r} to {address}",
+    )
+
+
+_LINK = re.compile(r"https?://\S+/signup/verify/[^\s\"<>]+")
+
+
+def verify_link(message) -> tuple[str, str, str]:
+    """Return (path, token, source) of the verification link in an email's text body."""
+    url = _LINK.search(message.body).group(0)
+    parts = urlsplit(url)
+    token = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    return parts.path, token, parse_qs(parts.query)["source"][0]
+
+
+def signup_data(**overrides) -> dict:
+    data = {
+        "username": "alice",
+        "email": "alice@example.com",
+        "first_name": "Alice",
+        "last_name": "Liddell",
+    }
+    data.update(overrides)
+    return data

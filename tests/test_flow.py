@@ -1,0 +1,153 @@
+"""The whole workflow through a real Celery worker consuming the Redis broker."""
+
+import time
+
+import pytest
+from django.core import mail
+from django.db import transaction
+
+from signup import tasks, workflow
+from signup.models import OutboundEmail, Signup, SignupEvent
+from tests.helpers import sent_to, signup_data, verify_link, wait_for, wait_for_emails
+
+
+def _status(username: str) -> str:
+    return Signup.objects.filter(username=username).order_by("-id").first().status
+
+
+def test_happy_path_signup_verify_welcome(worker, api, client):
+    response = api.post("/api/signups", signup_data())
+    assert response.status_code == 201, response.content
+
+    (verification,) = wait_for_emails("alice@example.com", "Verify")
+    assert verification.alternatives[0][1] == "text/html"
+    path, token, source = verify_link(verification)
+    assert source == "verification"
+
+    page = client.get(f"{path}?source={source}")
+    assert page.status_code == 200
+    assert b"Verify my account" in page.content
+    assert _status("alice") == "pending"  # a GET never verifies
+
+    page = client.post(path, {"source": source})
+    assert page.status_code == 200
+    assert b"verified" in page.content
+
+    (welcome,) = wait_for_emails("alice@example.com", "Welcome")
+    assert "alice" in welcome.body
+    signup = Signup.objects.get(username="alice")
+    assert signup.status == "verified"
+    assert signup.verified_source == "verification"
+    kinds = list(signup.events.values_list("kind", flat=True))
+    assert kinds == ["submitted", "verification_sent", "verified", "welcome_sent"]
+
+
+def test_reminders_reschedule_themselves_at_the_interval(worker, settings):
+    settings.SIGNUP_REMINDER_INTERVAL = 1
+    settings.SIGNUP_MAX_REMINDERS = 3
+    workflow.start_signup(**signup_data())
+
+    reminders = wait_for_emails("alice@example.com", "Reminder", count=3, timeout=20)
+    time.sleep(1.5)  # a fourth would be due by now
+    assert len(sent_to("alice@example.com", "Reminder")) == 3
+    assert [verify_link(m)[2] for m in reminders] == ["reminder-1", "reminder-2", "reminder-3"]
+    sent_times = list(
+        SignupEvent.objects.filter(kind="reminder_sent").values_list("created_at", flat=True)
+    )
+    gaps = [(b - a).total_seconds() for a, b in zip(sent_times, sent_times[1:], strict=False)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    assert Signup.objects.get().reminders_sent == 3
+
+
+def test_verify_stops_reminders(worker, settings, client):
+    settings.SIGNUP_REMINDER_INTERVAL = 1
+    settings.SIGNUP_MAX_REMINDERS = 10
+    workflow.start_signup(**signup_data())
+    (reminder,) = wait_for_emails("alice@example.com", "Reminder", timeout=10)[:1]
+    path, _, source = verify_link(reminder)
+    assert client.post(path, {"source": source}).status_code == 200
+    reminders_at_verify = len(sent_to("alice@example.com", "Reminder"))
+
+    wait_for_emails("alice@example.com", "Welcome")
+    time.sleep(2.5)  # two more intervals: no reminder may follow the verification
+    assert len(sent_to("alice@example.com", "Reminder")) == reminders_at_verify
+    assert Signup.objects.get().verified_source == source
+
+
+def test_verify_twice_welcomes_once(worker, client):
+    workflow.start_signup(**signup_data())
+    path, _, source = verify_link(wait_for_emails("alice@example.com", "Verify")[0])
+    first = client.post(path, {"source": source})
+    second = client.post(path, {"source": source})
+    assert b"re verified" in first.content
+    assert b"Already verified" in second.content
+    wait_for_emails("alice@example.com", "Welcome")
+    time.sleep(1)
+    assert len(sent_to("alice@example.com", "Welcome")) == 1
+
+
+def test_expiry_stops_reminders_and_frees_the_username(worker, settings, api):
+    settings.SIGNUP_REMINDER_INTERVAL = 1
+    settings.SIGNUP_EXPIRES_AFTER = 3
+    settings.SIGNUP_MAX_REMINDERS = 10
+    first = workflow.start_signup(**signup_data())
+    wait_for(lambda: _status("alice") == "expired", timeout=10, message="expiry")
+    reminders = len(sent_to("alice@example.com", "Reminder"))
+    assert 1 <= reminders <= 2
+    time.sleep(1.5)
+    assert len(sent_to("alice@example.com", "Reminder")) == reminders
+
+    response = api.post("/api/signups", signup_data(email="alice2@example.com"))
+    assert response.status_code == 201
+    wait_for_emails("alice2@example.com", "Verify")
+    assert Signup.objects.filter(username="alice").count() == 2
+    assert list(first.events.values_list("kind", flat=True))[-1] == "expired"
+
+
+def test_sweeper_restores_a_chain_whose_task_was_deleted(worker_factory, broker, settings):
+    settings.SIGNUP_REMINDER_INTERVAL = 1
+    settings.SIGNUP_MAX_REMINDERS = 2
+    settings.SIGNUP_EMAIL_REDRIVE_AFTER = 0
+    signup = workflow.start_signup(**signup_data())
+    # No worker yet: the verification email and reminder 1 wait in Redis. Then they are lost.
+    wait_for(lambda: broker.llen("celery") >= 2, message="two tasks queued")
+    broker.flushdb()
+    time.sleep(2.5)  # reminder 1 is now overdue by more than the grace
+
+    with worker_factory():
+        assert mail.outbox == []
+        tasks.sweep.delay()
+        wait_for_emails("alice@example.com", "Verify")
+        wait_for_emails("alice@example.com", "Reminder", count=2, timeout=10)
+        time.sleep(1.5)
+        tasks.sweep.delay()  # nothing is lost now: a second sweep sends nothing more
+        time.sleep(1)
+
+    assert len(sent_to("alice@example.com", "Verify")) == 1
+    assert len(sent_to("alice@example.com", "Reminder")) == 2
+    signup.refresh_from_db()
+    assert signup.reminders_sent == 2
+
+
+def test_rolled_back_signup_sends_nothing(worker, broker):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        workflow.start_signup(**signup_data())
+        raise RuntimeError("the caller's transaction fails after the signup")
+    time.sleep(1.5)
+    assert mail.outbox == []
+    assert not Signup.objects.exists()
+    assert broker.llen("celery") == 0
+
+
+def test_duplicated_tasks_send_each_email_once(worker, settings):
+    settings.SIGNUP_REMINDER_INTERVAL = 3600
+    signup = workflow.start_signup(**signup_data())
+    wait_for_emails("alice@example.com", "Verify")
+    verification = OutboundEmail.objects.get(kind="verification")
+    for _ in range(3):
+        tasks.deliver_email.delay(verification.pk)
+        tasks.send_reminder.delay(signup.pk, 1)
+    wait_for_emails("alice@example.com", "Reminder")
+    time.sleep(1.5)
+    assert len(sent_to("alice@example.com", "Verify")) == 1
+    assert len(sent_to("alice@example.com", "Reminder")) == 1
