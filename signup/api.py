@@ -20,8 +20,8 @@ from signup.models import Signup
 MAX_BODY_BYTES = 16 * 1024
 
 
-def _error(status: int, message: str, **extra) -> JsonResponse:
-    return JsonResponse({"message": message, **extra}, status=status)
+def _error(http_status: int, message: str, **extra) -> JsonResponse:
+    return JsonResponse({"message": message, **extra}, status=http_status)
 
 
 def api_view(*methods: str):

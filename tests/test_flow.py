@@ -1,5 +1,6 @@
 """The whole workflow through a real Celery worker consuming the Redis broker."""
 
+import itertools
 import time
 
 import pytest
@@ -21,7 +22,7 @@ def test_happy_path_signup_verify_welcome(worker, api, client):
 
     (verification,) = wait_for_emails("alice@example.com", "Verify")
     assert verification.alternatives[0][1] == "text/html"
-    path, token, source = verify_link(verification)
+    path, _token, source = verify_link(verification)
     assert source == "verification"
 
     page = client.get(f"{path}?source={source}")
@@ -54,7 +55,7 @@ def test_reminders_reschedule_themselves_at_the_interval(worker, settings):
     sent_times = list(
         SignupEvent.objects.filter(kind="reminder_sent").values_list("created_at", flat=True)
     )
-    gaps = [(b - a).total_seconds() for a, b in zip(sent_times, sent_times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(sent_times)]
     assert all(gap >= 0.9 for gap in gaps), gaps
     assert Signup.objects.get().reminders_sent == 3
 

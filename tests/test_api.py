@@ -1,0 +1,250 @@
+"""The JSON API: auth, the answers it gives, and bad input that must change nothing."""
+
+import json
+
+import pytest
+import requests
+
+from signup import tokens, workflow
+from signup.models import Signup
+from tests.helpers import API_KEY, signup_data
+
+pytestmark = pytest.mark.django_db
+
+
+# --- Auth ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (None, 401),
+        ("", 401),
+        ("Bearer", 401),
+        ("Basic dXNlcjpwYXNz", 401),
+        ("Bearer wrong-key", 403),
+        (f"Bearer {API_KEY}x", 403),
+        (f"Token {API_KEY}", 401),
+    ],
+)
+def test_api_refuses_missing_or_wrong_keys(client, header, status):
+    headers = {"Authorization": header} if header is not None else {}
+    for response in (
+        client.post(
+            "/api/signups", signup_data(), content_type="application/json", headers=headers
+        ),
+        client.get("/api/signups/alice", headers=headers),
+        client.post(
+            "/api/signups/verify", {"token": "x"}, content_type="application/json", headers=headers
+        ),
+    ):
+        assert response.status_code == status
+        assert "message" in response.json()
+    if status == 401:
+        assert response["WWW-Authenticate"].startswith("Bearer")
+    assert not Signup.objects.exists()
+
+
+def test_api_is_refused_when_no_key_is_configured(api, settings):
+    settings.SIGNUP_API_KEY = ""
+    response = api.post("/api/signups", signup_data())
+    assert response.status_code == 403
+    assert "SIGNUP_API_KEY" in response.json()["message"]
+    assert not Signup.objects.exists()
+
+
+def test_bearer_scheme_is_case_insensitive(client):
+    response = client.get("/api/signups/nobody", headers={"Authorization": f"bearer {API_KEY}"})
+    assert response.status_code == 404
+
+
+# --- Create and read ----------------------------------------------------------------------
+
+
+def test_create_answers_201_with_the_signup(api):
+    response = api.post("/api/signups", signup_data())
+    assert response.status_code == 201
+    body = response.json()
+    assert body["username"] == "alice"
+    assert body["status"] == "pending"
+    assert body["reminders_sent"] == 0
+    assert body["verified_at"] is None
+    assert Signup.objects.get().email == "alice@example.com"
+
+
+def test_duplicate_username_gets_409_in_any_case(api):
+    assert api.post("/api/signups", signup_data()).status_code == 201
+    response = api.post("/api/signups", signup_data(username="ALICE", email="b@example.com"))
+    assert response.status_code == 409
+    assert "already taken" in response.json()["message"]
+    assert Signup.objects.count() == 1
+
+
+def test_read_answers_the_status_and_404(api):
+    api.post("/api/signups", signup_data())
+    body = api.get("/api/signups/Alice").json()
+    assert set(body) == {
+        "username",
+        "status",
+        "reminders_sent",
+        "verified_source",
+        "created_at",
+        "verified_at",
+        "expires_at",
+    }
+    assert body["status"] == "pending"
+    missing = api.get("/api/signups/nobody")
+    assert missing.status_code == 404
+    assert missing.json()["message"]
+    assert api.get("/api/signups/" + "x" * 500).status_code == 404
+
+
+def test_read_shows_the_signup_holding_the_username(api):
+    old = workflow.start_signup(**signup_data())
+    workflow.cancel_signup(signup_id=old.pk)
+    api.post("/api/signups", signup_data())
+    assert api.get("/api/signups/alice").json()["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (signup_data(username=""), "username"),
+        (signup_data(username="ab"), "username"),
+        (signup_data(username="a" * 31), "username"),
+        (signup_data(username="al ice"), "username"),
+        (signup_data(username="alice\x00"), "username"),
+        (signup_data(username="<script>"), "username"),
+        (signup_data(username="verify"), "username"),
+        (signup_data(username=123), "username"),
+        (signup_data(username=None), "username"),
+        (signup_data(username=["alice"]), "username"),
+        (signup_data(email="not-an-email"), "email"),
+        (signup_data(email="alice@example.com\r\nBcc: victim@example.com"), "email"),
+        (signup_data(email="alice@example.com\nBcc:x@example.com"), "email"),
+        (signup_data(email="a" * 250 + "@example.com"), "email"),
+        (signup_data(email={"a": 1}), "email"),
+        (signup_data(first_name=""), "first_name"),
+        (signup_data(first_name="A" * 101), "first_name"),
+        (signup_data(first_name="Al\x07ice"), "first_name"),
+        (signup_data(first_name="Alice\u202e"), "first_name"),
+        (signup_data(first_name="<b>Alice</b>"), "first_name"),
+        (signup_data(last_name=True), "last_name"),
+        (signup_data(last_name="L" * 101), "last_name"),
+        ({**signup_data(), "is_admin": True}, "is_admin"),
+        ({"email": "a@example.com", "first_name": "A"}, "username"),
+    ],
+)
+def test_malformed_fields_get_400_with_the_field_named(api, body, field):
+    response = api.post("/api/signups", body)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"]
+    assert not Signup.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"not json", b"[1, 2]", b'"alice"', b"null", b"{", b"\xff\xfe{}", b"1e999999"],
+)
+def test_bodies_that_are_not_a_json_object_get_400(client, raw):
+    response = client.post(
+        "/api/signups",
+        raw,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 400
+    assert response.json()["message"]
+    assert not Signup.objects.exists()
+
+
+def test_oversize_body_gets_413(client):
+    body = json.dumps(signup_data(first_name="A" * 20000))
+    response = client.post(
+        "/api/signups",
+        body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 413
+    assert not Signup.objects.exists()
+
+
+def test_wrong_method_gets_405(api, client):
+    response = client.delete("/api/signups", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+
+
+# --- Verify -------------------------------------------------------------------------------
+
+
+def test_verify_by_token_answers_done_then_already_verified(api):
+    signup = workflow.start_signup(**signup_data())
+    token = tokens.make_token(signup)
+    first = api.post("/api/signups/verify", {"token": token, "source": "reminder-2"})
+    second = api.post("/api/signups/verify", {"token": token, "source": "verification"})
+    assert first.status_code == second.status_code == 200
+    assert first.json()["result"] == "done"
+    assert second.json()["result"] == "already verified"
+    signup.refresh_from_db()
+    assert signup.verified_source == "reminder-2"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"token": "garbage"}, 400),
+        ({"token": ""}, 400),
+        ({"token": 5}, 400),
+        ({}, 400),
+        ({"token": "x" * 5000}, 400),
+        ({"token": "{token}", "source": "newsletter"}, 400),
+        ({"token": "{token}", "source": 7}, 400),
+        ({"token": "{token}x"}, 400),
+    ],
+)
+def test_verify_with_a_bad_token_gets_4xx_and_changes_nothing(api, body, status):
+    signup = workflow.start_signup(**signup_data())
+    token = tokens.make_token(signup)
+    body = {k: v.replace("{token}", token) if isinstance(v, str) else v for k, v in body.items()}
+    response = api.post("/api/signups/verify", body)
+    assert response.status_code == status
+    assert response.json()["message"]
+    signup.refresh_from_db()
+    assert signup.status == "pending"
+
+
+def test_verify_after_expiry_gets_410(api, settings):
+    signup = workflow.start_signup(**signup_data())
+    Signup.objects.filter(pk=signup.pk).update(expires_at=signup.created_at)
+    response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
+    assert response.status_code == 410
+    signup.refresh_from_db()
+    assert signup.status == "expired"
+
+
+def test_verify_a_cancelled_signup_gets_410(api):
+    signup = workflow.start_signup(**signup_data())
+    workflow.cancel_signup(signup_id=signup.pk)
+    response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
+    assert response.status_code == 410
+    assert response.json()["status"] == "cancelled"
+
+
+# --- Over real HTTP -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_api_over_real_http(live_server, broker):
+    url = f"{live_server.url}/api/signups"
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    created = requests.post(url, json=signup_data(), headers=auth, timeout=10)
+    assert created.status_code == 201
+    assert requests.post(url, json=signup_data(), headers=auth, timeout=10).status_code == 409
+    bad = requests.post(
+        url, data=b"\x00\x01", headers={**auth, "Content-Type": "text/plain"}, timeout=10
+    )
+    assert bad.status_code == 400
+    assert requests.get(f"{url}/alice", timeout=10).status_code == 401
+    assert requests.get(f"{url}/alice", headers=auth, timeout=10).json()["status"] == "pending"

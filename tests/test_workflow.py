@@ -1,0 +1,231 @@
+"""The rules of signup/workflow.py, called directly (no worker: deliveries are called too)."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError
+from django.utils import timezone
+
+from signup import tokens, workflow
+from signup.models import OutboundEmail, Signup
+from tests.helpers import signup_data
+
+pytestmark = pytest.mark.django_db
+
+
+def _deliver_all() -> int:
+    pending = OutboundEmail.objects.filter(status="queued").values_list("id", flat=True)
+    return sum(workflow.deliver_email(email_id=i) for i in list(pending))
+
+
+def test_start_records_the_signup_its_timeline_and_its_first_email(settings):
+    settings.SIGNUP_REMINDER_INTERVAL = 600
+    before = timezone.now()
+    signup = workflow.start_signup(**signup_data())
+    assert signup.status == "pending"
+    assert signup.reminders_sent == 0
+    assert before + timedelta(seconds=600) <= signup.next_reminder_at
+    assert signup.expires_at >= before + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER)
+    assert list(signup.events.values_list("kind", flat=True)) == ["submitted"]
+    (email,) = signup.emails.all()
+    assert (email.kind, email.sequence, email.status) == ("verification", 1, "queued")
+
+
+def test_start_enqueues_only_after_commit(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        workflow.start_signup(**signup_data())
+    assert len(callbacks) == 2  # the verification email and the first reminder
+
+
+def test_username_is_unique_among_pending_and_verified_in_any_case():
+    workflow.start_signup(**signup_data())
+    with pytest.raises(workflow.UsernameTaken):
+        workflow.start_signup(**signup_data(username="ALICE"))
+    with pytest.raises(IntegrityError):  # the database holds the rule too
+        Signup.objects.create(
+            username="Alice",
+            email="a@example.com",
+            first_name="A",
+            expires_at=timezone.now(),
+        )
+
+
+def test_expired_or_cancelled_usernames_can_sign_up_again_and_keep_history():
+    first = workflow.start_signup(**signup_data())
+    workflow.cancel_signup(signup_id=first.pk, reason="test")
+    second = workflow.start_signup(**signup_data())
+    Signup.objects.filter(pk=second.pk).update(expires_at=timezone.now())
+    assert workflow.expire_signup(signup_id=second.pk)
+    third = workflow.start_signup(**signup_data())
+    assert [s.status for s in Signup.objects.order_by("id")] == [
+        "cancelled",
+        "expired",
+        "pending",
+    ]
+    assert list(first.events.values_list("kind", flat=True)) == ["submitted", "cancelled"]
+    workflow.verify_signup_by_operator(signup_id=third.pk)
+    with pytest.raises(workflow.UsernameTaken):
+        workflow.start_signup(**signup_data())
+
+
+def test_reminder_n_is_acted_on_once_and_stale_numbers_are_dropped():
+    signup = workflow.start_signup(**signup_data())
+    assert workflow.send_reminder(signup_id=signup.pk, number=2) is False  # too early
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is True
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is False  # duplicate
+    signup.refresh_from_db()
+    assert signup.reminders_sent == 1
+    assert signup.emails.filter(kind="reminder").count() == 1
+    assert workflow.send_reminder(signup_id=999_999, number=1) is False
+
+
+def test_the_last_reminder_plans_the_expiry_instead_of_another(settings):
+    settings.SIGNUP_MAX_REMINDERS = 1
+    signup = workflow.start_signup(**signup_data())
+    workflow.send_reminder(signup_id=signup.pk, number=1)
+    signup.refresh_from_db()
+    assert signup.next_reminder_at is None
+    assert workflow.send_reminder(signup_id=signup.pk, number=2) is False
+
+
+def test_a_reminder_due_after_expiry_expires_the_signup():
+    signup = workflow.start_signup(**signup_data())
+    Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now())
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is False
+    signup.refresh_from_db()
+    assert signup.status == "expired"
+    assert signup.emails.get().status == "skipped"
+
+
+def test_expiry_before_its_time_does_nothing():
+    signup = workflow.start_signup(**signup_data())
+    assert workflow.expire_signup(signup_id=signup.pk) is False
+    signup.refresh_from_db()
+    assert signup.status == "pending"
+
+
+def test_verify_is_idempotent_and_welcomes_once():
+    signup = workflow.start_signup(**signup_data())
+    token = tokens.make_token(signup)
+    assert workflow.verify_signup(token=token, source="verification").message == "done"
+    assert workflow.verify_signup(token=token, source="reminder-1").message == "already verified"
+    signup.refresh_from_db()
+    assert signup.verified_source == "verification"
+    assert signup.emails.filter(kind="welcome").count() == 1
+    assert signup.events.filter(kind="verified").count() == 1
+
+
+def test_verify_rejects_tampered_foreign_and_recycled_tokens():
+    signup = workflow.start_signup(**signup_data())
+    token = tokens.make_token(signup)
+    for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), "x", "", token + ":x"):
+        with pytest.raises(tokens.InvalidToken):
+            workflow.verify_signup(token=bad, source="verification")
+    with pytest.raises(tokens.InvalidToken):
+        workflow.verify_signup(token=token, source="newsletter")
+    # A token for a record that was replaced (same id, other creation time) is not valid.
+    Signup.objects.filter(pk=signup.pk).update(created_at=signup.created_at - timedelta(days=1))
+    with pytest.raises(tokens.InvalidToken):
+        workflow.verify_signup(token=token, source="verification")
+
+
+def test_verify_after_expiry_expires_and_sends_nothing():
+    signup = workflow.start_signup(**signup_data())
+    Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now())
+    with pytest.raises(workflow.SignupClosed):
+        workflow.verify_signup(token=tokens.make_token(signup), source="verification")
+    signup.refresh_from_db()
+    assert signup.status == "expired"
+    assert not signup.emails.filter(kind="welcome").exists()
+
+
+def test_emails_are_sent_once_and_only_while_wanted(mailoutbox):
+    signup = workflow.start_signup(**signup_data())
+    workflow.send_reminder(signup_id=signup.pk, number=1)
+    verification = signup.emails.get(kind="verification")
+    assert workflow.deliver_email(email_id=verification.pk) is True
+    assert workflow.deliver_email(email_id=verification.pk) is False
+    assert [m.subject for m in mailoutbox] == ["Verify your email address for alice"]
+
+    workflow.verify_signup_by_operator(signup_id=signup.pk)
+    reminder = signup.emails.get(kind="reminder")
+    assert reminder.status == "skipped"  # verification skipped the queued reminder
+    assert workflow.deliver_email(email_id=reminder.pk) is False
+    assert _deliver_all() == 1  # the welcome email
+    assert [m.subject.split()[0] for m in mailoutbox] == ["Verify", "Welcome,"]
+    assert signup.events.filter(kind="welcome_sent").count() == 1
+
+
+def test_a_reminder_picked_up_after_verification_is_not_sent(mailoutbox):
+    signup = workflow.start_signup(**signup_data())
+    workflow.send_reminder(signup_id=signup.pk, number=1)
+    reminder = signup.emails.get(kind="reminder")
+    # The delivery had already claimed the row when the verification committed.
+    OutboundEmail.objects.filter(pk=reminder.pk).update(status="sending")
+    workflow.verify_signup_by_operator(signup_id=signup.pk)
+    assert workflow.deliver_email(email_id=reminder.pk) is False
+    reminder.refresh_from_db()
+    assert reminder.status == "skipped"
+    assert mailoutbox == []
+
+
+def test_email_links_carry_their_source_and_a_working_token(mailoutbox, settings):
+    settings.SITE_URL = "https://accounts.example.org"
+    signup = workflow.start_signup(**signup_data())
+    workflow.send_reminder(signup_id=signup.pk, number=1)
+    _deliver_all()
+    verification, reminder = mailoutbox
+    assert "https://accounts.example.org/signup/verify/" in verification.body
+    assert "?source=verification" in verification.body
+    assert "?source=reminder-1" in reminder.body
+    assert "Reminder" in reminder.subject
+    html = reminder.alternatives[0][0]
+    assert "?source=reminder-1" in html
+
+
+def test_a_failing_email_is_dead_lettered_after_too_many_attempts(mailoutbox):
+    signup = workflow.start_signup(**signup_data())
+    email = signup.emails.get()
+    OutboundEmail.objects.filter(pk=email.pk).update(attempts=workflow.MAX_EMAIL_ATTEMPTS)
+    assert workflow.deliver_email(email_id=email.pk) is False
+    email.refresh_from_db()
+    assert email.status == "failed"
+    assert signup.events.filter(kind="email_failed").exists()
+    assert workflow.redrive_email(email_id=email.pk) is True
+    assert workflow.deliver_email(email_id=email.pk) is True
+    assert len(mailoutbox) == 1
+
+
+def test_sweep_expires_overdue_signups_and_finds_lost_reminders(settings):
+    settings.SIGNUP_REMINDER_GRACE = 5
+    overdue = workflow.start_signup(**signup_data())
+    Signup.objects.filter(pk=overdue.pk).update(expires_at=timezone.now())
+    late = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
+    Signup.objects.filter(pk=late.pk).update(next_reminder_at=timezone.now() - timedelta(seconds=6))
+    on_time = workflow.start_signup(**signup_data(username="carol", email="c@example.com"))
+    Signup.objects.filter(pk=on_time.pk).update(
+        next_reminder_at=timezone.now() - timedelta(seconds=1)
+    )
+    counts = workflow.sweep()
+    assert counts["expired"] == 1
+    assert counts["reminders_requeued"] == 1
+    overdue.refresh_from_db()
+    assert overdue.status == "expired"
+
+
+def test_resend_counts_against_the_hourly_limit(settings):
+    settings.SIGNUP_RESENDS_PER_HOUR = 2
+    workflow.start_signup(**signup_data())
+    assert workflow.request_verification_email(email="alice@example.com") == 1
+    assert workflow.request_verification_email(email="alice@example.com") == 0
+    assert workflow.request_verification_email(email="nobody@example.com") == 0
+
+
+def test_undeliverable_stops_the_signup():
+    signup = workflow.start_signup(**signup_data())
+    assert workflow.mark_undeliverable(signup_id=signup.pk, reason="hard bounce")
+    signup.refresh_from_db()
+    assert signup.status == "undeliverable"
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is False
+    with pytest.raises(workflow.SignupClosed):
+        workflow.verify_signup(token=tokens.make_token(signup), source="verification")
