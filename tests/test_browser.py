@@ -1,0 +1,79 @@
+"""The pages as a person uses them: headless Chromium against a live server and a real worker."""
+
+import shutil
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.helpers import sent_to, verify_link, wait_for_emails
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def page(live_server, monkeypatch, settings):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "The browser tests need Debian's chromium (apt-get install chromium)."
+    settings.SITE_URL = live_server.url
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are
+    # still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        context = browser.new_context(base_url=live_server.url)
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def test_a_person_signs_up_verifies_and_is_welcomed(page, worker, live_server):
+    page.goto("/signup/")
+    expect(page).to_have_title("Create your account")
+    page.get_by_label("Username").fill("grace")
+    page.get_by_label("Email").fill("grace@example.com")
+    page.get_by_label("First name").fill("Grace")
+    page.get_by_label("Last name").fill("Hopper")
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text("grace@example.com")
+
+    (email,) = wait_for_emails("grace@example.com", "Verify")
+    path, _, source = verify_link(email)
+    page.goto(f"{path}?source={source}")
+    expect(page.get_by_role("heading", name="Confirm your account")).to_be_visible()
+    page.get_by_role("button", name="Verify my account").click()
+    expect(page.get_by_role("heading", name="You're verified")).to_be_visible()
+
+    wait_for_emails("grace@example.com", "Welcome")
+    page.goto(f"{path}?source={source}")
+    expect(page.get_by_role("heading", name="Already verified")).to_be_visible()
+
+
+def test_bad_input_shows_errors_next_to_the_fields(page, worker):
+    page.goto("/signup/")
+    page.get_by_label("Username").fill("no spaces")
+    page.get_by_label("Email").fill("not-an-email")
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("alert")).to_contain_text("correct the fields")
+    expect(page.locator("#id_username_error")).to_contain_text("Use letters, digits")
+    expect(page.locator("#id_email_error")).to_contain_text("valid email address")
+    expect(page.locator("#id_first_name_error")).to_contain_text("required")
+    expect(page.get_by_label("Username")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Username")).to_have_value("no spaces")
+    assert sent_to("not-an-email") == []
+
+
+def test_a_broken_link_gets_a_clear_page(page):
+    page.goto("/signup/verify/not-a-real-token/?source=verification")
+    expect(page.get_by_role("heading", name="This link is not valid")).to_be_visible()
