@@ -71,8 +71,13 @@ def test_dead_letters_are_listed_and_can_be_re_driven(admin_client):
     email = signup.emails.get()
     workflow.deliver_email(email_id=email.pk)  # sends it: a sent email is not re-driven
     failed = OutboundEmail.objects.create(
-        signup=signup, kind="verification", sequence=2, to_email=signup.email,
-        status="failed", attempts=9, last_error="SMTPRecipientsRefused: 550 no such user",
+        signup=signup,
+        kind="verification",
+        sequence=2,
+        to_email=signup.email,
+        status="failed",
+        attempts=9,
+        last_error="SMTPRecipientsRefused: 550 no such user",
     )
     listing = admin_client.get("/admin/signup/outboundemail/?status__exact=failed")
     assert listing.context["cl"].result_count == 1

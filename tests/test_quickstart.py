@@ -14,8 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 QUICKSTART_UNSET = (
-    "DATABASE_URL", "CELERY_BROKER_URL", "EMAIL_URL", "EMAIL_BACKEND", "DEBUG", "SECRET_KEY",
-    "ALLOWED_HOSTS", "CONN_MAX_AGE", "SIGNUP_API_KEY",
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "EMAIL_URL",
+    "EMAIL_BACKEND",
+    "DEBUG",
+    "SECRET_KEY",
+    "ALLOWED_HOSTS",
+    "CONN_MAX_AGE",
+    "SIGNUP_API_KEY",
 )
 
 
@@ -33,8 +40,13 @@ def quickstart_env(tmp_path):
 
 def _manage(env, *args, timeout=60) -> str:
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=timeout, check=True,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
     )
     return result.stdout
 
@@ -54,23 +66,45 @@ def test_quickstart_defaults_run_the_flow_with_a_real_worker(quickstart_env, tmp
     log = tmp_path / "worker.log"
     with log.open("w") as out:
         worker = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "config", "worker", "--beat", "--loglevel=INFO",
-             "--concurrency=1", "--schedule", str(tmp_path / "beat-schedule")],
-            cwd=ROOT, env=quickstart_env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "celery"),
+                "-A",
+                "config",
+                "worker",
+                "--beat",
+                "--loglevel=INFO",
+                "--concurrency=1",
+                "--schedule",
+                str(tmp_path / "beat-schedule"),
+            ],
+            cwd=ROOT,
+            env=quickstart_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
-        _manage(quickstart_env, "shell", "-c", (
-            "from signup import workflow; workflow.start_signup(username='quinn', "
-            "email='quinn@example.com', first_name='Quinn')"
-        ))
+        _manage(
+            quickstart_env,
+            "shell",
+            "-c",
+            (
+                "from signup import workflow; workflow.start_signup(username='quinn', "
+                "email='quinn@example.com', first_name='Quinn')"
+            ),
+        )
         _wait_for_output(log, r"Subject: Verify your email address for quinn")
         _wait_for_output(log, r"Subject: Reminder: verify", timeout=20)
         link = _wait_for_output(log, r"http://127\.0\.0\.1:8000/signup/verify/(\S+)/\?source=(\S+)")
         token, source = link[0]
-        out = _manage(quickstart_env, "shell", "-c", (
-            f"from signup import workflow; print(workflow.verify_signup(token='{token}', "
-            f"source='{source}').message)"
-        ))
+        out = _manage(
+            quickstart_env,
+            "shell",
+            "-c",
+            (
+                f"from signup import workflow; print(workflow.verify_signup(token='{token}', "
+                f"source='{source}').message)"
+            ),
+        )
         assert out.strip().endswith("done")
         _wait_for_output(log, r"Subject: Welcome, Quinn!")
     finally:
