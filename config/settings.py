@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SIGNUP_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives here on every setup
 
 env = environ.Env()
 if (BASE_DIR / ".env").is_file():
@@ -119,6 +120,10 @@ ANYMAIL = {
     for name, value in os.environ.items()
     if name.startswith("ANYMAIL_")
 }
+# An ESP's HTTP API gets the same time limit as SMTP, well below a web request's.
+ANYMAIL.setdefault("REQUESTS_TIMEOUT", float(EMAIL_TIMEOUT))
+if isinstance(ANYMAIL["REQUESTS_TIMEOUT"], str):
+    ANYMAIL["REQUESTS_TIMEOUT"] = float(ANYMAIL["REQUESTS_TIMEOUT"])
 
 # --- The signup workflow (intervals in seconds) ------------------------------------------
 SIGNUP_REMINDER_INTERVAL = env.int("SIGNUP_REMINDER_INTERVAL", default=24 * 3600)
@@ -129,6 +134,12 @@ SIGNUP_SWEEP_INTERVAL = env.int("SIGNUP_SWEEP_INTERVAL", default=60)
 # re-enqueues it. Likewise an email left unsent this long after it was (re-)enqueued.
 SIGNUP_REMINDER_GRACE = env.int("SIGNUP_REMINDER_GRACE", default=10)
 SIGNUP_EMAIL_REDRIVE_AFTER = env.int("SIGNUP_EMAIL_REDRIVE_AFTER", default=120)
+# Transient provider failures are retried after SIGNUP_EMAIL_RETRY_DELAY seconds, doubling
+# (with jitter) up to SIGNUP_EMAIL_RETRY_MAX_DELAY; after SIGNUP_EMAIL_MAX_ATTEMPTS attempts
+# the email is dead-lettered (state "failed") for an operator to re-drive.
+SIGNUP_EMAIL_RETRY_DELAY = env.float("SIGNUP_EMAIL_RETRY_DELAY", default=5.0)
+SIGNUP_EMAIL_RETRY_MAX_DELAY = env.float("SIGNUP_EMAIL_RETRY_MAX_DELAY", default=15 * 60.0)
+SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
 # How many verification emails one address may ask for per hour on the resend page.
 SIGNUP_RESENDS_PER_HOUR = env.int("SIGNUP_RESENDS_PER_HOUR", default=3)
@@ -144,7 +155,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # workflow uses (a reminder interval, or the wait until expiry), or a long countdown would be
 # delivered twice. Tasks lost to a killed worker are repaired by the sweeper, not by this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": max(SIGNUP_REMINDER_INTERVAL, SIGNUP_EXPIRES_AFTER) + 3600,
+    "visibility_timeout": env.int(
+        "CELERY_BROKER_VISIBILITY_TIMEOUT",
+        default=max(SIGNUP_REMINDER_INTERVAL, SIGNUP_EXPIRES_AFTER) + 3600,
+    ),
 }
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"

@@ -1,51 +1,64 @@
 """Thin Celery tasks: each loads ids and calls signup.workflow; the retry policy lives here."""
 
 import logging
+import random
 import smtplib
 
-from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused
+from anymail.exceptions import AnymailAPIError, AnymailError
 from celery import shared_task
-from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
+from django.db import DatabaseError
 
 from signup import workflow
 
 logger = logging.getLogger(__name__)
 
-EMAIL_MAX_RETRIES = 8
-EMAIL_BACKOFF_FACTOR = 5  # seconds; then 10, 20, ... with full jitter
-EMAIL_BACKOFF_MAX = 15 * 60
-
 
 def is_permanent(exc: Exception) -> bool:
     """Return whether a provider error will fail the same way however often it is retried."""
-    if isinstance(exc, AnymailRecipientsRefused | smtplib.SMTPRecipientsRefused):
+    if isinstance(exc, AnymailAPIError):
+        status = exc.status_code
+        return status is not None and 400 <= status < 500 and status not in (408, 409, 429)
+    if isinstance(exc, AnymailError):
+        # Refused recipients, invalid addresses, unsupported features, bad configuration.
         return True
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return bool(codes) and all(500 <= code < 600 for code in codes)
     if isinstance(exc, smtplib.SMTPResponseException):
         return 500 <= exc.smtp_code < 600  # SMTP 5xx is permanent, 4xx is "try later"
-    if isinstance(exc, AnymailAPIError):
-        status = getattr(exc, "status_code", None)
-        return status is not None and 400 <= status < 500 and status not in (408, 429)
     return False
 
 
-TRANSIENT_ERRORS = (OSError, smtplib.SMTPException, AnymailAPIError)
+def retry_delay(retries: int) -> float:
+    """Exponential backoff with equal jitter: half the delay fixed, half random."""
+    delay = min(
+        settings.SIGNUP_EMAIL_RETRY_MAX_DELAY, settings.SIGNUP_EMAIL_RETRY_DELAY * 2**retries
+    )
+    return delay / 2 + random.uniform(0, delay / 2)
 
 
-@shared_task(bind=True, max_retries=EMAIL_MAX_RETRIES)
+@shared_task(bind=True, max_retries=None)
 def deliver_email(self, email_id: int) -> None:
+    """Send one ledger email; the ledger's attempts count is the retry budget."""
     try:
         workflow.deliver_email(email_id=email_id)
-    except TRANSIENT_ERRORS as exc:
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        if is_permanent(exc) or self.request.retries >= self.max_retries:
+        if is_permanent(exc):
             workflow.record_email_failure(email_id=email_id, error=error)
             return
-        countdown = get_exponential_backoff_interval(
-            EMAIL_BACKOFF_FACTOR, self.request.retries, EMAIL_BACKOFF_MAX, full_jitter=True
-        )
-        workflow.record_email_error(email_id=email_id, error=error, retry_in=countdown)
-        logger.warning("email %s failed (%s); retrying in %ss", email_id, error, countdown)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        countdown = retry_delay(self.request.retries)
+        try:
+            retrying = workflow.record_email_error(
+                email_id=email_id, error=error, retry_in=countdown
+            )
+        except DatabaseError:
+            retrying = True  # the database is away too: the next attempt finds out more
+        if not retrying:
+            return  # dead-lettered, or finished by another delivery
+        logger.warning("email %s failed (%s); retrying in %.1fs", email_id, error, countdown)
+        raise self.retry(countdown=countdown) from exc
 
 
 @shared_task

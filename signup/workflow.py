@@ -25,9 +25,6 @@ Event = SignupEvent.Kind
 EmailKind = OutboundEmail.Kind
 EmailStatus = OutboundEmail.Status
 
-# An email delivery that has not finished after this many attempts is dead-lettered.
-MAX_EMAIL_ATTEMPTS = 10
-
 
 class UsernameTaken(Exception):
     """A pending or verified signup already holds this username."""
@@ -313,7 +310,7 @@ def deliver_email(*, email_id: int) -> bool:
         email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
         if email is None or email.status not in (EmailStatus.QUEUED, EmailStatus.SENDING):
             return False
-        if email.attempts >= MAX_EMAIL_ATTEMPTS:
+        if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
             _fail(email, f"gave up after {email.attempts} attempts")
             return False
         email.status = EmailStatus.SENDING
@@ -341,13 +338,23 @@ def deliver_email(*, email_id: int) -> bool:
     return True
 
 
-def record_email_error(*, email_id: int, error: str, retry_in: float) -> None:
-    """Note a failed attempt that will be retried in `retry_in` seconds."""
-    OutboundEmail.objects.filter(pk=email_id, status=EmailStatus.SENDING).update(
-        last_error=error[:2000],
-        enqueued_at=timezone.now() + timedelta(seconds=retry_in),
-        updated_at=timezone.now(),
-    )
+def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
+    """Note a failed attempt; return True if it is to be retried in `retry_in` seconds.
+
+    An email whose attempts reached SIGNUP_EMAIL_MAX_ATTEMPTS is dead-lettered instead, and
+    one that another delivery finished meanwhile is left alone (both return False).
+    """
+    with transaction.atomic():
+        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        if email is None or email.status != EmailStatus.SENDING:
+            return False
+        if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
+            _fail(email, f"gave up after {email.attempts} attempts; last error: {error}")
+            return False
+        email.last_error = error[:2000]
+        email.enqueued_at = timezone.now() + timedelta(seconds=retry_in)
+        email.save(update_fields=["last_error", "enqueued_at", "updated_at"])
+    return True
 
 
 def record_email_failure(*, email_id: int, error: str) -> None:

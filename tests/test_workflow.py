@@ -183,10 +183,10 @@ def test_email_links_carry_their_source_and_a_working_token(mailoutbox, settings
     assert "?source=reminder-1" in html
 
 
-def test_a_failing_email_is_dead_lettered_after_too_many_attempts(mailoutbox):
+def test_a_failing_email_is_dead_lettered_after_too_many_attempts(mailoutbox, settings):
     signup = workflow.start_signup(**signup_data())
     email = signup.emails.get()
-    OutboundEmail.objects.filter(pk=email.pk).update(attempts=workflow.MAX_EMAIL_ATTEMPTS)
+    OutboundEmail.objects.filter(pk=email.pk).update(attempts=settings.SIGNUP_EMAIL_MAX_ATTEMPTS)
     assert workflow.deliver_email(email_id=email.pk) is False
     email.refresh_from_db()
     assert email.status == "failed"

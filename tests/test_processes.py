@@ -1,0 +1,719 @@
+"""The service as an operator deploys it: gunicorn, a Celery worker and beat as separate processes
+on their own PostgreSQL database, a real broker and an SMTP server, used over HTTP like a person."""
+
+import email
+import email.policy
+import html
+import math
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from email.message import EmailMessage
+from itertools import pairwise
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+import requests
+from aiosmtpd.controller import Controller
+from kombu import Connection
+from psycopg import sql
+
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.processes
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+API_KEY = "e2e-api-key-0123456789"
+REMINDER_INTERVAL = 2  # seconds, in every deployment here
+LASTING = 3600  # SIGNUP_EXPIRES_AFTER for tests that must not see a signup expire
+EXPIRING = 7  # and for the one that must: reminders at 2, 4 and 6 s, expiry at 7 s
+# Reminder n is sent only if it falls due before the signup expires.
+REMINDERS_BEFORE_EXPIRY = math.ceil(EXPIRING / REMINDER_INTERVAL) - 1
+STARTUP_TIMEOUT = 30
+HTTP_TIMEOUT = 10
+
+# The PostgreSQL server is the one the rest of the suite uses (make test's DATABASE_URL).
+PG_SERVER = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signup"))
+BROKER_URLS = {
+    "redis": "redis://127.0.0.1:6379/14",
+    # The default vhost and queue: the deployment empties the "celery" queue before it starts.
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+}
+
+
+# --- The outside world: an SMTP server, a database, a broker ------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ReceivedEmail:
+    received_at: float  # time.monotonic() when the SMTP server accepted it
+    recipients: tuple[str, ...]
+    message: EmailMessage
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"])
+
+    @property
+    def text(self) -> str:
+        return self.message.get_body(preferencelist=("plain",)).get_content()
+
+
+class SmtpSink:
+    """An SMTP server in this process that keeps every message it is sent."""
+
+    def __init__(self):
+        self.received: list[ReceivedEmail] = []
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.received.append(ReceivedEmail(time.monotonic(), tuple(envelope.rcpt_tos), message))
+        return "250 Message accepted"
+
+    @contextmanager
+    def running(self):
+        self._controller.start()
+        try:
+            yield self
+        finally:
+            self._controller.stop()
+
+
+def pg_url(database: str) -> str:
+    return urlunsplit(PG_SERVER._replace(path=f"/{database}"))
+
+
+@contextmanager
+def fresh_database():
+    """A new, empty PostgreSQL database, dropped afterwards; yields its URL."""
+    name = f"signup_e2e_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield pg_url(name)
+    finally:
+        with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def empty_broker(url: str) -> None:
+    """Drop every message left on the broker, so no earlier run's task reaches this one."""
+    if url.startswith("redis://"):
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.close()
+        return
+    with Connection(url, connect_timeout=5) as connection:
+        try:
+            connection.connect()  # once: kombu would otherwise retry forever
+        except OSError as exc:
+            pytest.fail(f"RabbitMQ is not reachable at {url}: {exc}")
+        # A queue that was never declared has nothing to drop.
+        with suppress(*connection.channel_errors):
+            connection.default_channel.queue_purge("celery")
+
+
+# --- The deployment: web, worker and beat processes --------------------------------------
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def stop_all(processes: list[Process]) -> None:
+    """Stop every process at once: a warm shutdown, then a kill for what outlives it."""
+    for process in processes:
+        if process.popen.poll() is None:
+            process.popen.terminate()
+    for process in processes:
+        try:
+            process.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            # Started in a session of its own, its group holds it and its children only.
+            os.killpg(process.popen.pid, signal.SIGKILL)
+            process.popen.wait(timeout=10)
+
+
+def start_process(name: str, command: list[str], env: dict, log_dir: Path) -> Process:
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Process(name, popen, log)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    broker: str  # a key of BROKER_URLS
+    expires_after: int
+
+
+@dataclass
+class Service:
+    url: str
+    mail: SmtpSink
+    processes: list[Process]
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs["headers"] = {"Authorization": f"Bearer {API_KEY}", **kwargs.get("headers", {})}
+        kwargs.setdefault("timeout", HTTP_TIMEOUT)
+        return requests.request(method, f"{self.url}{path}", **kwargs)
+
+    def signup(self, username: str) -> dict:
+        response = self.api("GET", f"/api/signups/{username}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def emails(self, address: str, subject_word: str = "") -> list[ReceivedEmail]:
+        return [
+            received
+            for received in list(self.mail.received)
+            if address in received.recipients and subject_word in received.subject
+        ]
+
+    def wait_for_emails(self, address: str, subject_word: str, count: int = 1):
+        return wait_for(
+            lambda: len(found := self.emails(address, subject_word)) >= count and found,
+            timeout=15,
+            message=f"{count} email(s) with {subject_word!r} to {address}",
+        )
+
+    def logs(self, since: dict[str, int] | None = None) -> str:
+        return "\n".join(
+            f"----- {process.name} (exit code {process.popen.poll()}) -----\n"
+            + process.output()[(since or {}).get(process.name, 0) :][-20_000:]
+            for process in self.processes
+        )
+
+    def log_sizes(self) -> dict[str, int]:
+        return {process.name: len(process.output()) for process in self.processes}
+
+
+def wait_for_startup(check, what: str, service: Service) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not check():
+        exited = [p.name for p in service.processes if p.popen.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            problem = f"{', '.join(exited)} exited" if exited else f"{STARTUP_TIMEOUT}s passed"
+            pytest.fail(f"{problem} before {what}\n{service.logs()}")
+        time.sleep(0.1)
+
+
+def web_answers(service: Service) -> bool:
+    try:
+        # A 404 from the API proves the web process is up and reaches its database.
+        return service.api("GET", "/api/signups/nobody", timeout=2).status_code == 404
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def service(request, tmp_path_factory):
+    """The whole service deployed on fresh resources for one Deployment (the param)."""
+    deployment: Deployment = request.param
+    tmp = tmp_path_factory.mktemp(f"{deployment.broker}-{deployment.expires_after}s")
+    broker_url = BROKER_URLS[deployment.broker]
+    web_url = f"http://127.0.0.1:{free_port()}"
+    with ExitStack() as cleanup:
+        database_url = cleanup.enter_context(fresh_database())
+        mail = cleanup.enter_context(SmtpSink().running())
+        empty_broker(broker_url)
+        cleanup.callback(empty_broker, broker_url)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            # Per-user state (gunicorn's control socket) stays out of the real home directory.
+            "HOME": str(tmp),
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": broker_url,
+            "EMAIL_URL": f"smtp://127.0.0.1:{mail.port}",
+            # Set, even empty, these win over a developer's .env (settings read it as defaults).
+            "EMAIL_BACKEND": "",
+            "SIGNUP_MAX_REMINDERS": "6",  # more than fit before EXPIRING: expiry ends them
+            "SITE_URL": web_url,
+            "SECRET_KEY": secrets.token_urlsafe(32),
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "SIGNUP_API_KEY": API_KEY,
+            "SIGNUP_REMINDER_INTERVAL": str(REMINDER_INTERVAL),
+            "SIGNUP_EXPIRES_AFTER": str(deployment.expires_after),
+            "SIGNUP_SWEEP_INTERVAL": "1",
+            "CONN_MAX_AGE": "0",
+            "SIGNUP_VAR_DIR": str(tmp / "var"),
+        }
+        migrate = subprocess.run(
+            [str(BIN / "python"), "manage.py", "migrate", "--noinput"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+
+        node_name = f"e2e-{secrets.token_hex(4)}@{socket.gethostname()}"
+        commands = {
+            "web": [
+                str(BIN / "gunicorn"),
+                "config.wsgi",
+                "--bind",
+                web_url.removeprefix("http://"),
+                "--workers",
+                "2",
+            ],
+            "worker": [
+                str(BIN / "celery"),
+                "-A",
+                "config",
+                "worker",
+                "--loglevel=INFO",
+                "--concurrency=1",
+                # A node name of its own, so an earlier run's node on the broker is no peer.
+                f"--hostname={node_name}",
+            ],
+            "beat": [
+                str(BIN / "celery"),
+                "-A",
+                "config",
+                "beat",
+                "--loglevel=INFO",
+                "--schedule",
+                str(tmp / "beat-schedule"),
+            ],
+        }
+        running = Service(web_url, mail, [])
+        cleanup.callback(stop_all, running.processes)
+        for name, command in commands.items():
+            running.processes.append(start_process(name, command, env, tmp))
+        worker, beat = running.processes[1:]  # in the order of `commands`
+        wait_for_startup(lambda: web_answers(running), "the web answered", running)
+        wait_for_startup(
+            lambda: f"{node_name} ready." in worker.output(),
+            "the worker was ready",
+            running,
+        )
+        wait_for_startup(
+            lambda: "Sending due task sweep-signups" in beat.output(), "beat sent a sweep", running
+        )
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _watch_processes(request, service):
+    """Fail a test during which a process died or logged a traceback; show the logs on failure."""
+    failures_before = request.session.testsfailed
+    sizes_before = service.log_sizes()
+    yield
+    new_output = service.logs(since=sizes_before)
+    exited = [p.name for p in service.processes if p.popen.poll() is not None]
+    if request.session.testsfailed > failures_before or exited or "Traceback" in new_output:
+        print(new_output)  # pytest shows it under "Captured stdout teardown"
+    assert not exited, f"{', '.join(exited)} exited during the test"
+    assert "Traceback" not in new_output, "a process logged a traceback during the test"
+
+
+def deployed(*, expires_after: int):
+    """Run the test against each broker, on a service whose signups expire after this long."""
+    return pytest.mark.parametrize(
+        "service",
+        [pytest.param(Deployment(broker, expires_after), id=broker) for broker in BROKER_URLS],
+        indirect=True,
+    )
+
+
+# --- What a person does: pages, forms and links ------------------------------------------
+
+
+def heading(page: requests.Response) -> str:
+    return html.unescape(re.search(r"<h1[^>]*>(.*?)</h1>", page.text, re.S).group(1))
+
+
+def hidden_fields(page: requests.Response) -> dict[str, str]:
+    """The hidden inputs of the page's form: the CSRF token and, on the confirm page, source."""
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(
+            r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text
+        )
+    }
+
+
+def error_fields(page: requests.Response) -> set[str]:
+    """The fields the page shows an inline error next to."""
+    return set(re.findall(r'class="error" id="id_(\w+)_error"', page.text))
+
+
+def fill_in_signup_form(service: Service, browser: requests.Session, **fields) -> requests.Response:
+    form = browser.get(f"{service.url}/signup/", timeout=HTTP_TIMEOUT)
+    assert form.status_code == 200
+    return browser.post(
+        f"{service.url}/signup/",
+        data={**hidden_fields(form), **fields},
+        headers={"Origin": service.url},  # as a browser sends it with a form
+        timeout=HTTP_TIMEOUT,
+    )
+
+
+@dataclass(frozen=True)
+class Link:
+    url: str
+    source: str
+
+
+def verify_link(service: Service, received: ReceivedEmail) -> Link:
+    """The verification link in an email's text part; it must point at SITE_URL."""
+    match = re.search(rf"{re.escape(service.url)}/signup/verify/[^/\s]+/\?\S+", received.text)
+    assert match, f"no link to {service.url} in:\n{received.text}"
+    (source,) = parse_qs(urlsplit(match.group(0)).query)["source"]
+    return Link(match.group(0), source)
+
+
+# --- The flows ----------------------------------------------------------------------------
+
+
+@deployed(expires_after=LASTING)
+def test_a_new_user_signs_up_verifies_by_email_and_is_welcomed(service):
+    browser = requests.Session()
+    sent = fill_in_signup_form(
+        service,
+        browser,
+        username="ada",
+        email="ada@example.com",
+        first_name="Ada",
+        last_name="Lovelace",
+    )
+    assert sent.status_code == 200
+    assert sent.url == f"{service.url}/signup/sent/"
+    assert heading(sent) == "Check your email"
+    assert "ada@example.com" in sent.text
+
+    (verification,) = service.wait_for_emails("ada@example.com", "Verify")
+    assert verification.subject == "Verify your email address for ada"
+    link = verify_link(service, verification)
+    assert link.source == "verification"
+
+    confirm = browser.get(link.url, timeout=HTTP_TIMEOUT)
+    assert confirm.status_code == 200
+    assert heading(confirm) == "Confirm your account"
+    assert "Verify my account</button>" in confirm.text
+    # Opening the link (as a mail scanner would) verifies nothing: pressing the button does.
+    assert service.signup("ada")["status"] == "pending"
+
+    verified = browser.post(
+        link.url, data=hidden_fields(confirm), headers={"Origin": service.url}, timeout=HTTP_TIMEOUT
+    )
+    verified_at = time.monotonic()
+    assert verified.status_code == 200
+    assert heading(verified) == "You're verified"
+    answer = service.signup("ada")
+    assert (answer["status"], answer["verified_source"]) == ("verified", "verification")
+
+    (welcome,) = service.wait_for_emails("ada@example.com", "Welcome")
+    assert welcome.subject == "Welcome, Ada! Your account ada is ready"
+    assert f"{service.url}/" in welcome.text
+    assert heading(browser.get(link.url, timeout=HTTP_TIMEOUT)) == "Already verified"
+
+    # Reminders were planned at signup; after verifying, one more interval passes in silence.
+    time.sleep(max(verified_at + REMINDER_INTERVAL + 1 - time.monotonic(), 0))
+    late = [e.subject for e in service.emails("ada@example.com") if e.received_at > verified_at]
+    assert late == [welcome.subject]
+
+
+@deployed(expires_after=EXPIRING)
+def test_an_unverified_signup_is_reminded_until_it_expires(service):
+    browser = requests.Session()
+    sent = fill_in_signup_form(
+        service, browser, username="bob", email="bob@example.com", first_name="Bob"
+    )
+    submitted_at = time.monotonic()
+    assert heading(sent) == "Check your email"
+    service.wait_for_emails("bob@example.com", "Verify")
+
+    wait_for(
+        lambda: service.signup("bob")["status"] == "expired",
+        timeout=EXPIRING + 5,
+        message="bob's signup to expire",
+    )
+    expired_at = time.monotonic()
+
+    reminders = service.emails("bob@example.com", "Reminder")
+    assert [verify_link(service, reminder).source for reminder in reminders] == [
+        f"reminder-{n}" for n in range(1, REMINDERS_BEFORE_EXPIRY + 1)
+    ]
+    gaps = [b - a for a, b in pairwise([submitted_at, *(r.received_at for r in reminders)])]
+    assert all(REMINDER_INTERVAL - 0.5 < gap < REMINDER_INTERVAL + 2 for gap in gaps), gaps
+
+    # The last reminder's link now tells the user what happened.
+    too_late = browser.get(verify_link(service, reminders[-1]).url, timeout=HTTP_TIMEOUT)
+    assert too_late.status_code == 410
+    assert heading(too_late) == "This signup has expired"
+
+    # Another reminder would have arrived within an interval: none does.
+    time.sleep(max(expired_at + REMINDER_INTERVAL + 1 - time.monotonic(), 0))
+    late = [e.subject for e in service.emails("bob@example.com") if e.received_at > expired_at]
+    assert late == []
+
+    # The username is free again.
+    again = fill_in_signup_form(
+        service, browser, username="bob", email="bob2@example.com", first_name="Bob"
+    )
+    assert heading(again) == "Check your email"
+
+
+# --- Bad input: always a 4xx with a clear answer, never a 5xx -----------------------------
+
+
+VALID_FORM = {"username": "carol", "email": "carol@example.com", "first_name": "Carol"}
+
+
+@deployed(expires_after=LASTING)
+@pytest.mark.parametrize(
+    ("fields", "fields_in_error"),
+    [
+        pytest.param(
+            {"username": "", "email": "", "first_name": ""},
+            {"username", "email", "first_name"},
+            id="empty",
+        ),
+        pytest.param(
+            {"username": "no spaces", "email": "not-an-email"},
+            {"username", "email"},
+            id="malformed",
+        ),
+        pytest.param({"username": "ab"}, {"username"}, id="too-short"),
+        pytest.param(
+            {"username": "u" * 31, "first_name": "n" * 101},
+            {"username", "first_name"},
+            id="too-long",
+        ),
+        pytest.param({"username": "Admin"}, {"username"}, id="reserved"),
+        pytest.param({"first_name": "<script>alert(1)</script>"}, {"first_name"}, id="symbols"),
+        pytest.param(
+            {"username": "bell\x07", "last_name": "Lovelace\u202e"},
+            {"username", "last_name"},
+            id="control-characters",
+        ),
+        pytest.param(
+            {"username": "nul\x00", "email": "nul\x00@example.com"},
+            {"username", "email"},
+            id="nul-bytes",
+        ),
+    ],
+)
+def test_the_form_shows_bad_input_inline(service, fields, fields_in_error):
+    page = fill_in_signup_form(service, requests.Session(), **{**VALID_FORM, **fields})
+    assert page.status_code == 400
+    assert "Please correct the fields marked below." in page.text
+    assert error_fields(page) == fields_in_error
+
+
+@deployed(expires_after=LASTING)
+def test_a_form_post_without_a_valid_csrf_token_is_forbidden(service):
+    no_cookie = requests.post(f"{service.url}/signup/", data=VALID_FORM, timeout=HTTP_TIMEOUT)
+    assert no_cookie.status_code == 403
+
+    browser = requests.Session()
+    csrf_field = hidden_fields(browser.get(f"{service.url}/signup/", timeout=HTTP_TIMEOUT))
+    for data, origin in [
+        ({**VALID_FORM, "csrfmiddlewaretoken": "x" * 64}, service.url),  # a forged token
+        ({**VALID_FORM, **csrf_field}, "https://evil.example"),  # a real one, sent cross-site
+    ]:
+        refused = browser.post(
+            f"{service.url}/signup/", data=data, headers={"Origin": origin}, timeout=HTTP_TIMEOUT
+        )
+        assert refused.status_code == 403
+    assert service.api("GET", f"/api/signups/{VALID_FORM['username']}").status_code == 404
+
+
+@deployed(expires_after=LASTING)
+def test_the_resend_page_shows_a_bad_address_inline(service):
+    browser = requests.Session()
+    resend = browser.get(f"{service.url}/signup/resend/", timeout=HTTP_TIMEOUT)
+    answer = browser.post(
+        resend.url,
+        data={**hidden_fields(resend), "email": "not-an-email"},
+        headers={"Origin": service.url},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert answer.status_code == 400
+    assert error_fields(answer) == {"email"}
+
+
+@deployed(expires_after=LASTING)
+@pytest.mark.parametrize(
+    ("method", "path", "request_args", "status"),
+    [
+        pytest.param("PUT", "/signup/", {}, 405, id="form-put"),
+        pytest.param("POST", "/signup/sent/", {}, 405, id="sent-page-post"),
+        pytest.param(
+            "POST", "/signup/", {"data": {"username": "x" * 3_000_000}}, 400, id="form-too-big"
+        ),
+        pytest.param(
+            "POST",
+            "/signup/",
+            {"data": [(f"field{n}", "x") for n in range(1500)]},
+            400,
+            id="form-too-many-fields",
+        ),
+        pytest.param(
+            "GET", "/signup/verify/forged-token/?source=verification", {}, 400, id="forged-link"
+        ),
+        pytest.param(
+            "POST",
+            "/signup/verify/forged-token/",
+            {"data": {"source": "verification"}},
+            400,
+            id="confirm-forged-link",
+        ),
+        pytest.param("GET", f"/signup/verify/{'x' * 300}/", {}, 400, id="overlong-link"),
+        pytest.param("GET", "/signup/verify/abc%00/?source=verification", {}, 400, id="nul-link"),
+        pytest.param(
+            "GET", "/signup/verify/forged-token/?source=evil", {}, 400, id="unknown-source"
+        ),
+        pytest.param("GET", "/signup/nowhere/", {}, 404, id="no-such-page"),
+    ],
+)
+def test_pages_refuse_what_they_cannot_serve(service, method, path, request_args, status):
+    browser = requests.Session()
+    form = browser.get(f"{service.url}/signup/", timeout=HTTP_TIMEOUT)
+    # Each request carries the CSRF cookie and token, so it is refused for what it asks.
+    csrf = {"Origin": service.url, "X-CSRFToken": hidden_fields(form)["csrfmiddlewaretoken"]}
+    response = browser.request(
+        method, f"{service.url}{path}", headers=csrf, timeout=HTTP_TIMEOUT, **request_args
+    )
+    assert response.status_code == status, response.text[:500]
+
+
+SIGNUP_JSON = {"username": "dora", "email": "dora@example.com", "first_name": "Dora"}
+
+
+@deployed(expires_after=LASTING)
+@pytest.mark.parametrize(
+    ("method", "path", "request_args", "status"),
+    [
+        pytest.param(
+            "POST",
+            "/api/signups",
+            # requests leaves out a header whose value is None
+            {"json": SIGNUP_JSON, "headers": {"Authorization": None}},
+            401,
+            id="no-key",
+        ),
+        pytest.param(
+            "POST",
+            "/api/signups",
+            {"json": SIGNUP_JSON, "headers": {"Authorization": "Basic dXNlcjpwYXNz"}},
+            401,
+            id="basic-auth",
+        ),
+        pytest.param(
+            "GET",
+            "/api/signups/ada",
+            {"headers": {"Authorization": "Bearer wrong-key"}},
+            403,
+            id="wrong-key",
+        ),
+        pytest.param("GET", "/api/signups", {}, 405, id="list-signups"),
+        pytest.param("DELETE", "/api/signups/ada", {}, 405, id="delete-signup"),
+        pytest.param("POST", "/api/signups", {"data": b"not json"}, 400, id="not-json"),
+        pytest.param("POST", "/api/signups", {"data": b'{"\xff": 1}'}, 400, id="not-utf8"),
+        pytest.param("POST", "/api/signups", {"json": [SIGNUP_JSON]}, 400, id="not-an-object"),
+        pytest.param(
+            "POST", "/api/signups", {"json": {**SIGNUP_JSON, "admin": True}}, 400, id="extra-field"
+        ),
+        pytest.param(
+            "POST", "/api/signups", {"json": {**SIGNUP_JSON, "username": 7}}, 400, id="not-a-string"
+        ),
+        pytest.param(
+            "POST",
+            "/api/signups",
+            {"json": {**SIGNUP_JSON, "username": "no spaces", "email": "x"}},
+            400,
+            id="invalid-fields",
+        ),
+        pytest.param(
+            "POST",
+            "/api/signups",
+            {"json": {**SIGNUP_JSON, "first_name": "x" * 17_000}},
+            413,
+            id="too-big",
+        ),
+        pytest.param("GET", "/api/signups/nobody", {}, 404, id="unknown-username"),
+        pytest.param("GET", f"/api/signups/{'x' * 200}", {}, 404, id="overlong-username"),
+        pytest.param("POST", "/api/signups/verify", {"json": {}}, 400, id="verify-no-token"),
+        pytest.param(
+            "POST", "/api/signups/verify", {"json": {"token": "forged"}}, 400, id="forged-token"
+        ),
+        pytest.param(
+            "POST", "/api/signups/verify", {"json": {"token": 7}}, 400, id="token-not-a-string"
+        ),
+        pytest.param(
+            "POST",
+            "/api/signups/verify",
+            {"json": {"token": "forged", "source": "evil"}},
+            400,
+            id="unknown-source",
+        ),
+    ],
+)
+def test_the_api_answers_bad_requests_with_a_json_error(
+    service, method, path, request_args, status
+):
+    response = service.api(method, path, **request_args)
+    assert response.status_code == status, response.text[:500]
+    assert response.json()["message"]
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="signup"'
+
+
+@deployed(expires_after=LASTING)
+def test_a_taken_username_is_refused_by_the_api_and_the_form(service):
+    created = service.api("POST", "/api/signups", json=SIGNUP_JSON)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "pending"
+    service.wait_for_emails("dora@example.com", "Verify")
+
+    for username in ("dora", "DORA"):
+        again = service.api("POST", "/api/signups", json={**SIGNUP_JSON, "username": username})
+        assert again.status_code == 409, again.text
+        assert "already taken" in again.json()["message"]
+
+    page = fill_in_signup_form(
+        service, requests.Session(), **{**SIGNUP_JSON, "username": "Dora", "email": "d@x.org"}
+    )
+    assert page.status_code == 400
+    assert error_fields(page) == {"username"}
+    assert "This username is already taken." in page.text
