@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from signup import api
+from signup import api, webhooks
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="signup:form", permanent=False)),
     path("signup/", include("signup.urls")),
     path("api/", include(api.urlpatterns)),
     path("admin/", admin.site.urls),
+    # Email-provider tracking webhooks, e.g. /anymail/postmark/tracking/ (basic auth).
+    path("anymail/", include(webhooks.urlpatterns)),
 ]

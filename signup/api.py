@@ -14,8 +14,8 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 
 from signup import selectors, tokens, workflow
-from signup.forms import SignupForm
-from signup.models import Signup
+from signup.forms import USERNAME_PATTERN, SignupForm
+from signup.models import USERNAME_MAX_LENGTH, Signup
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -64,6 +64,8 @@ def _json_body(request) -> dict | JsonResponse:
         body = json.loads(request.body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return _error(400, "The body must be a JSON object (UTF-8).")
+    except RecursionError:
+        return _error(400, "The body is nested too deeply.")
     if not isinstance(body, dict):
         return _error(400, "The body must be a JSON object.")
     return body
@@ -110,7 +112,8 @@ def create_signup(request, body):
 
 @api_view("GET")
 def read_signup(request, username):
-    signup = selectors.signup_by_username(username) if len(username) <= 150 else None
+    valid = len(username) <= USERNAME_MAX_LENGTH and USERNAME_PATTERN.match(username)
+    signup = selectors.signup_by_username(username) if valid else None
     if signup is None:
         return _error(404, "No signup has this username.")
     return JsonResponse(signup_json(signup))

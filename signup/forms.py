@@ -10,7 +10,11 @@ from signup.models import NAME_MAX_LENGTH, USERNAME_MAX_LENGTH
 USERNAME_MIN_LENGTH = 3
 EMAIL_MAX_LENGTH = 254
 
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e]")
+# Control and invisible characters, and lone surrogates (which no database can store).
+_CONTROL_CHARACTERS = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+USERNAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 def reject_control_characters(value: str) -> None:
@@ -21,7 +25,7 @@ def reject_control_characters(value: str) -> None:
 
 
 username_characters = RegexValidator(
-    r"\A[A-Za-z0-9][A-Za-z0-9_.-]*\Z",
+    USERNAME_PATTERN,
     "Use letters, digits, and . _ - only, starting with a letter or digit.",
     code="invalid_username",
 )

@@ -90,7 +90,12 @@ class SignupEvent(models.Model):
         EMAIL_FAILED = "email_failed", "Email failed"
         EMAIL_SKIPPED = "email_skipped", "Email not sent (signup moved on)"
         CHAIN_REPAIRED = "chain_repaired", "Lost reminder re-enqueued by the sweeper"
-        EMAIL_REDRIVEN = "email_redriven", "Stuck email re-enqueued"
+        EMAIL_REDRIVEN = "email_redriven", "Email re-enqueued"
+        EMAIL_DELIVERED = "email_delivered", "Email delivered"
+        EMAIL_OPENED = "email_opened", "Email opened"
+        EMAIL_CLICKED = "email_clicked", "Link in email clicked"
+        EMAIL_BOUNCED = "email_bounced", "Email bounced"
+        EMAIL_COMPLAINED = "email_complained", "Spam complaint"
 
     signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=32, choices=Kind.choices)

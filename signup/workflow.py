@@ -145,7 +145,7 @@ def _plan_next_step(signup: Signup, *, now) -> None:
     ):
         signup.next_reminder_at = next_reminder_at
         number = signup.reminders_sent + 1
-        transaction.on_commit(
+        _after_commit(
             lambda: tasks.send_reminder.apply_async(
                 (signup_id, number), countdown=interval.total_seconds()
             )
@@ -153,9 +153,7 @@ def _plan_next_step(signup: Signup, *, now) -> None:
     else:
         signup.next_reminder_at = None
         countdown = max((signup.expires_at - now).total_seconds(), 0)
-        transaction.on_commit(
-            lambda: tasks.expire_signup.apply_async((signup_id,), countdown=countdown)
-        )
+        _after_commit(lambda: tasks.expire_signup.apply_async((signup_id,), countdown=countdown))
 
 
 # --- Verification ------------------------------------------------------------------------
@@ -273,6 +271,50 @@ def mark_undeliverable(*, signup_id: int, reason: str) -> bool:
     return True
 
 
+# What a provider's tracking event means for a signup: the timeline event it adds, and
+# whether it closes a pending signup (a hard bounce or a complaint: stop writing to it).
+_PROVIDER_EVENTS = {
+    "delivered": (Event.EMAIL_DELIVERED, False),
+    "opened": (Event.EMAIL_OPENED, False),
+    "clicked": (Event.EMAIL_CLICKED, False),
+    "deferred": (Event.EMAIL_BOUNCED, False),
+    "bounced": (Event.EMAIL_BOUNCED, True),
+    "rejected": (Event.EMAIL_BOUNCED, True),
+    "complained": (Event.EMAIL_COMPLAINED, True),
+}
+
+
+def record_provider_event(
+    *, email_id: int, event_type: str, permanent: bool = True, description: str = ""
+) -> bool:
+    """Put a provider's event about a sent email on its signup's timeline; return whether
+    it was new.
+
+    A hard bounce, a rejection or a spam complaint also makes a pending signup
+    undeliverable, which stops its reminders. A provider posting the same event again adds
+    nothing; event types the workflow has no use for are ignored.
+    """
+    if event_type not in _PROVIDER_EVENTS:
+        return False
+    kind, closes = _PROVIDER_EVENTS[event_type]
+    closes = closes and permanent
+    with transaction.atomic():
+        signup_id = OutboundEmail.objects.filter(pk=email_id).values_list("signup_id", flat=True)
+        signup = _lock(signup_id.first())
+        email = _lock_email(email_id)
+        if signup is None or email is None:
+            return False
+        detail = f"{email.kind} #{email.sequence}" + (f": {description}" if description else "")
+        number = email.sequence if email.kind == EmailKind.REMINDER else None
+        if signup.events.filter(kind=kind, detail=detail[:500]).exists():
+            return False
+        _log(signup, kind, number=number, detail=detail[:500])
+        if closes and signup.status == Status.PENDING:
+            reason = "spam complaint" if event_type == "complained" else f"email {event_type}"
+            _close(signup, Status.UNDELIVERABLE, Event.UNDELIVERABLE, detail=reason)
+    return True
+
+
 def _close(signup: Signup, status: str, event: str, detail: str = "") -> None:
     signup.status = status
     signup.next_reminder_at = None
@@ -307,7 +349,7 @@ def deliver_email(*, email_id: int) -> bool:
     after a verification commits.
     """
     with transaction.atomic():
-        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        email = _lock_email(email_id)
         if email is None or email.status not in (EmailStatus.QUEUED, EmailStatus.SENDING):
             return False
         if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
@@ -319,7 +361,7 @@ def deliver_email(*, email_id: int) -> bool:
 
     with transaction.atomic():
         signup = _lock(email.signup_id)
-        email = OutboundEmail.objects.select_for_update().get(pk=email_id)
+        email = _lock_email(email_id)
         if email.status != EmailStatus.SENDING:
             return False  # a concurrent delivery finished it while we waited for the lock
         if signup.status != _WANTED_WHILE[email.kind]:
@@ -345,7 +387,7 @@ def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
     one that another delivery finished meanwhile is left alone (both return False).
     """
     with transaction.atomic():
-        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        email = _lock_email(email_id)
         if email is None or email.status != EmailStatus.SENDING:
             return False
         if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
@@ -360,7 +402,7 @@ def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
 def record_email_failure(*, email_id: int, error: str) -> None:
     """Dead-letter an email whose provider refused it for good or whose retries ran out."""
     with transaction.atomic():
-        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        email = _lock_email(email_id)
         if email is not None and email.status in (EmailStatus.QUEUED, EmailStatus.SENDING):
             _fail(email, error)
 
@@ -384,7 +426,7 @@ def _queue_email(signup: Signup, kind: str, *, sequence: int) -> OutboundEmail:
         defaults={"to_email": signup.email, "enqueued_at": timezone.now()},
     )
     if created:
-        transaction.on_commit(lambda: tasks.deliver_email.delay(email.pk))
+        _after_commit(lambda: tasks.deliver_email.delay(email.pk))
     return email
 
 
@@ -404,51 +446,106 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     signup whose next reminder is overdue by more than SIGNUP_REMINDER_GRACE lost its task
     (broker restart or flush, killed worker), and so did an email stuck unsent for longer
     than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped by the reminder
-    sequence check and the email ledger.
+    sequence check and the email ledger. Rows another transaction holds are left for the
+    next sweep, so the sweeper never waits on (or deadlocks with) the workflow.
     """
     now = timezone.now()
     counts = {"expired": 0, "reminders_requeued": 0, "emails_requeued": 0}
 
     overdue = Signup.objects.filter(status=Status.PENDING, expires_at__lte=now)
-    for signup_id in overdue.values_list("id", flat=True)[:batch_size]:
+    for signup_id in overdue.order_by("expires_at").values_list("id", flat=True)[:batch_size]:
         counts["expired"] += expire_signup(signup_id=signup_id)
 
-    late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE)
-    lost_reminders = Signup.objects.filter(
-        status=Status.PENDING, next_reminder_at__lte=late, expires_at__gt=now
-    ).values_list("id", "reminders_sent")
-    for signup_id, reminders_sent in lost_reminders[:batch_size]:
-        tasks.send_reminder.delay(signup_id, reminders_sent + 1)
-        counts["reminders_requeued"] += 1
-
-    stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
-    stuck = OutboundEmail.objects.filter(
-        Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
-        status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
-    )
-    stuck_ids = list(stuck.values_list("id", flat=True)[:batch_size])
-    OutboundEmail.objects.filter(pk__in=stuck_ids).update(enqueued_at=now)
-    for email_id in stuck_ids:
-        tasks.deliver_email.delay(email_id)
-    counts["emails_requeued"] = len(stuck_ids)
-
+    counts["reminders_requeued"] = _requeue_lost_reminders(now=now, batch_size=batch_size)
+    counts["emails_requeued"] = _requeue_stuck_emails(now=now, batch_size=batch_size)
     if any(counts.values()):
         logger.info("sweep: %s", counts)
     return counts
 
 
+def _requeue_lost_reminders(*, now, batch_size: int) -> int:
+    """Re-enqueue the next reminder of each pending signup that is overdue past the grace.
+
+    next_reminder_at moves to now, so the same signup is re-enqueued again only if this task
+    is lost too, not on every sweep while a busy worker works through its queue.
+    """
+    late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE)
+    with transaction.atomic():
+        lost = list(
+            Signup.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(status=Status.PENDING, next_reminder_at__lte=late, expires_at__gt=now)
+            .order_by("next_reminder_at")
+            .values_list("id", "reminders_sent")[:batch_size]
+        )
+        if not lost:
+            return 0
+        Signup.objects.filter(pk__in=[signup_id for signup_id, _ in lost]).update(
+            next_reminder_at=now, updated_at=now
+        )
+        SignupEvent.objects.bulk_create(
+            SignupEvent(signup_id=signup_id, kind=Event.CHAIN_REPAIRED, number=sent + 1)
+            for signup_id, sent in lost
+        )
+
+        def enqueue():
+            for signup_id, sent in lost:
+                tasks.send_reminder.delay(signup_id, sent + 1)
+
+        _after_commit(enqueue)
+    return len(lost)
+
+
+def _requeue_stuck_emails(*, now, batch_size: int) -> int:
+    stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
+    with transaction.atomic():
+        stuck = list(
+            OutboundEmail.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(
+                Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
+                status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
+            )
+            .order_by("enqueued_at")
+            .values_list("id", "signup_id", "kind", "sequence")[:batch_size]
+        )
+        if not stuck:
+            return 0
+        email_ids = [email_id for email_id, *_ in stuck]
+        OutboundEmail.objects.filter(pk__in=email_ids).update(enqueued_at=now, updated_at=now)
+        SignupEvent.objects.bulk_create(
+            SignupEvent(
+                signup_id=signup_id,
+                kind=Event.EMAIL_REDRIVEN,
+                number=sequence,
+                detail=f"{kind} #{sequence}: re-enqueued by the sweeper",
+            )
+            for _, signup_id, kind, sequence in stuck
+        )
+
+        def enqueue():
+            for email_id in email_ids:
+                tasks.deliver_email.delay(email_id)
+
+        _after_commit(enqueue)
+    return len(stuck)
+
+
 def redrive_email(*, email_id: int) -> bool:
     """Give a failed email another round of attempts (an operator's re-drive)."""
     with transaction.atomic():
-        email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
+        email = _lock_email(email_id)
         if email is None or email.status != EmailStatus.FAILED:
             return False
         email.status = EmailStatus.QUEUED
         email.attempts = 0
         email.enqueued_at = timezone.now()
         email.save(update_fields=["status", "attempts", "enqueued_at", "updated_at"])
-        _log_for(email.signup_id, Event.EMAIL_REDRIVEN, detail=f"{email.kind} #{email.sequence}")
-        transaction.on_commit(lambda: tasks.deliver_email.delay(email_id))
+        _log_for(
+            email.signup_id,
+            Event.EMAIL_REDRIVEN,
+            number=email.sequence,
+            detail=f"{email.kind} #{email.sequence}: re-driven by an operator",
+        )
+        _after_commit(lambda: tasks.deliver_email.delay(email_id))
     return True
 
 
@@ -456,7 +553,19 @@ def redrive_email(*, email_id: int) -> bool:
 
 
 def _lock(signup_id: int) -> Signup | None:
-    return Signup.objects.select_for_update().filter(pk=signup_id).first()
+    # FOR NO KEY UPDATE: inserting a timeline event or ledger row for this signup (a foreign
+    # key check) from another transaction must not wait on, or deadlock with, this lock.
+    return Signup.objects.select_for_update(no_key=True).filter(pk=signup_id).first()
+
+
+def _lock_email(email_id: int) -> OutboundEmail | None:
+    return OutboundEmail.objects.select_for_update(no_key=True).filter(pk=email_id).first()
+
+
+def _after_commit(enqueue) -> None:
+    """Run `enqueue` once the transaction commits; if the broker is unreachable then, log it
+    and carry on: the change is committed and the sweeper enqueues the lost work later."""
+    transaction.on_commit(enqueue, robust=True)
 
 
 def _log(signup: Signup, kind: str, *, number: int | None = None, detail: str = "") -> None:

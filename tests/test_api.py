@@ -99,6 +99,17 @@ def test_read_answers_the_status_and_404(api):
     assert api.get("/api/signups/" + "x" * 500).status_code == 404
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/api/signups/ali%00ce", "/api/signups/%00", "/api/signups/al%ED%A0%80", "/api/signups/%20"],
+)
+def test_read_answers_404_for_names_no_signup_can_have(api, path):
+    api.post("/api/signups", signup_data())
+    response = api.get(path)
+    assert response.status_code == 404, response.content
+    assert response.json()["message"]
+
+
 def test_read_shows_the_signup_holding_the_username(api):
     old = workflow.start_signup(**signup_data())
     workflow.cancel_signup(signup_id=old.pk)
@@ -129,6 +140,9 @@ def test_read_shows_the_signup_holding_the_username(api):
         (signup_data(first_name="Al\x07ice"), "first_name"),
         (signup_data(first_name="Alice\u202e"), "first_name"),
         (signup_data(first_name="<b>Alice</b>"), "first_name"),
+        (signup_data(first_name="Al\ud800ice"), "first_name"),
+        (signup_data(email="alice\udfff@example.com"), "email"),
+        (signup_data(username="ali\ud83dce"), "username"),
         (signup_data(last_name=True), "last_name"),
         (signup_data(last_name="L" * 101), "last_name"),
         ({**signup_data(), "is_admin": True}, "is_admin"),
@@ -144,11 +158,23 @@ def test_malformed_fields_get_400_with_the_field_named(api, body, field):
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"not json", b"[1, 2]", b'"alice"', b"null", b"{", b"\xff\xfe{}", b"1e999999"],
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'"alice"',
+        b"null",
+        b"{",
+        b"\xff\xfe{}",
+        b"1e999999",
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a":' * 2000 + b"1" + b"}" * 2000,
+    ],
 )
-def test_bodies_that_are_not_a_json_object_get_400(client, raw):
+@pytest.mark.parametrize("path", ["/api/signups", "/api/signups/verify"])
+def test_bodies_that_are_not_a_json_object_get_400(client, raw, path):
     response = client.post(
-        "/api/signups",
+        path,
         raw,
         content_type="application/json",
         headers={"Authorization": f"Bearer {API_KEY}"},

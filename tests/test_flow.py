@@ -2,11 +2,13 @@
 
 import itertools
 import time
+from contextlib import contextmanager
 
 import pytest
 from django.core import mail
 from django.db import transaction
 
+from config.celery import app as celery_app
 from signup import tasks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
 from tests.helpers import sent_to, signup_data, verify_link, wait_for, wait_for_emails
@@ -152,3 +154,45 @@ def test_duplicated_tasks_send_each_email_once(worker, settings):
     time.sleep(1.5)
     assert len(sent_to("alice@example.com", "Verify")) == 1
     assert len(sent_to("alice@example.com", "Reminder")) == 1
+
+
+@contextmanager
+def broker_unreachable():
+    """Point this process's producers at a port nothing listens on, then back."""
+
+    def use(url):
+        # kombu keeps one pool per broker URL: the working one is there again afterwards.
+        celery_app.conf.broker_url = celery_app.conf.broker_write_url = url
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+
+    working = celery_app.conf.broker_write_url
+    use("redis://127.0.0.1:9/0")
+    try:
+        yield
+    finally:
+        use(working)
+
+
+def test_a_signup_made_while_the_broker_is_down_is_kept_and_sent_by_the_sweeper(
+    worker, api, settings
+):
+    settings.SIGNUP_REMINDER_INTERVAL = 1
+    settings.SIGNUP_MAX_REMINDERS = 1
+    settings.SIGNUP_EMAIL_REDRIVE_AFTER = 0
+    with broker_unreachable():
+        response = api.post("/api/signups", signup_data())
+    assert response.status_code == 201, response.content
+    assert OutboundEmail.objects.get().status == "queued"
+    time.sleep(2.5)  # nothing reached the broker; reminder 1 is overdue past the grace
+    assert mail.outbox == []
+
+    counts = workflow.sweep()
+    assert counts["emails_requeued"] == 1
+    assert counts["reminders_requeued"] == 1
+    wait_for_emails("alice@example.com", "Verify")
+    wait_for_emails("alice@example.com", "Reminder")
+    time.sleep(1)
+    assert len(sent_to("alice@example.com", "Verify")) == 1
+    assert len(sent_to("alice@example.com", "Reminder")) == 1
+    assert Signup.objects.get().events.filter(kind="chain_repaired", number=1).exists()

@@ -211,6 +211,9 @@ def test_sweep_expires_overdue_signups_and_finds_lost_reminders(settings):
     assert counts["reminders_requeued"] == 1
     overdue.refresh_from_db()
     assert overdue.status == "expired"
+    assert late.events.filter(kind="chain_repaired", number=1).count() == 1
+    # The re-enqueued reminder is given the grace again before it counts as lost.
+    assert workflow.sweep()["reminders_requeued"] == 0
 
 
 def test_resend_counts_against_the_hourly_limit(settings):
@@ -229,3 +232,12 @@ def test_undeliverable_stops_the_signup():
     assert workflow.send_reminder(signup_id=signup.pk, number=1) is False
     with pytest.raises(workflow.SignupClosed):
         workflow.verify_signup(token=tokens.make_token(signup), source="verification")
+
+
+def test_plain_text_emails_show_names_as_typed_and_html_escapes_them(mailoutbox):
+    workflow.start_signup(**signup_data(first_name="Zoë O'Brien & Co"))
+    _deliver_all()
+    (message,) = mailoutbox
+    assert "Zoë O'Brien & Co" in message.body
+    assert "&#x27;" not in message.subject + message.body
+    assert "O&#x27;Brien &amp; Co" in message.alternatives[0][0]

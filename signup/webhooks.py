@@ -1,0 +1,96 @@
+"""Email-provider events (bounces, complaints, deliveries, opens) from anymail's tracking
+webhooks, matched to the ledger and handed to the workflow.
+
+Only the tracking endpoints are mounted, and only when ANYMAIL_WEBHOOK_SECRET is set: anymail
+then checks HTTP basic auth on every post. Posts that fail auth or can't be read get a 4xx
+and change nothing.
+"""
+
+import logging
+from functools import wraps
+
+from anymail import urls as anymail_urls
+from anymail.exceptions import AnymailConfigurationError
+from anymail.signals import tracking
+from django.conf import settings
+from django.dispatch import receiver
+from django.http import JsonResponse
+from django.urls import path
+
+from signup import workflow
+from signup.models import OutboundEmail
+
+logger = logging.getLogger(__name__)
+
+# Provider-specific bounce types that are temporary, though anymail reports them as bounces.
+SOFT_BOUNCE_TYPES = frozenset({"SoftBounce", "Transient", "DnsError"})
+
+
+class EventNotRecorded(Exception):
+    """Recording a genuine event failed: answer 5xx so the provider posts it again."""
+
+
+@receiver(tracking)
+def record_tracking_event(sender, event, esp_name: str, **kwargs) -> None:
+    email_id = _ledger_id(event)
+    if email_id is None:
+        logger.info("%s %s event for a message not in the ledger", esp_name, event.event_type)
+        return
+    try:
+        workflow.record_provider_event(
+            email_id=email_id,
+            event_type=event.event_type,
+            permanent=not _is_soft_bounce(event),
+            description=str(event.description or event.mta_response or "")[:200],
+        )
+    except Exception as exc:
+        raise EventNotRecorded(f"{esp_name} {event.event_type} for email {email_id}") from exc
+
+
+def _ledger_id(event) -> int | None:
+    """Find the ledger row an event is about: our metadata first, then the provider's id."""
+    metadata = event.metadata if isinstance(event.metadata, dict) else {}
+    raw_id = metadata.get("signup_email_id")
+    if isinstance(raw_id, str | int) and str(raw_id).isdigit() and len(str(raw_id)) < 19:
+        email_id = int(raw_id)
+    elif isinstance(event.message_id, str) and 0 < len(event.message_id) <= 255:
+        email_id = (
+            OutboundEmail.objects.filter(provider_message_id=event.message_id)
+            .values_list("id", flat=True)
+            .first()
+        )
+    else:
+        return None
+    recipient = event.recipient if isinstance(event.recipient, str) else ""
+    matches = OutboundEmail.objects.filter(pk=email_id, to_email__iexact=recipient.strip())
+    return email_id if email_id is not None and matches.exists() else None
+
+
+def _is_soft_bounce(event) -> bool:
+    esp_event = event.esp_event if isinstance(event.esp_event, dict) else {}
+    return event.event_type == "deferred" or esp_event.get("Type") in SOFT_BOUNCE_TYPES
+
+
+def refuse_malformed(view):
+    """Answer 404 while webhooks are off, and 400 (not 500) to a post that can't be read."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not settings.ANYMAIL.get("WEBHOOK_SECRET"):
+            return JsonResponse({"message": "Webhooks are not configured."}, status=404)
+        try:
+            return view(request, *args, **kwargs)
+        except EventNotRecorded:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, AnymailConfigurationError):
+            logger.warning("malformed webhook post to %s", request.path, exc_info=True)
+            return JsonResponse({"message": "The event could not be read."}, status=400)
+
+    return wrapper
+
+
+urlpatterns = [
+    path(str(pattern.pattern), refuse_malformed(pattern.callback), name=pattern.name)
+    for pattern in anymail_urls.urlpatterns
+    if pattern.name and pattern.name.endswith("_tracking_webhook")
+]
