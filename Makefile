@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test test-fast lint format lock clean
+.PHONY: install run migrate test faults lint format lock clean
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,13 @@ TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:543
 
 test: install
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+
+# The fault suite's long variants (FAULT_ROUNDS rounds each); prints the outcome table.
+faults: install
+	rm -f var/faults.jsonl
+	FAULT_ROUNDS=$${FAULT_ROUNDS:-20} FAULT_REPORT=$(CURDIR)/var/faults.jsonl $(TEST_ENV) \
+		$(BIN)/pytest -m faults $(PYTEST_ARGS)
+	$(PY) -m tests.faults.report var/faults.jsonl
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

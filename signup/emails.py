@@ -1,6 +1,6 @@
 """Rendering and sending the workflow's emails through Django's mail API (any anymail ESP)."""
 
-from email.utils import make_msgid
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -15,6 +15,13 @@ Kind = OutboundEmail.Kind
 def link_source(email: OutboundEmail) -> str:
     """Return the `source` a link in this email credits when clicked."""
     return f"reminder-{email.sequence}" if email.kind == Kind.REMINDER else "verification"
+
+
+def message_id(email: OutboundEmail) -> str:
+    """Return the Message-ID of a ledger email: the same on every attempt, so a copy sent
+    again after a crash (the at-least-once window) is one message to mail clients."""
+    domain = urlsplit(settings.SITE_URL).hostname or "signup.invalid"
+    return f"<signup-email-{email.pk}.{email.kind}.{email.sequence}@{domain}>"
 
 
 def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
@@ -34,7 +41,7 @@ def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternative
         body=render_to_string(f"emails/{email.kind}.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[email.to_email],
-        headers={"Message-ID": make_msgid(domain="signup.local")},
+        headers={"Message-ID": message_id(email)},
     )
     message.attach_alternative(render_to_string(f"emails/{email.kind}.html", context), "text/html")
     # Read by anymail backends (ignored by others): ties provider events back to the ledger.

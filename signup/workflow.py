@@ -364,9 +364,12 @@ def deliver_email(*, email_id: int) -> bool:
         email = _lock_email(email_id)
         if email.status != EmailStatus.SENDING:
             return False  # a concurrent delivery finished it while we waited for the lock
+        number = email.sequence if email.kind == EmailKind.REMINDER else None
         if signup.status != _WANTED_WHILE[email.kind]:
             email.status = EmailStatus.SKIPPED
             email.save(update_fields=["status", "updated_at"])
+            detail = f"{email.kind} #{email.sequence}: the signup is {signup.status}"
+            _log(signup, Event.EMAIL_SKIPPED, number=number, detail=detail)
             return False
         email.provider_message_id = emails.send(email, signup)
         email.status = EmailStatus.SENT
@@ -375,7 +378,6 @@ def deliver_email(*, email_id: int) -> bool:
         email.save(
             update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
         )
-        number = email.sequence if email.kind == EmailKind.REMINDER else None
         _log(signup, _SENT_EVENT[email.kind], number=number, detail=email.to_email)
     return True
 

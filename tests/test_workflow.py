@@ -241,3 +241,17 @@ def test_plain_text_emails_show_names_as_typed_and_html_escapes_them(mailoutbox)
     assert "Zoë O'Brien & Co" in message.body
     assert "&#x27;" not in message.subject + message.body
     assert "O&#x27;Brien &amp; Co" in message.alternatives[0][0]
+
+
+def test_every_attempt_at_an_email_carries_the_same_message_id(mailoutbox):
+    signup = workflow.start_signup(**signup_data())
+    email = signup.emails.get()
+    workflow.deliver_email(email_id=email.pk)
+    # As if the worker died after the provider took it: the ledger still says "sending".
+    OutboundEmail.objects.filter(pk=email.pk).update(status="sending")
+    workflow.deliver_email(email_id=email.pk)
+    first, second = mailoutbox
+    assert first.extra_headers["Message-ID"] == second.extra_headers["Message-ID"]
+    assert (
+        first.extra_headers["Message-ID"] == f"<signup-email-{email.pk}.verification.1@testserver>"
+    )
