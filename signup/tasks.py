@@ -30,12 +30,23 @@ def is_permanent(exc: Exception) -> bool:
     return False
 
 
-def retry_delay(retries: int) -> float:
-    """Exponential backoff with equal jitter: half the delay fixed, half random."""
+def retry_delay(retries: int, exc: Exception | None = None) -> float:
+    """Exponential backoff with equal jitter (half the delay fixed, half random), and never
+    sooner than a rate-limited provider's Retry-After asks."""
     delay = min(
         settings.SIGNUP_EMAIL_RETRY_MAX_DELAY, settings.SIGNUP_EMAIL_RETRY_DELAY * 2**retries
     )
-    return delay / 2 + random.uniform(0, delay / 2)
+    delay = delay / 2 + random.uniform(0, delay / 2)
+    return min(max(delay, _retry_after(exc)), settings.SIGNUP_EMAIL_RETRY_MAX_DELAY)
+
+
+def _retry_after(exc: Exception | None) -> float:
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After", "")
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return 0.0  # absent, or an HTTP date: the backoff alone decides
 
 
 @shared_task(bind=True, max_retries=None)
@@ -48,7 +59,7 @@ def deliver_email(self, email_id: int) -> None:
         if is_permanent(exc):
             workflow.record_email_failure(email_id=email_id, error=error)
             return
-        countdown = retry_delay(self.request.retries)
+        countdown = retry_delay(self.request.retries, exc)
         try:
             retrying = workflow.record_email_error(
                 email_id=email_id, error=error, retry_in=countdown
