@@ -34,7 +34,7 @@ def table(records: list[dict]) -> str:
             if combine == "count":
                 cells.append(str(len(runs)))
             elif not values:
-                cells.append("–")
+                cells.append("-")
             elif combine == "sum":
                 cells.append(str(sum(values)))
             else:
