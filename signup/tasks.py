@@ -50,10 +50,22 @@ def _retry_after(exc: Exception | None) -> float:
 
 
 @shared_task(bind=True, max_retries=None)
-def deliver_email(self, email_id: int) -> None:
-    """Send one ledger email; the ledger's attempts count is the retry budget."""
+def deliver_email(self, email_id: int, provider_message_id: str | None = None) -> None:
+    """Send one ledger email; the ledger's attempts count is the retry budget.
+
+    Called with provider_message_id, the email was accepted by the provider on an earlier
+    attempt and only recording that is left to do.
+    """
     try:
-        workflow.deliver_email(email_id=email_id)
+        if provider_message_id:
+            workflow.record_email_sent(email_id=email_id, provider_message_id=provider_message_id)
+        else:
+            workflow.deliver_email(email_id=email_id)
+    except workflow.SentButNotRecorded as sent:
+        countdown = retry_delay(self.request.retries)
+        logger.warning("%s; recording it in %.1fs", sent, countdown)
+        kwargs = {"email_id": email_id, "provider_message_id": sent.provider_message_id}
+        raise self.retry(args=(), kwargs=kwargs, countdown=countdown) from sent
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if is_permanent(exc):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -28,6 +28,15 @@ EmailStatus = OutboundEmail.Status
 
 class UsernameTaken(Exception):
     """A pending or verified signup already holds this username."""
+
+
+class SentButNotRecorded(Exception):
+    """The provider accepted an email, then the database failed before it was recorded."""
+
+    def __init__(self, email_id: int, provider_message_id: str):
+        super().__init__(f"email {email_id} sent as {provider_message_id}, not recorded")
+        self.email_id = email_id
+        self.provider_message_id = provider_message_id
 
 
 class SignupClosed(Exception):
@@ -299,16 +308,13 @@ def record_provider_event(
     kind, closes = _PROVIDER_EVENTS[event_type]
     closes = closes and permanent
     with transaction.atomic():
-        signup_id = OutboundEmail.objects.filter(pk=email_id).values_list("signup_id", flat=True)
-        signup = _lock(signup_id.first())
-        email = _lock_email(email_id)
+        signup, email = _lock_signup_and_email(email_id)
         if signup is None or email is None:
             return False
         detail = f"{email.kind} #{email.sequence}" + (f": {description}" if description else "")
-        number = email.sequence if email.kind == EmailKind.REMINDER else None
         if signup.events.filter(kind=kind, detail=detail[:500]).exists():
             return False
-        _log(signup, kind, number=number, detail=detail[:500])
+        _log(signup, kind, number=_number(email), detail=detail[:500])
         if closes and signup.status == Status.PENDING:
             reason = "spam complaint" if event_type == "complained" else f"email {event_type}"
             _close(signup, Status.UNDELIVERABLE, Event.UNDELIVERABLE, detail=reason)
@@ -359,27 +365,53 @@ def deliver_email(*, email_id: int) -> bool:
         email.attempts += 1
         email.save(update_fields=["status", "attempts", "updated_at"])
 
-    with transaction.atomic():
-        signup = _lock(email.signup_id)
-        email = _lock_email(email_id)
-        if email.status != EmailStatus.SENDING:
-            return False  # a concurrent delivery finished it while we waited for the lock
-        number = email.sequence if email.kind == EmailKind.REMINDER else None
-        if signup.status != _WANTED_WHILE[email.kind]:
-            email.status = EmailStatus.SKIPPED
-            email.save(update_fields=["status", "updated_at"])
-            detail = f"{email.kind} #{email.sequence}: the signup is {signup.status}"
-            _log(signup, Event.EMAIL_SKIPPED, number=number, detail=detail)
-            return False
-        email.provider_message_id = emails.send(email, signup)
-        email.status = EmailStatus.SENT
-        email.sent_at = timezone.now()
-        email.last_error = ""
-        email.save(
-            update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
-        )
-        _log(signup, _SENT_EVENT[email.kind], number=number, detail=email.to_email)
+    provider_message_id = None
+    try:
+        with transaction.atomic():
+            signup = _lock(email.signup_id)
+            email = _lock_email(email_id)
+            if email.status != EmailStatus.SENDING:
+                return False  # a concurrent delivery finished it while we waited for the lock
+            if signup.status != _WANTED_WHILE[email.kind]:
+                email.status = EmailStatus.SKIPPED
+                email.save(update_fields=["status", "updated_at"])
+                detail = f"{email.kind} #{email.sequence}: the signup is {signup.status}"
+                _log(signup, Event.EMAIL_SKIPPED, number=_number(email), detail=detail)
+                return False
+            provider_message_id = emails.send(email, signup)
+            _mark_sent(signup, email, provider_message_id)
+    except DatabaseError as exc:
+        if provider_message_id is None:
+            raise
+        raise SentButNotRecorded(email_id, provider_message_id) from exc
     return True
+
+
+def record_email_sent(*, email_id: int, provider_message_id: str) -> bool:
+    """Record an email the provider accepted while the database was unreachable, so that it
+    is not sent a second time; return whether this recorded it."""
+    with transaction.atomic():
+        signup, email = _lock_signup_and_email(email_id)
+        if signup is None or email is None or email.status != EmailStatus.SENDING:
+            return False
+        _mark_sent(signup, email, provider_message_id)
+    return True
+
+
+def _mark_sent(signup: Signup, email: OutboundEmail, provider_message_id: str) -> None:
+    email.provider_message_id = provider_message_id
+    email.status = EmailStatus.SENT
+    email.sent_at = timezone.now()
+    email.last_error = ""
+    email.save(
+        update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
+    )
+    _log(signup, _SENT_EVENT[email.kind], number=_number(email), detail=email.to_email)
+
+
+def _number(email: OutboundEmail) -> int | None:
+    """The number a timeline event about this email carries: reminders are numbered."""
+    return email.sequence if email.kind == EmailKind.REMINDER else None
 
 
 def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
@@ -413,9 +445,11 @@ def _fail(email: OutboundEmail, error: str) -> None:
     email.status = EmailStatus.FAILED
     email.last_error = error[:2000]
     email.save(update_fields=["status", "last_error", "updated_at"])
-    number = email.sequence if email.kind == EmailKind.REMINDER else None
     _log_for(
-        email.signup_id, Event.EMAIL_FAILED, number=number, detail=f"{email.kind}: {error}"[:500]
+        email.signup_id,
+        Event.EMAIL_FAILED,
+        number=_number(email),
+        detail=f"{email.kind}: {error}"[:500],
     )
     logger.error("email %s (%s #%s) failed: %s", email.pk, email.kind, email.sequence, error)
 
@@ -562,6 +596,13 @@ def _lock(signup_id: int) -> Signup | None:
 
 def _lock_email(email_id: int) -> OutboundEmail | None:
     return OutboundEmail.objects.select_for_update(no_key=True).filter(pk=email_id).first()
+
+
+def _lock_signup_and_email(email_id: int) -> tuple[Signup | None, OutboundEmail | None]:
+    """Lock an email's signup, then the email: the order every transaction locks them in."""
+    signup_id = OutboundEmail.objects.filter(pk=email_id).values_list("signup_id", flat=True)
+    signup = _lock(signup_id.first())
+    return signup, _lock_email(email_id)
 
 
 def _after_commit(enqueue) -> None:

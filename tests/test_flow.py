@@ -196,3 +196,19 @@ def test_a_signup_made_while_the_broker_is_down_is_kept_and_sent_by_the_sweeper(
     assert len(sent_to("alice@example.com", "Verify")) == 1
     assert len(sent_to("alice@example.com", "Reminder")) == 1
     assert Signup.objects.get().events.filter(kind="chain_repaired", number=1).exists()
+
+
+def test_an_email_whose_recording_failed_is_recorded_by_the_retry_not_sent_again(worker, settings):
+    settings.EMAIL_BACKEND = "tests.test_workflow.ConnectionKillingBackend"
+    settings.SIGNUP_EMAIL_RETRY_DELAY = 0.2
+    signup = workflow.start_signup(**signup_data())
+    wait_for_emails("alice@example.com", "Verify")
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    email = wait_for(
+        lambda: OutboundEmail.objects.filter(signup=signup, status="sent").first(),
+        message="the retry recorded the email as sent",
+    )
+    time.sleep(1)
+    assert len(sent_to("alice@example.com", "Verify")) == 1
+    assert email.attempts == 1
+    assert signup.events.filter(kind="verification_sent").count() == 1

@@ -2,8 +2,10 @@
 
 from datetime import timedelta
 
+import psycopg
 import pytest
-from django.db import IntegrityError
+from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
+from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from signup import tokens, workflow
@@ -255,3 +257,42 @@ def test_every_attempt_at_an_email_carries_the_same_message_id(mailoutbox):
     assert (
         first.extra_headers["Message-ID"] == f"<signup-email-{email.pk}.verification.1@testserver>"
     )
+
+
+class ConnectionKillingBackend(LocmemBackend):
+    """Hands the email over, then has PostgreSQL kill the sender's database connection: the
+    provider has the email, and recording that fails."""
+
+    def send_messages(self, messages):
+        sent = super().send_messages(messages)
+        pid = connection.connection.info.backend_pid
+        params = connection.get_connection_params()
+        with psycopg.connect(
+            dbname=params["dbname"], host=params.get("host"), port=params.get("port"),
+            user=params.get("user"), autocommit=True,
+        ) as admin:  # fmt: skip
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_email_sent_as_the_database_connection_dies_is_recorded_not_sent_again(
+    mailoutbox, settings
+):
+    signup = workflow.start_signup(**signup_data())
+    email = signup.emails.get()
+    settings.EMAIL_BACKEND = f"{__name__}.ConnectionKillingBackend"
+    with pytest.raises(workflow.SentButNotRecorded) as raised:
+        workflow.deliver_email(email_id=email.pk)
+    connection.close()
+    assert len(mailoutbox) == 1
+    assert OutboundEmail.objects.get().status == "sending"
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    message_id = raised.value.provider_message_id
+    assert workflow.record_email_sent(email_id=email.pk, provider_message_id=message_id)
+    assert workflow.deliver_email(email_id=email.pk) is False
+    email.refresh_from_db()
+    assert (email.status, email.provider_message_id) == ("sent", message_id)
+    assert len(mailoutbox) == 1
+    assert signup.events.filter(kind="verification_sent").count() == 1
