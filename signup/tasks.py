@@ -62,7 +62,9 @@ def deliver_email(self, email_id: int, provider_message_id: str | None = None) -
         else:
             workflow.deliver_email(email_id=email_id)
     except workflow.SentButNotRecorded as sent:
-        countdown = retry_delay(self.request.retries)
+        # Soon and often: once the database is back, the sweeper would take a row still
+        # "sending" after SIGNUP_EMAIL_REDRIVE_AFTER for a lost task and send it again.
+        countdown = min(retry_delay(self.request.retries), settings.SIGNUP_EMAIL_REDRIVE_AFTER / 10)
         logger.warning("%s; recording it in %.1fs", sent, countdown)
         kwargs = {"email_id": email_id, "provider_message_id": sent.provider_message_id}
         raise self.retry(args=(), kwargs=kwargs, countdown=countdown) from sent

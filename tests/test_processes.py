@@ -1,39 +1,39 @@
 """The service as an operator deploys it: gunicorn, a Celery worker and beat as separate processes
 on their own PostgreSQL database, a real broker and an SMTP server, used over HTTP like a person."""
 
-import email
-import email.policy
 import html
 import math
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
-from email.message import EmailMessage
 from itertools import pairwise
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
-import psycopg
 import pytest
 import redis
 import requests
-from aiosmtpd.controller import Controller
 from kombu import Connection
-from psycopg import sql
 
 from tests.helpers import wait_for
+from tests.processes import (
+    BIN,
+    ROOT,
+    Process,
+    ReceivedEmail,
+    SmtpSink,
+    free_port,
+    fresh_database,
+    start_process,
+    stop_all,
+)
 
 pytestmark = pytest.mark.processes
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 API_KEY = "e2e-api-key-0123456789"
 REMINDER_INTERVAL = 2  # seconds, in every deployment here
 LASTING = 3600  # SIGNUP_EXPIRES_AFTER for tests that must not see a signup expire
@@ -43,8 +43,6 @@ REMINDERS_BEFORE_EXPIRY = math.ceil(EXPIRING / REMINDER_INTERVAL) - 1
 STARTUP_TIMEOUT = 30
 HTTP_TIMEOUT = 10
 
-# The PostgreSQL server is the one the rest of the suite uses (make test's DATABASE_URL).
-PG_SERVER = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signup"))
 BROKER_URLS = {
     "redis": "redis://127.0.0.1:6379/14",
     # The default vhost and queue: the deployment empties the "celery" queue before it starts.
@@ -52,69 +50,7 @@ BROKER_URLS = {
 }
 
 
-# --- The outside world: an SMTP server, a database, a broker ------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class ReceivedEmail:
-    received_at: float  # time.monotonic() when the SMTP server accepted it
-    recipients: tuple[str, ...]
-    message: EmailMessage
-
-    @property
-    def subject(self) -> str:
-        return str(self.message["Subject"])
-
-    @property
-    def text(self) -> str:
-        return self.message.get_body(preferencelist=("plain",)).get_content()
-
-
-class SmtpSink:
-    """An SMTP server in this process that keeps every message it is sent."""
-
-    def __init__(self):
-        self.received: list[ReceivedEmail] = []
-        self.port = free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.received.append(ReceivedEmail(time.monotonic(), tuple(envelope.rcpt_tos), message))
-        return "250 Message accepted"
-
-    @contextmanager
-    def running(self):
-        self._controller.start()
-        try:
-            yield self
-        finally:
-            self._controller.stop()
-
-
-def pg_url(database: str) -> str:
-    return urlunsplit(PG_SERVER._replace(path=f"/{database}"))
-
-
-@contextmanager
-def fresh_database():
-    """A new, empty PostgreSQL database, dropped afterwards; yields its URL."""
-    name = f"signup_e2e_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield pg_url(name)
-    finally:
-        with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+# --- The broker ---------------------------------------------------------------------------
 
 
 def empty_broker(url: str) -> None:
@@ -135,44 +71,6 @@ def empty_broker(url: str) -> None:
 
 
 # --- The deployment: web, worker and beat processes --------------------------------------
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def stop_all(processes: list[Process]) -> None:
-    """Stop every process at once: a warm shutdown, then a kill for what outlives it."""
-    for process in processes:
-        if process.popen.poll() is None:
-            process.popen.terminate()
-    for process in processes:
-        try:
-            process.popen.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            # Started in a session of its own, its group holds it and its children only.
-            os.killpg(process.popen.pid, signal.SIGKILL)
-            process.popen.wait(timeout=10)
-
-
-def start_process(name: str, command: list[str], env: dict, log_dir: Path) -> Process:
-    log = log_dir / f"{name}.log"
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Process(name, popen, log)
 
 
 @dataclass(frozen=True)
