@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test faults lint format lock clean
+.PHONY: install run migrate test faults bench bench-quick lint format lock clean
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,15 @@ faults: install
 	FAULT_ROUNDS=$${FAULT_ROUNDS:-20} FAULT_REPORT=$(CURDIR)/var/faults.jsonl $(TEST_ENV) \
 		$(BIN)/pytest -m faults $(PYTEST_ARGS)
 	$(PY) -m tests.faults.report var/faults.jsonl
+
+# The benchmarks start their own stack (a fresh PostgreSQL database, a private Redis); wrk from apt.
+bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m bench.run
+
+bench-quick: install  ## the same with reduced sizes, under 2 minutes
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m bench.run --quick
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,108 @@
+"""Run the benchmark suite: `python -m bench.run [--quick] [--only NAME,...]`.
+
+Starts the stack (bench/stack.py), runs each benchmark (bench/suite.py), writes
+bench/results/[quick/]<name>.json as each one finishes, prints the table and regenerates
+docs/PERFORMANCE.md.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import report, suite
+from bench.machine import machine_info
+from bench.stack import ROOT, running_stack
+
+
+def _stop_on_sigterm(signum, frame):
+    # SystemExit unwinds through every `finally`: the processes stop, the database is dropped.
+    sys.exit(128 + signum)
+
+
+def _keep_logs(tmp: Path) -> Path:
+    """Copy the processes' logs out of the run's temporary directory, which goes at exit."""
+    logs = ROOT / "var" / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in tmp.glob("*.log"):
+        shutil.copy(log, logs / log.name)
+    return logs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, under 2 minutes")
+    parser.add_argument(
+        "--only",
+        default=",".join(suite.BENCHMARKS),
+        help=f"comma-separated subset of: {', '.join(suite.BENCHMARKS)}",
+    )
+    args = parser.parse_args(argv)
+    selected = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(selected) - set(suite.BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed: apt-get install -y wrk (make bench does it)")
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGHUP, _stop_on_sigterm)
+
+    sizes = suite.QUICK if args.quick else suite.FULL
+    mode = "quick" if args.quick else "full"
+    run_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = time.monotonic()
+    failed = []
+    with (
+        tempfile.TemporaryDirectory(prefix="signup-bench-") as tmp,
+        running_stack(Path(tmp), suite.STACK_SETTINGS) as stack,
+    ):
+        database = stack.database_url.rsplit("/", 1)[1]
+        print(f"bench ({mode}): database {database}, redis on port {stack.broker.port}")
+        stack.start_web()
+        stack.start_beat()
+        machine = machine_info(stack)
+        results: dict[str, report.Result] = {}
+        for name in selected:
+            print(f"- {name} ...", flush=True)
+            begun = time.monotonic()
+            try:
+                if name == "recovery":
+                    result = suite.recovery(stack, sizes, timer=results.get("timer_accuracy"))
+                else:
+                    result = suite.BENCHMARKS[name](stack, sizes)
+            except Exception:
+                traceback.print_exc()
+                logs = _keep_logs(Path(tmp))
+                print(f"  {name} failed; the processes' logs are in {logs}", file=sys.stderr)
+                failed.append(name)
+                continue
+            result.seconds = time.monotonic() - begun
+            results[name] = result
+            machine["load_average_at_end"] = [round(load, 2) for load in os.getloadavg()]
+            document = result.to_json(
+                mode=mode, machine=machine, commands=dict(stack.commands), run_at=run_at
+            )
+            path = report.write_result(document, quick=args.quick)
+            for row in result.rows:
+                print(f"  {row.label}: {row.figure} | floor {row.floor} | {row.ratio}"
+                      f" | target {row.target} | met: {report.met_text(row.met)}")  # fmt: skip
+            print(f"  ({result.seconds:.0f} s) -> {path.relative_to(ROOT)}")
+
+    print()
+    report.print_table(report.load_results(quick=args.quick))
+    path = report.write_performance_md()
+    print(f"\n{path} written; the whole run took {time.monotonic() - started:.0f} s.")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Settings of the benchmark stack: the service's own settings plus the bench app and its URLs.
+
+Used as DJANGO_SETTINGS_MODULE=bench.settings by the processes `python -m bench.run` starts,
+never by the service itself.
+"""
+
+from config.settings import *  # noqa: F403
+from config.settings import INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "bench"]
+ROOT_URLCONF = "bench.urls"
