@@ -134,6 +134,9 @@ SIGNUP_SWEEP_INTERVAL = env.int("SIGNUP_SWEEP_INTERVAL", default=60)
 # re-enqueues it. Likewise an email left unsent this long after it was (re-)enqueued.
 SIGNUP_REMINDER_GRACE = env.int("SIGNUP_REMINDER_GRACE", default=10)
 SIGNUP_EMAIL_REDRIVE_AFTER = env.int("SIGNUP_EMAIL_REDRIVE_AFTER", default=120)
+# The broker holds only the reminders and expiries due within this many seconds; the sweeper
+# hands over the rest as they come this close. It must outlast a sweep interval comfortably.
+SIGNUP_SCHEDULE_AHEAD = env.int("SIGNUP_SCHEDULE_AHEAD", default=300)
 # Transient provider failures are retried after SIGNUP_EMAIL_RETRY_DELAY seconds, doubling
 # (with jitter) up to SIGNUP_EMAIL_RETRY_MAX_DELAY; after SIGNUP_EMAIL_MAX_ATTEMPTS attempts
 # the email is dead-lettered (state "failed") for an operator to re-drive.
@@ -146,18 +149,25 @@ SIGNUP_RESENDS_PER_HOUR = env.int("SIGNUP_RESENDS_PER_HOUR", default=3)
 for _name in ("SIGNUP_REMINDER_INTERVAL", "SIGNUP_EXPIRES_AFTER", "SIGNUP_SWEEP_INTERVAL"):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
+if SIGNUP_SCHEDULE_AHEAD < 2 * SIGNUP_SWEEP_INTERVAL:
+    raise ImproperlyConfigured(
+        "SIGNUP_SCHEDULE_AHEAD must be at least twice SIGNUP_SWEEP_INTERVAL, or a sweep could"
+        " hand a reminder over after it was due."
+    )
 
 # --- Celery -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A Redis broker hands a countdown task to a worker at once and redelivers it if it is not
 # acknowledged within the visibility timeout; it must outlast the longest countdown the
-# workflow uses (a reminder interval, or the wait until expiry), or a long countdown would be
-# delivered twice. Tasks lost to a killed worker are repaired by the sweeper, not by this.
+# service uses, or a countdown would be delivered twice (the copy is dropped, but it is wasted
+# work). SIGNUP_SCHEDULE_AHEAD bounds the workflow's countdowns and SIGNUP_EMAIL_RETRY_MAX_DELAY
+# the email retries', whatever the reminder interval and expiry are. Tasks lost to a killed worker are repaired
+# by the sweeper, not by this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int(
         "CELERY_BROKER_VISIBILITY_TIMEOUT",
-        default=max(SIGNUP_REMINDER_INTERVAL, SIGNUP_EXPIRES_AFTER) + 3600,
+        default=int(max(SIGNUP_SCHEDULE_AHEAD, SIGNUP_EMAIL_RETRY_MAX_DELAY)) + 3600,
     ),
 }
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -180,8 +190,9 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True  # nothing reads results: the database holds the outcome
 CELERY_RESULT_BACKEND = None
+# Flower follows each task from the events the workers send. A "task-sent" event from the
+# web process as well would cost every enqueue a second message to the broker.
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {

@@ -74,6 +74,7 @@ class SignupAdmin(admin.ModelAdmin):
         "status",
         "reminders_sent",
         "next_reminder_at",
+        "reminder_enqueued_at",
         "expires_at",
         "verified_at",
         "verified_source",

@@ -28,6 +28,9 @@ class Signup(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     reminders_sent = models.PositiveSmallIntegerField(default=0)
     next_reminder_at = models.DateTimeField(null=True, blank=True)
+    # When the task for the next reminder was last handed to the broker; null while that
+    # reminder is further away than SIGNUP_SCHEDULE_AHEAD and only the database holds it.
+    reminder_enqueued_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
     verified_at = models.DateTimeField(null=True, blank=True)
     verified_source = models.CharField(max_length=32, blank=True)

@@ -7,12 +7,13 @@ webhooks call these functions and never change a signup themselves.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from signup import emails, tasks, tokens
@@ -66,33 +67,31 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
     Raise UsernameTaken if a pending or verified signup holds the username (in any case).
     """
     now = timezone.now()
-    with transaction.atomic():
-        if _username_is_taken(username):
-            raise UsernameTaken(username)
-        try:
-            # The savepoint turns a lost race for the username into UsernameTaken, not a
-            # broken outer transaction.
-            with transaction.atomic():
-                signup = Signup.objects.create(
-                    username=username,
-                    email=email,
-                    first_name=first_name,
-                    last_name=last_name,
-                    expires_at=now + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER),
-                )
-        except IntegrityError as exc:
+    signup = Signup(
+        username=username,
+        email=email,
+        first_name=first_name,
+        last_name=last_name,
+        expires_at=now + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER),
+    )
+    _plan_next_step(signup, now=now)
+    try:
+        with transaction.atomic():
+            # The database's unique constraint decides who gets a username, race or not.
+            signup.save(force_insert=True)
+            _log(signup, Event.SUBMITTED)
+            _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+            _schedule_next_step(signup, now=now)
+    except IntegrityError as exc:
+        if _violated(exc, "signup_username_taken_once"):
             raise UsernameTaken(username) from exc
-        _log(signup, Event.SUBMITTED)
-        _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
-        _plan_next_step(signup, now=now)
-        signup.save(update_fields=["next_reminder_at", "updated_at"])
+        raise
     return signup
 
 
-def _username_is_taken(username: str) -> bool:
-    return Signup.objects.filter(
-        username__iexact=username, status__in=Signup.HOLDING_STATUSES
-    ).exists()
+def _violated(exc: IntegrityError, constraint: str) -> bool:
+    diag = getattr(exc.__cause__, "diag", None)  # PostgreSQL names it; SQLite only says it
+    return constraint == getattr(diag, "constraint_name", None) or constraint in str(exc)
 
 
 # --- Reminders and expiry ----------------------------------------------------------------
@@ -119,7 +118,8 @@ def send_reminder(*, signup_id: int, number: int) -> bool:
         signup.reminders_sent = number
         _queue_email(signup, EmailKind.REMINDER, sequence=number)
         _plan_next_step(signup, now=now)
-        signup.save(update_fields=["reminders_sent", "next_reminder_at", "updated_at"])
+        signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
+        _schedule_next_step(signup, now=now)
     return True
 
 
@@ -139,30 +139,45 @@ def _expire(signup: Signup) -> None:
     _close(signup, Status.EXPIRED, Event.EXPIRED)
 
 
-def _plan_next_step(signup: Signup, *, now) -> None:
-    """Set next_reminder_at and, after commit, schedule the task that will act then.
+# The fields _plan_next_step sets.
+_PLAN_FIELDS = ["next_reminder_at", "reminder_enqueued_at"]
 
-    This is the self-rescheduling chain: each reminder schedules the next with a countdown,
-    and the last one schedules the expiry. The sweeper repairs a chain whose task was lost.
+
+def _plan_next_step(signup: Signup, *, now) -> None:
+    """Set when the next reminder is due (None after the last one), and whether its task goes
+    to the broker now: only one due within SIGNUP_SCHEDULE_AHEAD does.
+
+    This is the self-rescheduling chain: each reminder plans the next. The broker holds only
+    what is due soon, so its memory and the workers' do not grow with the number of pending
+    signups; the sweeper hands over each later step as it comes within reach, and repairs a
+    chain whose task was lost.
     """
-    interval = timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL)
-    next_reminder_at = now + interval
-    signup_id = signup.pk
+    next_reminder_at = now + timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL)
     if (
         signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
         and next_reminder_at < signup.expires_at
     ):
         signup.next_reminder_at = next_reminder_at
-        number = signup.reminders_sent + 1
-        _after_commit(
-            lambda: tasks.send_reminder.apply_async(
-                (signup_id, number), countdown=interval.total_seconds()
-            )
-        )
     else:
         signup.next_reminder_at = None
-        countdown = max((signup.expires_at - now).total_seconds(), 0)
-        _after_commit(lambda: tasks.expire_signup.apply_async((signup_id,), countdown=countdown))
+    within_reach = signup.next_reminder_at is not None and signup.next_reminder_at <= _horizon(now)
+    signup.reminder_enqueued_at = now if within_reach else None
+
+
+def _schedule_next_step(signup: Signup, *, now) -> None:
+    """After commit, enqueue the task _plan_next_step planned: the next reminder if it is
+    within reach, else the expiry if that is; the sweeper takes care of later ones."""
+    signup_id = signup.pk
+    if signup.reminder_enqueued_at is not None:
+        number, due = signup.reminders_sent + 1, signup.next_reminder_at
+        _after_commit(lambda: tasks.send_reminder.apply_async((signup_id, number), eta=due))
+    elif signup.next_reminder_at is None and signup.expires_at <= _horizon(now):
+        due = signup.expires_at
+        _after_commit(lambda: tasks.expire_signup.apply_async((signup_id,), eta=due))
+
+
+def _horizon(now):
+    return now + timedelta(seconds=settings.SIGNUP_SCHEDULE_AHEAD)
 
 
 # --- Verification ------------------------------------------------------------------------
@@ -212,9 +227,9 @@ def _verify(signup: Signup, *, source: str) -> VerifyResult:
     signup.status = Status.VERIFIED
     signup.verified_at = timezone.now()
     signup.verified_source = source
-    signup.next_reminder_at = None
+    signup.next_reminder_at = signup.reminder_enqueued_at = None
     signup.save(
-        update_fields=["status", "verified_at", "verified_source", "next_reminder_at", "updated_at"]
+        update_fields=["status", "verified_at", "verified_source", *_PLAN_FIELDS, "updated_at"]
     )
     _log(signup, Event.VERIFIED, detail=f"source: {source}")
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
@@ -323,8 +338,8 @@ def record_provider_event(
 
 def _close(signup: Signup, status: str, event: str, detail: str = "") -> None:
     signup.status = status
-    signup.next_reminder_at = None
-    signup.save(update_fields=["status", "next_reminder_at", "updated_at"])
+    signup.next_reminder_at = signup.reminder_enqueued_at = None
+    signup.save(update_fields=["status", *_PLAN_FIELDS, "updated_at"])
     _log(signup, event, detail=detail)
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
 
@@ -354,23 +369,22 @@ def deliver_email(*, email_id: int) -> bool:
     a reminder was checked still waits for that reminder to be recorded: no reminder is sent
     after a verification commits.
     """
-    with transaction.atomic():
-        email = _lock_email(email_id)
-        if email is None or email.status not in (EmailStatus.QUEUED, EmailStatus.SENDING):
-            return False
-        if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
-            _fail(email, f"gave up after {email.attempts} attempts")
-            return False
-        email.status = EmailStatus.SENDING
-        email.attempts += 1
-        email.save(update_fields=["status", "attempts", "updated_at"])
+    # The attempt is counted (committed) before the provider is called, so that an email
+    # that kills its worker every time still runs out of attempts.
+    claimed = OutboundEmail.objects.filter(
+        pk=email_id,
+        status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
+        attempts__lt=settings.SIGNUP_EMAIL_MAX_ATTEMPTS,
+    ).update(status=EmailStatus.SENDING, attempts=F("attempts") + 1, updated_at=timezone.now())
+    if not claimed:
+        _fail_if_exhausted(email_id)
+        return False
 
     provider_message_id = None
     try:
         with transaction.atomic():
-            signup = _lock(email.signup_id)
-            email = _lock_email(email_id)
-            if email.status != EmailStatus.SENDING:
+            signup, email = _lock_signup_and_email(email_id)
+            if email is None or email.status != EmailStatus.SENDING:
                 return False  # a concurrent delivery finished it while we waited for the lock
             if signup.status != _WANTED_WHILE[email.kind]:
                 email.status = EmailStatus.SKIPPED
@@ -385,6 +399,14 @@ def deliver_email(*, email_id: int) -> bool:
             raise
         raise SentButNotRecorded(email_id, provider_message_id) from exc
     return True
+
+
+def _fail_if_exhausted(email_id: int) -> None:
+    with transaction.atomic():
+        email = _lock_email(email_id)
+        unsent = email is not None and email.status in (EmailStatus.QUEUED, EmailStatus.SENDING)
+        if unsent and email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
+            _fail(email, f"gave up after {email.attempts} attempts")
 
 
 def record_email_sent(*, email_id: int, provider_message_id: str) -> bool:
@@ -455,14 +477,16 @@ def _fail(email: OutboundEmail, error: str) -> None:
 
 
 def _queue_email(signup: Signup, kind: str, *, sequence: int) -> OutboundEmail:
-    email, created = OutboundEmail.objects.get_or_create(
+    """Add an email to the ledger and deliver it after commit. Callers hold the signup's lock
+    and pick a sequence number not used yet; the unique constraint backs that up."""
+    email = OutboundEmail.objects.create(
         signup=signup,
         kind=kind,
         sequence=sequence,
-        defaults={"to_email": signup.email, "enqueued_at": timezone.now()},
+        to_email=signup.email,
+        enqueued_at=timezone.now(),
     )
-    if created:
-        _after_commit(lambda: tasks.deliver_email.delay(email.pk))
+    _after_commit(lambda: tasks.deliver_email.delay(email.pk))
     return email
 
 
@@ -476,62 +500,89 @@ def _skip_unsent(signup: Signup, *, kinds) -> None:
 
 
 def sweep(*, batch_size: int = 1000) -> dict[str, int]:
-    """Expire overdue signups and re-enqueue work whose task was lost.
+    """Expire overdue signups, hand the broker the reminders that came within reach, and
+    re-enqueue work whose task was lost.
 
     The database is the source of truth and the countdown chain the fast path: a pending
     signup whose next reminder is overdue by more than SIGNUP_REMINDER_GRACE lost its task
     (broker restart or flush, killed worker), and so did an email stuck unsent for longer
     than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped by the reminder
     sequence check and the email ledger. Rows another transaction holds are left for the
-    next sweep, so the sweeper never waits on (or deadlocks with) the workflow.
+    next sweep, so the sweeper never waits on (or deadlocks with) the workflow. Each step
+    works in batches until it is done or half the sweep interval has passed.
     """
     now = timezone.now()
-    counts = {"expired": 0, "reminders_requeued": 0, "emails_requeued": 0}
+    deadline = time.monotonic() + settings.SIGNUP_SWEEP_INTERVAL / 2
+    counts = {"expired": 0, "reminders_enqueued": 0, "reminders_requeued": 0, "emails_requeued": 0}
 
-    overdue = Signup.objects.filter(status=Status.PENDING, expires_at__lte=now)
-    for signup_id in overdue.order_by("expires_at").values_list("id", flat=True)[:batch_size]:
-        counts["expired"] += expire_signup(signup_id=signup_id)
+    def in_batches(step) -> None:
+        while True:
+            found, done = step(now=now, batch_size=batch_size)
+            for name, number in done.items():
+                counts[name] += number
+            if found < batch_size or time.monotonic() > deadline:
+                return
 
-    counts["reminders_requeued"] = _requeue_lost_reminders(now=now, batch_size=batch_size)
-    counts["emails_requeued"] = _requeue_stuck_emails(now=now, batch_size=batch_size)
+    in_batches(_expire_overdue)
+    in_batches(_enqueue_due_reminders)
+    in_batches(_requeue_stuck_emails)
     if any(counts.values()):
         logger.info("sweep: %s", counts)
     return counts
 
 
-def _requeue_lost_reminders(*, now, batch_size: int) -> int:
-    """Re-enqueue the next reminder of each pending signup that is overdue past the grace.
+def _expire_overdue(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    overdue = list(
+        Signup.objects.filter(status=Status.PENDING, expires_at__lte=now)
+        .order_by("expires_at")
+        .values_list("id", flat=True)[:batch_size]
+    )
+    expired = sum(expire_signup(signup_id=signup_id) for signup_id in overdue)
+    return len(overdue), {"expired": expired}
 
-    next_reminder_at moves to now, so the same signup is re-enqueued again only if this task
-    is lost too, not on every sweep while a busy worker works through its queue.
+
+def _enqueue_due_reminders(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    """Enqueue the next reminder of each pending signup that is due within reach and not in
+    the broker yet, or that is overdue past the grace (its task was lost).
+
+    reminder_enqueued_at moves to now, so a signup is enqueued again only if this task is
+    lost too, not on every sweep while a busy worker works through its queue.
     """
     late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE)
     with transaction.atomic():
-        lost = list(
+        due = list(
             Signup.objects.select_for_update(skip_locked=True, no_key=True)
-            .filter(status=Status.PENDING, next_reminder_at__lte=late, expires_at__gt=now)
+            .filter(status=Status.PENDING, next_reminder_at__lte=_horizon(now), expires_at__gt=now)
+            .filter(
+                Q(reminder_enqueued_at__isnull=True)
+                | Q(next_reminder_at__lte=late, reminder_enqueued_at__lte=late)
+            )
             .order_by("next_reminder_at")
-            .values_list("id", "reminders_sent")[:batch_size]
+            .values_list("id", "reminders_sent", "next_reminder_at", "reminder_enqueued_at")[
+                :batch_size
+            ]
         )
-        if not lost:
-            return 0
-        Signup.objects.filter(pk__in=[signup_id for signup_id, _ in lost]).update(
-            next_reminder_at=now, updated_at=now
+        if not due:
+            return 0, {}
+        Signup.objects.filter(pk__in=[signup_id for signup_id, *_ in due]).update(
+            reminder_enqueued_at=now, updated_at=now
         )
+        lost = [(signup_id, sent) for signup_id, sent, _, enqueued in due if enqueued is not None]
         SignupEvent.objects.bulk_create(
             SignupEvent(signup_id=signup_id, kind=Event.CHAIN_REPAIRED, number=sent + 1)
             for signup_id, sent in lost
         )
 
         def enqueue():
-            for signup_id, sent in lost:
-                tasks.send_reminder.delay(signup_id, sent + 1)
+            for signup_id, sent, due_at, _ in due:
+                tasks.send_reminder.apply_async((signup_id, sent + 1), eta=max(due_at, now))
 
         _after_commit(enqueue)
-    return len(lost)
+    counts = {"reminders_enqueued": len(due) - len(lost), "reminders_requeued": len(lost)}
+    return len(due), counts
 
 
-def _requeue_stuck_emails(*, now, batch_size: int) -> int:
+def _requeue_stuck_emails(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
     stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
     with transaction.atomic():
         stuck = list(
@@ -544,7 +595,7 @@ def _requeue_stuck_emails(*, now, batch_size: int) -> int:
             .values_list("id", "signup_id", "kind", "sequence")[:batch_size]
         )
         if not stuck:
-            return 0
+            return 0, {}
         email_ids = [email_id for email_id, *_ in stuck]
         OutboundEmail.objects.filter(pk__in=email_ids).update(enqueued_at=now, updated_at=now)
         SignupEvent.objects.bulk_create(
@@ -562,7 +613,7 @@ def _requeue_stuck_emails(*, now, batch_size: int) -> int:
                 tasks.deliver_email.delay(email_id)
 
         _after_commit(enqueue)
-    return len(stuck)
+    return len(stuck), {"emails_requeued": len(stuck)}
 
 
 def redrive_email(*, email_id: int) -> bool:
@@ -600,8 +651,11 @@ def _lock_email(email_id: int) -> OutboundEmail | None:
 
 def _lock_signup_and_email(email_id: int) -> tuple[Signup | None, OutboundEmail | None]:
     """Lock an email's signup, then the email: the order every transaction locks them in."""
-    signup_id = OutboundEmail.objects.filter(pk=email_id).values_list("signup_id", flat=True)
-    signup = _lock(signup_id.first())
+    signup = (
+        Signup.objects.select_for_update(no_key=True, of=("self",))
+        .filter(emails__pk=email_id)
+        .first()
+    )
     return signup, _lock_email(email_id)
 
 

@@ -35,6 +35,7 @@ def workflow_settings(settings):
     settings.SIGNUP_SWEEP_INTERVAL = 60
     settings.SIGNUP_REMINDER_GRACE = 1
     settings.SIGNUP_EMAIL_REDRIVE_AFTER = 120
+    settings.SIGNUP_SCHEDULE_AHEAD = 300
     settings.SIGNUP_RESENDS_PER_HOUR = 3
     settings.SIGNUP_API_KEY = API_KEY
     settings.SITE_URL = "http://testserver"

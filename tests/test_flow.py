@@ -3,6 +3,7 @@
 import itertools
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from django.core import mail
@@ -60,6 +61,39 @@ def test_reminders_reschedule_themselves_at_the_interval(worker, settings):
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(sent_times)]
     assert all(gap >= 0.9 for gap in gaps), gaps
     assert Signup.objects.get().reminders_sent == 3
+
+
+def test_reminders_out_of_reach_wait_in_the_database_and_are_handed_over_on_time(
+    worker, broker, settings
+):
+    settings.SIGNUP_REMINDER_INTERVAL = 4
+    settings.SIGNUP_SCHEDULE_AHEAD = 2
+    settings.SIGNUP_MAX_REMINDERS = 2
+    addresses = [f"user{n}@example.com" for n in range(3)]
+    for n, address in enumerate(addresses):
+        workflow.start_signup(**signup_data(username=f"user{n}", email=address))
+    for address in addresses:
+        wait_for_emails(address, "Verify")
+    # Nothing of the pending signups is in the broker: no queued task, none held by the worker.
+    wait_for(lambda: broker.llen("celery") == 0 and broker.hlen("unacked") == 0, timeout=5)
+    assert not Signup.objects.filter(reminder_enqueued_at__isnull=False).exists()
+
+    def reminded() -> bool:
+        tasks.sweep.delay()  # beat's job, twice a second
+        time.sleep(0.5)
+        return OutboundEmail.objects.filter(kind="reminder", status="sent").count() == 6
+
+    wait_for(reminded, timeout=20, message="two reminders for each signup")
+    for signup in Signup.objects.all():
+        planned = signup.created_at
+        for email in signup.emails.filter(kind="reminder").order_by("sequence"):
+            planned += timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL)
+            lateness = (email.created_at - planned).total_seconds()
+            assert -0.1 < lateness < 1.5, (signup.username, email.sequence, lateness)
+            planned = email.created_at
+    assert not SignupEvent.objects.filter(kind="chain_repaired").exists()
+    for address in addresses:
+        assert len(sent_to(address, "Reminder")) == 2
 
 
 def test_verify_stops_reminders(worker, settings, client):

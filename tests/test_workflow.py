@@ -33,10 +33,51 @@ def test_start_records_the_signup_its_timeline_and_its_first_email(settings):
     assert (email.kind, email.sequence, email.status) == ("verification", 1, "queued")
 
 
-def test_start_enqueues_only_after_commit(django_capture_on_commit_callbacks):
+def test_start_enqueues_only_after_commit(django_capture_on_commit_callbacks, settings):
+    settings.SIGNUP_REMINDER_INTERVAL = settings.SIGNUP_SCHEDULE_AHEAD
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        signup = workflow.start_signup(**signup_data())
+    assert len(callbacks) == 2  # the verification email and the first reminder
+    assert signup.reminder_enqueued_at is not None
+
+
+def test_a_reminder_out_of_reach_waits_in_the_database_until_the_sweep_hands_it_over(
+    django_capture_on_commit_callbacks, settings
+):
+    settings.SIGNUP_REMINDER_INTERVAL = 3600
+    settings.SIGNUP_SCHEDULE_AHEAD = 300
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        signup = workflow.start_signup(**signup_data())
+    assert len(callbacks) == 1  # the verification email only
+    assert signup.reminder_enqueued_at is None
+    assert workflow.sweep()["reminders_enqueued"] == 0  # still out of reach
+
+    due = timezone.now() + timedelta(seconds=200)
+    Signup.objects.filter(pk=signup.pk).update(next_reminder_at=due)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        counts = workflow.sweep()
+    assert (counts["reminders_enqueued"], counts["reminders_requeued"]) == (1, 0)
+    assert len(callbacks) == 1
+    signup.refresh_from_db()
+    assert signup.reminder_enqueued_at is not None
+    assert signup.next_reminder_at == due  # the plan stays as it was
+    assert not signup.events.filter(kind="chain_repaired").exists()
+    assert workflow.sweep()["reminders_enqueued"] == 0  # handed over once
+
+
+def test_the_last_step_enqueues_the_expiry_only_when_it_is_within_reach(
+    django_capture_on_commit_callbacks, settings
+):
+    settings.SIGNUP_MAX_REMINDERS = 0
+    settings.SIGNUP_SCHEDULE_AHEAD = 300
+    settings.SIGNUP_EXPIRES_AFTER = 3600
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         workflow.start_signup(**signup_data())
-    assert len(callbacks) == 2  # the verification email and the first reminder
+    assert len(callbacks) == 1  # the verification email; the sweeper expires it later
+    settings.SIGNUP_EXPIRES_AFTER = 300
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
+    assert len(callbacks) == 2  # and the expiry
 
 
 def test_username_is_unique_among_pending_and_verified_in_any_case():
@@ -202,15 +243,19 @@ def test_sweep_expires_overdue_signups_and_finds_lost_reminders(settings):
     settings.SIGNUP_REMINDER_GRACE = 5
     overdue = workflow.start_signup(**signup_data())
     Signup.objects.filter(pk=overdue.pk).update(expires_at=timezone.now())
+    # Both reminders were handed to the broker an hour ago, and both are now due.
+    handed_over = timezone.now() - timedelta(seconds=3600)
     late = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
-    Signup.objects.filter(pk=late.pk).update(next_reminder_at=timezone.now() - timedelta(seconds=6))
+    Signup.objects.filter(pk=late.pk).update(
+        next_reminder_at=timezone.now() - timedelta(seconds=6), reminder_enqueued_at=handed_over
+    )
     on_time = workflow.start_signup(**signup_data(username="carol", email="c@example.com"))
     Signup.objects.filter(pk=on_time.pk).update(
-        next_reminder_at=timezone.now() - timedelta(seconds=1)
+        next_reminder_at=timezone.now() - timedelta(seconds=1), reminder_enqueued_at=handed_over
     )
     counts = workflow.sweep()
     assert counts["expired"] == 1
-    assert counts["reminders_requeued"] == 1
+    assert (counts["reminders_requeued"], counts["reminders_enqueued"]) == (1, 0)
     overdue.refresh_from_db()
     assert overdue.status == "expired"
     assert late.events.filter(kind="chain_repaired", number=1).count() == 1
