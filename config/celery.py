@@ -3,9 +3,22 @@
 import os
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def close_old_connections(**kwargs) -> None:
+    """Give each task the database connection lifecycle Django gives each request: keep a
+    connection for CONN_MAX_AGE seconds, health-check it before use (CONN_HEALTH_CHECKS),
+    and drop one that broke. Celery's own Django fixup would close it after every task
+    (unless CELERY_DB_REUSE_MAX), and a new connection costs more than most of our tasks."""
+    from django.db import close_old_connections
+
+    close_old_connections()

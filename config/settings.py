@@ -188,6 +188,10 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Celery's Django fixup closes the database connections after every task unless this is
+# set; config/celery.py applies CONN_MAX_AGE and the health checks instead, and this bounds
+# how many tasks one connection serves.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_TASK_IGNORE_RESULT = True  # nothing reads results: the database holds the outcome
 CELERY_RESULT_BACKEND = None
 # Flower follows each task from the events the workers send. A "task-sent" event from the

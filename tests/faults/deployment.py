@@ -195,7 +195,7 @@ class Deployment:
             "DEBUG": "false",
             "ALLOWED_HOSTS": "127.0.0.1",
             "SIGNUP_API_KEY": API_KEY,
-            "CONN_MAX_AGE": "0",
+            "CONN_MAX_AGE": "60",  # the production default: connections are reused
             "SIGNUP_VAR_DIR": str(tmp / "var"),
             **{name: str(value) for name, value in self.settings.items()},
         }
