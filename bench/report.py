@@ -38,7 +38,7 @@ class Result:
     floor: dict
     ratio: dict
     target: dict
-    met: bool
+    met: bool | None  # None: judged only by the full run
     parameters: dict
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
