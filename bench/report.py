@@ -14,7 +14,15 @@ QUICK_RESULTS = RESULTS / "quick"
 PERFORMANCE_MD = ROOT / "docs" / "PERFORMANCE.md"
 DESIGN_NOTES = "## Design notes"
 COLUMNS = ("benchmark", "figure", "floor", "ratio", "target", "met?")
-ORDER = ("submit", "email_pipeline", "verify_to_welcome", "timer_accuracy", "recovery", "scale")
+ORDER = (
+    "submit",
+    "email_pipeline",
+    "verify_to_welcome",
+    "timer_accuracy",
+    "recovery",
+    "scale",
+    "scale_out",
+)
 
 
 @dataclass
