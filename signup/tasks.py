@@ -3,6 +3,7 @@
 import logging
 import random
 import smtplib
+from dataclasses import dataclass, field
 
 from anymail.exceptions import AnymailAPIError, AnymailError
 from celery import shared_task
@@ -49,12 +50,23 @@ def _retry_after(exc: Exception | None) -> float:
         return 0.0  # absent, or an HTTP date: the backoff alone decides
 
 
-@shared_task(bind=True, max_retries=None)
-def deliver_email(self, email_id: int, provider_message_id: str | None = None) -> None:
-    """Send one ledger email; the ledger's attempts count is the retry budget.
+@dataclass(frozen=True)
+class Retry:
+    """What a failed attempt asks for: deliver_email again in `countdown` seconds."""
 
-    Called with provider_message_id, the email was accepted by the provider on an earlier
-    attempt and only recording that is left to do.
+    countdown: float
+    error: Exception
+    kwargs: dict = field(default_factory=dict)
+
+
+def attempt_delivery(
+    email_id: int, *, retries: int = 0, provider_message_id: str | None = None
+) -> Retry | None:
+    """Make one attempt at a ledger email; return a Retry if another attempt is due.
+
+    With provider_message_id, the email was accepted by the provider on an earlier attempt
+    and only recording that is left to do. A permanent failure, or one that used up the
+    email's attempts, is dead-lettered by the workflow and asks for nothing.
     """
     try:
         if provider_message_id:
@@ -64,16 +76,15 @@ def deliver_email(self, email_id: int, provider_message_id: str | None = None) -
     except workflow.SentButNotRecorded as sent:
         # Soon and often: once the database is back, the sweeper would take a row still
         # "sending" after SIGNUP_EMAIL_REDRIVE_AFTER for a lost task and send it again.
-        countdown = min(retry_delay(self.request.retries), settings.SIGNUP_EMAIL_REDRIVE_AFTER / 10)
+        countdown = min(retry_delay(retries), settings.SIGNUP_EMAIL_REDRIVE_AFTER / 10)
         logger.warning("%s; recording it in %.1fs", sent, countdown)
-        kwargs = {"email_id": email_id, "provider_message_id": sent.provider_message_id}
-        raise self.retry(args=(), kwargs=kwargs, countdown=countdown) from sent
+        return Retry(countdown, sent, {"provider_message_id": sent.provider_message_id})
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if is_permanent(exc):
             workflow.record_email_failure(email_id=email_id, error=error)
-            return
-        countdown = retry_delay(self.request.retries, exc)
+            return None
+        countdown = retry_delay(retries, exc)
         try:
             retrying = workflow.record_email_error(
                 email_id=email_id, error=error, retry_in=countdown
@@ -81,14 +92,35 @@ def deliver_email(self, email_id: int, provider_message_id: str | None = None) -
         except DatabaseError:
             retrying = True  # the database is away too: the next attempt finds out more
         if not retrying:
-            return  # dead-lettered, or finished by another delivery
+            return None  # dead-lettered, or finished by another delivery
         logger.warning("email %s failed (%s); retrying in %.1fs", email_id, error, countdown)
-        raise self.retry(countdown=countdown) from exc
+        return Retry(countdown, exc)
+    return None
+
+
+@shared_task(bind=True, max_retries=None)
+def deliver_email(self, email_id: int, provider_message_id: str | None = None) -> None:
+    """Send one ledger email; the ledger's attempts count is the retry budget."""
+    retry = attempt_delivery(
+        email_id, retries=self.request.retries, provider_message_id=provider_message_id
+    )
+    if retry is not None:
+        kwargs = {"email_id": email_id, **retry.kwargs}
+        raise self.retry(args=(), kwargs=kwargs, countdown=retry.countdown) from retry.error
 
 
 @shared_task
 def send_reminder(signup_id: int, number: int) -> None:
-    workflow.send_reminder(signup_id=signup_id, number=number)
+    """Take reminder `number` and send its email in this same task, so that it leaves when
+    the reminder is due; a send that fails goes on as a deliver_email task with retries."""
+    email_id = workflow.send_reminder(signup_id=signup_id, number=number)
+    if email_id is None:
+        return
+    retry = attempt_delivery(email_id)
+    if retry is not None:
+        deliver_email.apply_async(
+            kwargs={"email_id": email_id, **retry.kwargs}, countdown=retry.countdown
+        )
 
 
 @shared_task

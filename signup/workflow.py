@@ -97,11 +97,13 @@ def _violated(exc: IntegrityError, constraint: str) -> bool:
 # --- Reminders and expiry ----------------------------------------------------------------
 
 
-def send_reminder(*, signup_id: int, number: int) -> bool:
-    """Queue reminder `number` and plan the next step; return False if the task is stale.
+def send_reminder(*, signup_id: int, number: int) -> int | None:
+    """Take reminder `number`: add it to the ledger and plan the next step. Return the
+    reminder's ledger id for the caller to deliver, or None if the task is stale.
 
     A reminder task is acted on only while the signup is pending and `number` is the next
-    reminder due, so late, duplicated and superseded tasks are dropped here.
+    reminder due, so late, duplicated and superseded tasks are dropped here. If the caller
+    never delivers the email (its worker died), the sweeper re-drives it.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -112,15 +114,15 @@ def send_reminder(*, signup_id: int, number: int) -> bool:
             return _drop("reminder", signup_id, number, f"{signup.reminders_sent} already sent")
         if signup.expires_at <= now:
             _expire(signup)
-            return False
+            return None
         if number > settings.SIGNUP_MAX_REMINDERS:
             return _drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
         signup.reminders_sent = number
-        _queue_email(signup, EmailKind.REMINDER, sequence=number)
+        email = _queue_email(signup, EmailKind.REMINDER, sequence=number, deliver=False)
         _plan_next_step(signup, now=now)
         signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
         _schedule_next_step(signup, now=now)
-    return True
+    return email.pk
 
 
 def expire_signup(*, signup_id: int) -> bool:
@@ -130,7 +132,8 @@ def expire_signup(*, signup_id: int) -> bool:
         if signup is None or signup.status != Status.PENDING:
             return False
         if signup.expires_at > timezone.now():
-            return _drop("expiry", signup_id, None, "not due yet")
+            _drop("expiry", signup_id, None, "not due yet")
+            return False
         _expire(signup)
     return True
 
@@ -476,9 +479,12 @@ def _fail(email: OutboundEmail, error: str) -> None:
     logger.error("email %s (%s #%s) failed: %s", email.pk, email.kind, email.sequence, error)
 
 
-def _queue_email(signup: Signup, kind: str, *, sequence: int) -> OutboundEmail:
-    """Add an email to the ledger and deliver it after commit. Callers hold the signup's lock
-    and pick a sequence number not used yet; the unique constraint backs that up."""
+def _queue_email(
+    signup: Signup, kind: str, *, sequence: int, deliver: bool = True
+) -> OutboundEmail:
+    """Add an email to the ledger and, unless the caller delivers it itself, enqueue its
+    delivery after commit. Callers hold the signup's lock and pick a sequence number not
+    used yet; the unique constraint backs that up."""
     email = OutboundEmail.objects.create(
         signup=signup,
         kind=kind,
@@ -486,7 +492,8 @@ def _queue_email(signup: Signup, kind: str, *, sequence: int) -> OutboundEmail:
         to_email=signup.email,
         enqueued_at=timezone.now(),
     )
-    _after_commit(lambda: tasks.deliver_email.delay(email.pk))
+    if deliver:
+        _after_commit(lambda: tasks.deliver_email.delay(email.pk))
     return email
 
 
@@ -673,6 +680,5 @@ def _log_for(signup_id: int, kind: str, *, number: int | None = None, detail: st
     SignupEvent.objects.create(signup_id=signup_id, kind=kind, number=number, detail=detail)
 
 
-def _drop(what: str, signup_id: int, number: int | None, why: str) -> bool:
+def _drop(what: str, signup_id: int, number: int | None, why: str) -> None:
     logger.info("dropped stale %s task: signup %s, number %s (%s)", what, signup_id, number, why)
-    return False

@@ -69,7 +69,7 @@ def test_a_hard_bounce_makes_the_signup_undeliverable_and_stops_its_reminders(cl
     assert signup.next_reminder_at is None
     assert "email_bounced" in _kinds(signup.pk)
     assert "undeliverable" in _kinds(signup.pk)
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is False
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None
     assert not signup.emails.filter(kind="reminder").exists()
 
 

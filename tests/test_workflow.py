@@ -113,13 +113,13 @@ def test_expired_or_cancelled_usernames_can_sign_up_again_and_keep_history():
 
 def test_reminder_n_is_acted_on_once_and_stale_numbers_are_dropped():
     signup = workflow.start_signup(**signup_data())
-    assert workflow.send_reminder(signup_id=signup.pk, number=2) is False  # too early
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is True
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is False  # duplicate
+    assert workflow.send_reminder(signup_id=signup.pk, number=2) is None  # too early
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is not None
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None  # duplicate
     signup.refresh_from_db()
     assert signup.reminders_sent == 1
     assert signup.emails.filter(kind="reminder").count() == 1
-    assert workflow.send_reminder(signup_id=999_999, number=1) is False
+    assert workflow.send_reminder(signup_id=999_999, number=1) is None
 
 
 def test_the_last_reminder_plans_the_expiry_instead_of_another(settings):
@@ -128,13 +128,13 @@ def test_the_last_reminder_plans_the_expiry_instead_of_another(settings):
     workflow.send_reminder(signup_id=signup.pk, number=1)
     signup.refresh_from_db()
     assert signup.next_reminder_at is None
-    assert workflow.send_reminder(signup_id=signup.pk, number=2) is False
+    assert workflow.send_reminder(signup_id=signup.pk, number=2) is None
 
 
 def test_a_reminder_due_after_expiry_expires_the_signup():
     signup = workflow.start_signup(**signup_data())
     Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now())
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is False
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None
     signup.refresh_from_db()
     assert signup.status == "expired"
     assert signup.emails.get().status == "skipped"
@@ -276,7 +276,7 @@ def test_undeliverable_stops_the_signup():
     assert workflow.mark_undeliverable(signup_id=signup.pk, reason="hard bounce")
     signup.refresh_from_db()
     assert signup.status == "undeliverable"
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is False
+    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None
     with pytest.raises(workflow.SignupClosed):
         workflow.verify_signup(token=tokens.make_token(signup), source="verification")
 

@@ -188,6 +188,30 @@ def test_transient_failures_are_retried_with_backoff_and_delivered_once(
     assert fault_report["duplicated"] == 0
 
 
+def test_a_reminder_sent_in_its_own_task_goes_on_retrying_when_the_send_fails(
+    postmark, worker, broker, settings
+):
+    settings.SIGNUP_REMINDER_INTERVAL = 1
+    settings.SIGNUP_MAX_REMINDERS = 1
+    verification = _start("reminded")
+    assert _wait_for_status(verification, "sent").status == "sent"
+    postmark.answer_next(Answer.SERVER_ERROR, times=2)
+
+    reminder = wait_for(
+        lambda: OutboundEmail.objects.filter(kind="reminder").first(), message="reminder 1"
+    )
+    assert _wait_for_status(reminder, "sent", "failed").status == "sent"
+    _wait_until_idle(broker)
+    calls = postmark.attempts_for(reminder.pk)
+    assert [call.answer for call in calls] == [Answer.SERVER_ERROR] * 2 + [Answer.ACCEPT]
+    assert len(postmark.accepted_for(reminder.pk)) == 1
+    assert _ledger(reminder).attempts == 3
+    # The first attempt was made by the reminder's own task, as soon as it took the reminder.
+    wall_clock = time.time() - time.monotonic()  # the stand-in stamps time.monotonic()
+    first_attempt = calls[0].at + wall_clock - _ledger(reminder).created_at.timestamp()
+    assert 0 <= first_attempt < 0.5, first_attempt
+
+
 def test_a_throttled_send_waits_at_least_as_long_as_retry_after_asks(postmark, worker, broker):
     postmark.retry_after = "0.8"  # well above the first backoff here (0.1 s to 0.2 s)
     postmark.answer_next(Answer.THROTTLED, times=1)
