@@ -3,7 +3,7 @@
 import logging
 import random
 import smtplib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from anymail.exceptions import AnymailAPIError, AnymailError
 from celery import shared_task
@@ -52,11 +52,15 @@ def _retry_after(exc: Exception | None) -> float:
 
 @dataclass(frozen=True)
 class Retry:
-    """What a failed attempt asks for: deliver_email again in `countdown` seconds."""
+    """What a failed attempt asks for: deliver_email again in `countdown` seconds, with the
+    provider's message id if the email is known to have been accepted already."""
 
     countdown: float
     error: Exception
-    kwargs: dict = field(default_factory=dict)
+    provider_message_id: str | None = None
+
+    def kwargs(self, email_id: int) -> dict:
+        return {"email_id": email_id, "provider_message_id": self.provider_message_id}
 
 
 def attempt_delivery(
@@ -78,7 +82,7 @@ def attempt_delivery(
         # "sending" after SIGNUP_EMAIL_REDRIVE_AFTER for a lost task and send it again.
         countdown = min(retry_delay(retries), settings.SIGNUP_EMAIL_REDRIVE_AFTER / 10)
         logger.warning("%s; recording it in %.1fs", sent, countdown)
-        return Retry(countdown, sent, {"provider_message_id": sent.provider_message_id})
+        return Retry(countdown, sent, sent.provider_message_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if is_permanent(exc):
@@ -94,7 +98,8 @@ def attempt_delivery(
         if not retrying:
             return None  # dead-lettered, or finished by another delivery
         logger.warning("email %s failed (%s); retrying in %.1fs", email_id, error, countdown)
-        return Retry(countdown, exc)
+        # An email already accepted stays so: the next attempt only records it.
+        return Retry(countdown, exc, provider_message_id)
     return None
 
 
@@ -105,7 +110,7 @@ def deliver_email(self, email_id: int, provider_message_id: str | None = None) -
         email_id, retries=self.request.retries, provider_message_id=provider_message_id
     )
     if retry is not None:
-        kwargs = {"email_id": email_id, **retry.kwargs}
+        kwargs = retry.kwargs(email_id)
         raise self.retry(args=(), kwargs=kwargs, countdown=retry.countdown) from retry.error
 
 
@@ -118,9 +123,7 @@ def send_reminder(signup_id: int, number: int) -> None:
         return
     retry = attempt_delivery(email_id)
     if retry is not None:
-        deliver_email.apply_async(
-            kwargs={"email_id": email_id, **retry.kwargs}, countdown=retry.countdown
-        )
+        deliver_email.apply_async(kwargs=retry.kwargs(email_id), countdown=retry.countdown)
 
 
 @shared_task

@@ -6,13 +6,15 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from celery.signals import task_postrun, task_prerun
 from django.core import mail
-from django.db import transaction
+from django.db import connection, transaction
 
 from config.celery import app as celery_app
 from signup import tasks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
 from tests.helpers import sent_to, signup_data, verify_link, wait_for, wait_for_emails
+from tests.test_workflow import kill_own_connection
 
 
 def _status(username: str) -> str:
@@ -246,3 +248,41 @@ def test_an_email_whose_recording_failed_is_recorded_by_the_retry_not_sent_again
     assert len(sent_to("alice@example.com", "Verify")) == 1
     assert email.attempts == 1
     assert signup.events.filter(kind="verification_sent").count() == 1
+
+
+def test_an_accepted_email_stays_recorded_only_when_recording_it_fails_again(worker, settings):
+    settings.EMAIL_BACKEND = "tests.test_workflow.ConnectionKillingBackend"
+    settings.SIGNUP_EMAIL_RETRY_DELAY = 0.2
+    recordings = []
+
+    def kill_the_first_recording(execute, sql, params, many, context):
+        if not recordings:
+            recordings.append(sql)
+            kill_own_connection()  # the statement below then fails, as in a restart
+        return execute(sql, params, many, context)
+
+    @task_prerun.connect(weak=False)
+    def fail_recording_once(sender=None, kwargs=None, **_):
+        if sender.name == tasks.deliver_email.name and (kwargs or {}).get("provider_message_id"):
+            connection.execute_wrappers.append(kill_the_first_recording)
+
+    @task_postrun.connect(weak=False)
+    def stop_failing(sender=None, **_):
+        if kill_the_first_recording in connection.execute_wrappers:
+            connection.execute_wrappers.remove(kill_the_first_recording)
+
+    try:
+        signup = workflow.start_signup(**signup_data())
+        wait_for_emails("alice@example.com", "Verify")
+        settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+        email = wait_for(
+            lambda: OutboundEmail.objects.filter(signup=signup, status="sent").first(),
+            message="a later retry recorded the email as sent",
+        )
+    finally:
+        task_prerun.disconnect(fail_recording_once)
+        task_postrun.disconnect(stop_failing)
+    time.sleep(1)
+    assert recordings, "the first try at recording it never ran"
+    assert len(sent_to("alice@example.com", "Verify")) == 1
+    assert email.attempts == 1

@@ -304,19 +304,24 @@ def test_every_attempt_at_an_email_carries_the_same_message_id(mailoutbox):
     )
 
 
+def kill_own_connection() -> None:
+    """Have PostgreSQL terminate this thread's database connection, as a restart would."""
+    pid = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        dbname=params["dbname"], host=params.get("host"), port=params.get("port"),
+        user=params.get("user"), autocommit=True,
+    ) as admin:  # fmt: skip
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
 class ConnectionKillingBackend(LocmemBackend):
     """Hands the email over, then has PostgreSQL kill the sender's database connection: the
     provider has the email, and recording that fails."""
 
     def send_messages(self, messages):
         sent = super().send_messages(messages)
-        pid = connection.connection.info.backend_pid
-        params = connection.get_connection_params()
-        with psycopg.connect(
-            dbname=params["dbname"], host=params.get("host"), port=params.get("port"),
-            user=params.get("user"), autocommit=True,
-        ) as admin:  # fmt: skip
-            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        kill_own_connection()
         return sent
 
 
