@@ -15,12 +15,12 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psutil
 import psycopg
-import redis
-from psycopg import sql
+
+from tests.processes import RedisServer, free_port, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -30,12 +30,6 @@ WEB_WORKERS = 2
 STARTUP_TIMEOUT = 60
 # The service's own tables and the floor's, emptied between benchmarks.
 TABLES = ("signup_signupevent", "signup_outboundemail", "signup_signup", "bench_floorrow")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.05):
@@ -84,74 +78,6 @@ class Process:
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(timeout=10)
-
-
-class RedisServer:
-    """A redis-server of our own on a free port that keeps nothing on disk."""
-
-    def __init__(self, directory: Path):
-        self.port = free_port()
-        self.directory = directory
-        self.command = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--logfile",
-            str(directory / "redis.log"),
-        ]
-        self._popen: subprocess.Popen | None = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.port, db=db, socket_timeout=30)
-
-    @contextmanager
-    def running(self):
-        self._popen = subprocess.Popen(self.command, start_new_session=True)
-        try:
-            wait_until(self._answers, timeout=STARTUP_TIMEOUT, what="redis-server")
-            yield self
-        finally:
-            self._popen.terminate()
-            self._popen.wait(timeout=30)
-
-    def _answers(self) -> bool:
-        if self._popen.poll() is not None:
-            raise RuntimeError(f"redis-server exited: see {self.directory / 'redis.log'}")
-        try:
-            with self.client() as client:
-                return client.ping()
-        except redis.ConnectionError:
-            return False
-
-
-def _pg_url(database: str) -> str:
-    return urlunsplit(PG_SERVER._replace(path=f"/{database}"))
-
-
-@contextmanager
-def fresh_database():
-    """A new, empty PostgreSQL database `signup_bench_<hex>`, dropped afterwards; yields its URL."""
-    name = f"signup_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(_pg_url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _pg_url(name)
-    finally:
-        with psycopg.connect(_pg_url("postgres"), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @dataclass
@@ -391,7 +317,7 @@ def running_stack(tmp: Path, settings: dict[str, str]):
     """A migrated fresh database and a private Redis; yields a Stack whose processes the
     caller starts. Everything is stopped and dropped when the block ends, however it ends."""
     with ExitStack() as cleanup:
-        database_url = cleanup.enter_context(fresh_database())
+        database_url = cleanup.enter_context(fresh_database("signup_bench", PG_SERVER))
         broker = cleanup.enter_context(RedisServer(tmp).running())
         stack = Stack(tmp=tmp, database_url=database_url, broker=broker, settings=settings)
         cleanup.callback(stack.stop_all)

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import redis
 from aiosmtpd.controller import Controller
 from psycopg import sql
 
@@ -27,7 +28,7 @@ BIN = Path(sys.executable).parent
 PG_SERVER = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signup"))
 
 
-# --- The outside world: an SMTP server and a database -------------------------------------
+# --- The outside world: an SMTP server, a database and a broker ---------------------------
 
 
 def free_port() -> int:
@@ -73,23 +74,87 @@ class SmtpSink:
             self._controller.stop()
 
 
-def pg_url(database: str) -> str:
-    return urlunsplit(PG_SERVER._replace(path=f"/{database}"))
+def pg_url(database: str, server=PG_SERVER) -> str:
+    return urlunsplit(server._replace(path=f"/{database}"))
 
 
 @contextmanager
-def fresh_database():
-    """A new, empty PostgreSQL database, dropped afterwards; yields its URL."""
-    name = f"signup_e2e_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
+def fresh_database(prefix: str = "signup_e2e", server=PG_SERVER):
+    """A new, empty PostgreSQL database `<prefix>_<hex>` on `server`, dropped afterwards;
+    yields its URL."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_url("postgres", server), autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield pg_url(name)
+        yield pg_url(name, server)
     finally:
-        with psycopg.connect(pg_url("postgres"), autocommit=True) as admin:
+        with psycopg.connect(pg_url("postgres", server), autocommit=True) as admin:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+class RedisServer:
+    """A redis-server of our own on a free port that keeps nothing on disk, so a restart loses
+    every message it held, as a broker without persistence does."""
+
+    STARTUP_TIMEOUT = 40
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.directory = directory
+        self.log = directory / "redis.log"
+        self.command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--logfile",
+            str(self.log),
+        ]
+        self._popen: subprocess.Popen | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, socket_timeout=30)
+
+    def start(self) -> None:
+        self._popen = subprocess.Popen(self.command, start_new_session=True)
+        deadline = time.monotonic() + self.STARTUP_TIMEOUT
+        while not self._answers():
+            if self._popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Shut the server down; with no persistence configured it forgets everything."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.terminate()
+            self._popen.wait(timeout=30)
+
+    @contextmanager
+    def running(self):
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def _answers(self) -> bool:
+        try:
+            with self.client() as client:
+                return client.ping()
+        except redis.ConnectionError:
+            return False
 
 
 # --- Processes ----------------------------------------------------------------------------

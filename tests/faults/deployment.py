@@ -19,11 +19,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 import requests
 
 from tests import processes
-from tests.processes import BIN, ROOT, Process, ReceivedEmail, free_port, start_process, stop_all
+from tests.processes import (
+    BIN,
+    ROOT,
+    Process,
+    ReceivedEmail,
+    RedisServer,
+    free_port,
+    start_process,
+    stop_all,
+)
 
 API_KEY = "fault-api-key-0123456789"
 STARTUP_TIMEOUT = 40
@@ -50,68 +58,7 @@ BASE_SETTINGS = {
 }
 
 
-# --- The outside world: a private Redis and an SMTP server that can stall ------------------
-
-
-class RedisServer:
-    """A redis-server of our own on a free port that keeps nothing on disk, so a restart loses
-    every message it held, as a broker without persistence does."""
-
-    def __init__(self, directory: Path):
-        self.port = free_port()
-        self.directory = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._popen: subprocess.Popen | None = None
-        self._log = directory / "redis.log"
-
-    def start(self) -> None:
-        self._popen = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--logfile",
-                str(self._log),
-            ],
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not self._answers():
-            if self._popen.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start:\n{self._log.read_text()}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Shut the server down; with no persistence configured it forgets everything."""
-        if self._popen is not None and self._popen.poll() is None:
-            self._popen.terminate()
-            self._popen.wait(timeout=20)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
-
-    def _answers(self) -> bool:
-        try:
-            with self.client() as client:
-                return client.ping()
-        except redis.ConnectionError:
-            return False
-
-    @contextmanager
-    def running(self):
-        self.start()
-        try:
-            yield self
-        finally:
-            self.stop()
+# --- The outside world: an SMTP server that can stall ------------------------------------------
 
 
 @dataclass
@@ -187,7 +134,7 @@ class Deployment:
             "TMPDIR": str(tmp),
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": database_url,
-            "CELERY_BROKER_URL": broker.url,
+            "CELERY_BROKER_URL": broker.url(),
             "EMAIL_URL": f"smtp://127.0.0.1:{mail.port}",
             "EMAIL_BACKEND": "",
             "SITE_URL": self.url,
