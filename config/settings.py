@@ -160,10 +160,10 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A Redis broker hands a countdown task to a worker at once and redelivers it if it is not
 # acknowledged within the visibility timeout; it must outlast the longest countdown the
-# service uses, or a countdown would be delivered twice (the copy is dropped, but it is wasted
-# work). SIGNUP_SCHEDULE_AHEAD bounds the workflow's countdowns and SIGNUP_EMAIL_RETRY_MAX_DELAY
-# the email retries', whatever the reminder interval and expiry are. Tasks lost to a killed worker are repaired
-# by the sweeper, not by this.
+# service uses, or a countdown would be delivered twice (the copy is dropped, but it is
+# wasted work). SIGNUP_SCHEDULE_AHEAD bounds the workflow's countdowns and
+# SIGNUP_EMAIL_RETRY_MAX_DELAY the email retries', whatever the reminder interval and expiry
+# are. Tasks lost to a killed worker are repaired by the sweeper, not by this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int(
         "CELERY_BROKER_VISIBILITY_TIMEOUT",
