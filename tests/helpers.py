@@ -1,11 +1,15 @@
-"""Helpers for the tests: waiting on real processes, reading the emails they sent."""
+"""Helpers for the tests: waiting on real processes, reading the emails they sent, and the
+database faults some tests cause."""
 
 import re
 import time
 from urllib.parse import parse_qs, urlsplit
 
+import psycopg
 import pytest
 from django.core import mail
+from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
+from django.db import connection
 
 API_KEY = "test-api-key-0123456789"
 
@@ -55,3 +59,24 @@ def signup_data(**overrides) -> dict:
     }
     data.update(overrides)
     return data
+
+
+def kill_own_connection() -> None:
+    """Have PostgreSQL terminate this thread's database connection, as a restart would."""
+    pid = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        dbname=params["dbname"], host=params.get("host"), port=params.get("port"),
+        user=params.get("user"), autocommit=True,
+    ) as admin:  # fmt: skip
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+class ConnectionKillingBackend(LocmemBackend):
+    """Hands the email over, then has PostgreSQL kill the sender's database connection: the
+    provider has the email, and recording that fails."""
+
+    def send_messages(self, messages):
+        sent = super().send_messages(messages)
+        kill_own_connection()
+        return sent

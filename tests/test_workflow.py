@@ -2,9 +2,7 @@
 
 from datetime import timedelta
 
-import psycopg
 import pytest
-from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
@@ -304,34 +302,13 @@ def test_every_attempt_at_an_email_carries_the_same_message_id(mailoutbox):
     )
 
 
-def kill_own_connection() -> None:
-    """Have PostgreSQL terminate this thread's database connection, as a restart would."""
-    pid = connection.connection.info.backend_pid
-    params = connection.get_connection_params()
-    with psycopg.connect(
-        dbname=params["dbname"], host=params.get("host"), port=params.get("port"),
-        user=params.get("user"), autocommit=True,
-    ) as admin:  # fmt: skip
-        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-
-
-class ConnectionKillingBackend(LocmemBackend):
-    """Hands the email over, then has PostgreSQL kill the sender's database connection: the
-    provider has the email, and recording that fails."""
-
-    def send_messages(self, messages):
-        sent = super().send_messages(messages)
-        kill_own_connection()
-        return sent
-
-
 @pytest.mark.django_db(transaction=True)
 def test_an_email_sent_as_the_database_connection_dies_is_recorded_not_sent_again(
     mailoutbox, settings
 ):
     signup = workflow.start_signup(**signup_data())
     email = signup.emails.get()
-    settings.EMAIL_BACKEND = f"{__name__}.ConnectionKillingBackend"
+    settings.EMAIL_BACKEND = "tests.helpers.ConnectionKillingBackend"
     with pytest.raises(workflow.SentButNotRecorded) as raised:
         workflow.deliver_email(email_id=email.pk)
     connection.close()
