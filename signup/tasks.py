@@ -51,7 +51,7 @@ def _retry_after(exc: Exception | None) -> float:
 
 
 @dataclass(frozen=True)
-class Retry:
+class NextAttempt:
     """What a failed attempt asks for: deliver_email again in `countdown` seconds, with the
     provider's message id if the email is known to have been accepted already."""
 
@@ -65,8 +65,8 @@ class Retry:
 
 def attempt_delivery(
     email_id: int, *, retries: int = 0, provider_message_id: str | None = None
-) -> Retry | None:
-    """Make one attempt at a ledger email; return a Retry if another attempt is due.
+) -> NextAttempt | None:
+    """Make one attempt at a ledger email; return the next attempt if one is due.
 
     With provider_message_id, the email was accepted by the provider on an earlier attempt
     and only recording that is left to do. A permanent failure, or one that used up the
@@ -82,7 +82,7 @@ def attempt_delivery(
         # "sending" after SIGNUP_EMAIL_REDRIVE_AFTER for a lost task and send it again.
         countdown = min(retry_delay(retries), settings.SIGNUP_EMAIL_REDRIVE_AFTER / 10)
         logger.warning("%s; recording it in %.1fs", sent, countdown)
-        return Retry(countdown, sent, sent.provider_message_id)
+        return NextAttempt(countdown, sent, sent.provider_message_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if is_permanent(exc):
@@ -99,19 +99,19 @@ def attempt_delivery(
             return None  # dead-lettered, or finished by another delivery
         logger.warning("email %s failed (%s); retrying in %.1fs", email_id, error, countdown)
         # An email already accepted stays so: the next attempt only records it.
-        return Retry(countdown, exc, provider_message_id)
+        return NextAttempt(countdown, exc, provider_message_id)
     return None
 
 
 @shared_task(bind=True, max_retries=None)
 def deliver_email(self, email_id: int, provider_message_id: str | None = None) -> None:
     """Send one ledger email; the ledger's attempts count is the retry budget."""
-    retry = attempt_delivery(
+    then = attempt_delivery(
         email_id, retries=self.request.retries, provider_message_id=provider_message_id
     )
-    if retry is not None:
-        kwargs = retry.kwargs(email_id)
-        raise self.retry(args=(), kwargs=kwargs, countdown=retry.countdown) from retry.error
+    if then is not None:
+        kwargs = then.kwargs(email_id)
+        raise self.retry(args=(), kwargs=kwargs, countdown=then.countdown) from then.error
 
 
 @shared_task
@@ -121,9 +121,9 @@ def send_reminder(signup_id: int, number: int) -> None:
     email_id = workflow.send_reminder(signup_id=signup_id, number=number)
     if email_id is None:
         return
-    retry = attempt_delivery(email_id)
-    if retry is not None:
-        deliver_email.apply_async(kwargs=retry.kwargs(email_id), countdown=retry.countdown)
+    then = attempt_delivery(email_id)
+    if then is not None:
+        deliver_email.apply_async(kwargs=then.kwargs(email_id), countdown=then.countdown)
 
 
 @shared_task
