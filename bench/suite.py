@@ -180,7 +180,7 @@ def signup_times(stack: Stack) -> dict[int, float]:
 
 def first_reminders(stack: Stack) -> dict[int, tuple[float, float | None]]:
     """When each signup's reminder 1 was taken (its ledger row was written inside
-    send_reminder) and when it was sent, in epoch seconds."""
+    workflow.take_reminder) and when it was sent, in epoch seconds."""
     return {
         signup_id: (float(created), float(sent) if sent is not None else None)
         for signup_id, created, sent in stack.query(
@@ -561,7 +561,7 @@ def timer_accuracy(stack: Stack, sizes: Sizes) -> Result:
         f" paced over {sizes.timer_window:g} s, with SIGNUP_REMINDER_INTERVAL={interval:g} s: their"
         f" first reminders fell due over {due_window:.1f} s. Lateness is the time the reminder"
         " email left (the email backend accepted it: its ledger row's sent_at) minus the"
-        " planned next_reminder_at. send_reminder took the reminders (its ledger row's"
+        " planned next_reminder_at. take_reminder took the reminders (its ledger row's"
         f" created_at) p50 {ms(taken_figure['p50'])}, p99 {ms(taken_figure['p99'])} late.",
         f"Worker: prefork --concurrency={WORKER_CONCURRENCY}, with beat (sweep every"
         f" {SWEEP_INTERVAL} s, grace {STACK_SETTINGS['SIGNUP_REMINDER_GRACE']} s). Reminders the"

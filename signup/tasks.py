@@ -1,4 +1,9 @@
-"""Thin Celery tasks: each loads ids and calls signup.workflow; the retry policy lives here."""
+"""Thin Celery tasks: each loads ids and calls signup.workflow; the retry policy lives here.
+
+signup.workflow imports this module to enqueue tasks, so this one imports the workflow inside
+each function (HackSoft's rule for the task/service cycle): importing either module first is
+safe, and a name added to the top of this module can't reach a half-initialised workflow.
+"""
 
 import logging
 import random
@@ -9,8 +14,6 @@ from anymail.exceptions import AnymailAPIError, AnymailError
 from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
-
-from signup import workflow
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ def attempt_delivery(
     and only recording that is left to do. A permanent failure, or one that used up the
     email's attempts, is dead-lettered by the workflow and asks for nothing.
     """
+    from signup import workflow
+
     try:
         if provider_message_id:
             workflow.record_email_sent(email_id=email_id, provider_message_id=provider_message_id)
@@ -118,7 +123,9 @@ def deliver_email(self, email_id: int, provider_message_id: str | None = None) -
 def send_reminder(signup_id: int, number: int) -> None:
     """Take reminder `number` and send its email in this same task, so that it leaves when
     the reminder is due; a send that fails goes on as a deliver_email task with retries."""
-    email_id = workflow.send_reminder(signup_id=signup_id, number=number)
+    from signup import workflow
+
+    email_id = workflow.take_reminder(signup_id=signup_id, number=number)
     if email_id is None:
         return
     then = attempt_delivery(email_id)
@@ -128,9 +135,13 @@ def send_reminder(signup_id: int, number: int) -> None:
 
 @shared_task
 def expire_signup(signup_id: int) -> None:
+    from signup import workflow
+
     workflow.expire_signup(signup_id=signup_id)
 
 
 @shared_task
 def sweep() -> dict[str, int]:
+    from signup import workflow
+
     return workflow.sweep()

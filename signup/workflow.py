@@ -1,8 +1,10 @@
 """The signup workflow: every rule and transition of a signup's life, in one module.
 
 pending -> verified | expired | cancelled | undeliverable; only a pending signup moves.
-Each function is one transaction that locks the signup row, is safe to call twice, and
-enqueues follow-up work only after it commits. Views, the API, admin actions, tasks and
+A transition is one transaction that holds the signup's row lock; the ledger's functions
+lock the email's row (after its signup's, when both change), and the sweeper works in short
+batches that skip rows others hold. Every function is safe to call twice and enqueues
+follow-up work only after its transaction commits. Views, the API, admin actions, tasks and
 webhooks call these functions and never change a signup themselves.
 """
 
@@ -16,6 +18,8 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+# The one module-level direction of the workflow/tasks cycle: signup.tasks imports this
+# module inside its functions, so either can be imported first.
 from signup import emails, tasks, tokens
 from signup.models import OutboundEmail, Signup, SignupEvent
 
@@ -79,7 +83,7 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
         with transaction.atomic():
             # The database's unique constraint decides who gets a username, race or not.
             signup.save(force_insert=True)
-            _log(signup, Event.SUBMITTED)
+            _add_event(signup, Event.SUBMITTED)
             _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
             _schedule_next_step(signup, now=now)
     except IntegrityError as exc:
@@ -97,7 +101,7 @@ def _violated(exc: IntegrityError, constraint: str) -> bool:
 # --- Reminders and expiry ----------------------------------------------------------------
 
 
-def send_reminder(*, signup_id: int, number: int) -> int | None:
+def take_reminder(*, signup_id: int, number: int) -> int | None:
     """Take reminder `number`: add it to the ledger and plan the next step. Return the
     reminder's ledger id for the caller to deliver, or None if the task is stale.
 
@@ -234,7 +238,7 @@ def _verify(signup: Signup, *, source: str) -> VerifyResult:
     signup.save(
         update_fields=["status", "verified_at", "verified_source", *_PLAN_FIELDS, "updated_at"]
     )
-    _log(signup, Event.VERIFIED, detail=f"source: {source}")
+    _add_event(signup, Event.VERIFIED, detail=f"source: {source}")
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
     _queue_email(signup, EmailKind.WELCOME, sequence=1)
     return VerifyResult(signup, already_verified=False)
@@ -270,7 +274,7 @@ def resend_verification(*, signup_id: int) -> bool:
             return False
         last = signup.emails.filter(kind=EmailKind.VERIFICATION).order_by("-sequence").first()
         sequence = last.sequence + 1 if last else 1
-        _log(signup, Event.VERIFICATION_REQUESTED, number=sequence)
+        _add_event(signup, Event.VERIFICATION_REQUESTED, number=sequence)
         _queue_email(signup, EmailKind.VERIFICATION, sequence=sequence)
     return True
 
@@ -304,7 +308,7 @@ _PROVIDER_EVENTS = {
     "delivered": (Event.EMAIL_DELIVERED, False),
     "opened": (Event.EMAIL_OPENED, False),
     "clicked": (Event.EMAIL_CLICKED, False),
-    "deferred": (Event.EMAIL_BOUNCED, False),
+    "deferred": (Event.EMAIL_DEFERRED, False),
     "bounced": (Event.EMAIL_BOUNCED, True),
     "rejected": (Event.EMAIL_BOUNCED, True),
     "complained": (Event.EMAIL_COMPLAINED, True),
@@ -332,7 +336,7 @@ def record_provider_event(
         detail = f"{email.kind} #{email.sequence}" + (f": {description}" if description else "")
         if signup.events.filter(kind=kind, detail=detail[:500]).exists():
             return False
-        _log(signup, kind, number=_number(email), detail=detail[:500])
+        _add_event(signup, kind, number=_number(email), detail=detail[:500])
         if closes and signup.status == Status.PENDING:
             reason = "spam complaint" if event_type == "complained" else f"email {event_type}"
             _close(signup, Status.UNDELIVERABLE, Event.UNDELIVERABLE, detail=reason)
@@ -343,7 +347,7 @@ def _close(signup: Signup, status: str, event: str, detail: str = "") -> None:
     signup.status = status
     signup.next_reminder_at = signup.reminder_enqueued_at = None
     signup.save(update_fields=["status", *_PLAN_FIELDS, "updated_at"])
-    _log(signup, event, detail=detail)
+    _add_event(signup, event, detail=detail)
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
 
 
@@ -393,7 +397,7 @@ def deliver_email(*, email_id: int) -> bool:
                 email.status = EmailStatus.SKIPPED
                 email.save(update_fields=["status", "updated_at"])
                 detail = f"{email.kind} #{email.sequence}: the signup is {signup.status}"
-                _log(signup, Event.EMAIL_SKIPPED, number=_number(email), detail=detail)
+                _add_event(signup, Event.EMAIL_SKIPPED, number=_number(email), detail=detail)
                 return False
             provider_message_id = emails.send(email, signup)
             _mark_sent(signup, email, provider_message_id)
@@ -431,7 +435,7 @@ def _mark_sent(signup: Signup, email: OutboundEmail, provider_message_id: str) -
     email.save(
         update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
     )
-    _log(signup, _SENT_EVENT[email.kind], number=_number(email), detail=email.to_email)
+    _add_event(signup, _SENT_EVENT[email.kind], number=_number(email), detail=email.to_email)
 
 
 def _number(email: OutboundEmail) -> int | None:
@@ -470,7 +474,7 @@ def _fail(email: OutboundEmail, error: str) -> None:
     email.status = EmailStatus.FAILED
     email.last_error = error[:2000]
     email.save(update_fields=["status", "last_error", "updated_at"])
-    _log_for(
+    _add_event_for(
         email.signup_id,
         Event.EMAIL_FAILED,
         number=_number(email),
@@ -633,7 +637,7 @@ def redrive_email(*, email_id: int) -> bool:
         email.attempts = 0
         email.enqueued_at = timezone.now()
         email.save(update_fields=["status", "attempts", "enqueued_at", "updated_at"])
-        _log_for(
+        _add_event_for(
             email.signup_id,
             Event.EMAIL_REDRIVEN,
             number=email.sequence,
@@ -672,11 +676,13 @@ def _after_commit(enqueue) -> None:
     transaction.on_commit(enqueue, robust=True)
 
 
-def _log(signup: Signup, kind: str, *, number: int | None = None, detail: str = "") -> None:
-    _log_for(signup.pk, kind, number=number, detail=detail)
+def _add_event(signup: Signup, kind: str, *, number: int | None = None, detail: str = "") -> None:
+    _add_event_for(signup.pk, kind, number=number, detail=detail)
 
 
-def _log_for(signup_id: int, kind: str, *, number: int | None = None, detail: str = "") -> None:
+def _add_event_for(
+    signup_id: int, kind: str, *, number: int | None = None, detail: str = ""
+) -> None:
     SignupEvent.objects.create(signup_id=signup_id, kind=kind, number=number, detail=detail)
 
 

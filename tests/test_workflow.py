@@ -10,7 +10,7 @@ from signup import tokens, workflow
 from signup.models import OutboundEmail, Signup
 from tests.helpers import signup_data
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 
 def _deliver_all() -> int:
@@ -111,28 +111,28 @@ def test_expired_or_cancelled_usernames_can_sign_up_again_and_keep_history():
 
 def test_reminder_n_is_acted_on_once_and_stale_numbers_are_dropped():
     signup = workflow.start_signup(**signup_data())
-    assert workflow.send_reminder(signup_id=signup.pk, number=2) is None  # too early
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is not None
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None  # duplicate
+    assert workflow.take_reminder(signup_id=signup.pk, number=2) is None  # too early
+    assert workflow.take_reminder(signup_id=signup.pk, number=1) is not None
+    assert workflow.take_reminder(signup_id=signup.pk, number=1) is None  # duplicate
     signup.refresh_from_db()
     assert signup.reminders_sent == 1
     assert signup.emails.filter(kind="reminder").count() == 1
-    assert workflow.send_reminder(signup_id=999_999, number=1) is None
+    assert workflow.take_reminder(signup_id=999_999, number=1) is None
 
 
 def test_the_last_reminder_plans_the_expiry_instead_of_another(settings):
     settings.SIGNUP_MAX_REMINDERS = 1
     signup = workflow.start_signup(**signup_data())
-    workflow.send_reminder(signup_id=signup.pk, number=1)
+    workflow.take_reminder(signup_id=signup.pk, number=1)
     signup.refresh_from_db()
     assert signup.next_reminder_at is None
-    assert workflow.send_reminder(signup_id=signup.pk, number=2) is None
+    assert workflow.take_reminder(signup_id=signup.pk, number=2) is None
 
 
 def test_a_reminder_due_after_expiry_expires_the_signup():
     signup = workflow.start_signup(**signup_data())
     Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now())
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None
+    assert workflow.take_reminder(signup_id=signup.pk, number=1) is None
     signup.refresh_from_db()
     assert signup.status == "expired"
     assert signup.emails.get().status == "skipped"
@@ -182,7 +182,7 @@ def test_verify_after_expiry_expires_and_sends_nothing():
 
 def test_emails_are_sent_once_and_only_while_wanted(mailoutbox):
     signup = workflow.start_signup(**signup_data())
-    workflow.send_reminder(signup_id=signup.pk, number=1)
+    workflow.take_reminder(signup_id=signup.pk, number=1)
     verification = signup.emails.get(kind="verification")
     assert workflow.deliver_email(email_id=verification.pk) is True
     assert workflow.deliver_email(email_id=verification.pk) is False
@@ -199,7 +199,7 @@ def test_emails_are_sent_once_and_only_while_wanted(mailoutbox):
 
 def test_a_reminder_picked_up_after_verification_is_not_sent(mailoutbox):
     signup = workflow.start_signup(**signup_data())
-    workflow.send_reminder(signup_id=signup.pk, number=1)
+    workflow.take_reminder(signup_id=signup.pk, number=1)
     reminder = signup.emails.get(kind="reminder")
     # The delivery had already claimed the row when the verification committed.
     OutboundEmail.objects.filter(pk=reminder.pk).update(status="sending")
@@ -213,7 +213,7 @@ def test_a_reminder_picked_up_after_verification_is_not_sent(mailoutbox):
 def test_email_links_carry_their_source_and_a_working_token(mailoutbox, settings):
     settings.SITE_URL = "https://accounts.example.org"
     signup = workflow.start_signup(**signup_data())
-    workflow.send_reminder(signup_id=signup.pk, number=1)
+    workflow.take_reminder(signup_id=signup.pk, number=1)
     _deliver_all()
     verification, reminder = mailoutbox
     assert "https://accounts.example.org/signup/verify/" in verification.body
@@ -274,7 +274,7 @@ def test_undeliverable_stops_the_signup():
     assert workflow.mark_undeliverable(signup_id=signup.pk, reason="hard bounce")
     signup.refresh_from_db()
     assert signup.status == "undeliverable"
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None
+    assert workflow.take_reminder(signup_id=signup.pk, number=1) is None
     with pytest.raises(workflow.SignupClosed):
         workflow.verify_signup(token=tokens.make_token(signup), source="verification")
 

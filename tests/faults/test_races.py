@@ -3,8 +3,6 @@ connections, real HTTP and a real worker; what counts is the emails sent, the an
 and the rows left behind.
 """
 
-import html
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,9 +22,9 @@ from django.utils import timezone
 from config.celery import app as celery_app
 from signup import tasks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import API_KEY, signup_data, verify_link, wait_for
+from tests.helpers import API_KEY, hidden_fields, signup_data, verify_link, wait_for
 
-pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 # Races per round; FAULT_ROUNDS (the fault_rounds fixture) sets how many rounds.
 RACES_PER_ROUND = 20
@@ -75,16 +73,6 @@ def duplicated(emails: list[SentEmail]) -> int:
     """How many emails repeat one already sent (same recipient, kind and link)."""
     counts = Counter((e.to, e.kind, e.link_source) for e in emails)
     return sum(count - 1 for count in counts.values())
-
-
-def hidden_fields(page: requests.Response) -> dict[str, str]:
-    """The hidden inputs of a page's form: the CSRF token and the link's source."""
-    return {
-        name: html.unescape(value)
-        for name, value in re.findall(
-            r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text
-        )
-    }
 
 
 @pytest.fixture
@@ -193,7 +181,7 @@ def signups_with_reminder_one_queued(broker, prefix: str, count: int):
     signups = start_signups(prefix, count)
     tokens = send_verification_emails(signups)
     for signup in signups:
-        assert workflow.send_reminder(signup_id=signup.pk, number=1)
+        assert workflow.take_reminder(signup_id=signup.pk, number=1)
     broker.flushdb()
     mail.outbox.clear()
     return signups, [tokens[signup.email] for signup in signups]
@@ -221,7 +209,7 @@ def test_no_reminder_is_sent_after_a_verification_that_races_it(
             [
                 (
                     partial(workflow.verify_signup, token=token, source="verification"),
-                    partial(workflow.send_reminder, signup_id=signup.pk, number=2),
+                    partial(workflow.take_reminder, signup_id=signup.pk, number=2),
                     partial(workflow.deliver_email, email_id=email_id(signup, "reminder")),
                 )
                 for signup, token in zip(signups, tokens, strict=True)
@@ -401,8 +389,8 @@ def test_a_task_run_twice_at_once_sends_its_email_once(outbox, fault_rounds, fau
             (
                 partial(workflow.deliver_email, email_id=email_id(signup, "verification")),
                 partial(workflow.deliver_email, email_id=email_id(signup, "verification")),
-                partial(workflow.send_reminder, signup_id=signup.pk, number=1),
-                partial(workflow.send_reminder, signup_id=signup.pk, number=1),
+                partial(workflow.take_reminder, signup_id=signup.pk, number=1),
+                partial(workflow.take_reminder, signup_id=signup.pk, number=1),
             )
             for signup in signups
         ]
