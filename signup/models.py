@@ -97,6 +97,7 @@ class SignupEvent(models.Model):
         EMAIL_DELIVERED = "email_delivered", "Email delivered"
         EMAIL_OPENED = "email_opened", "Email opened"
         EMAIL_CLICKED = "email_clicked", "Link in email clicked"
+        EMAIL_DEFERRED = "email_deferred", "Email delayed by the provider (will retry)"
         EMAIL_BOUNCED = "email_bounced", "Email bounced"
         EMAIL_COMPLAINED = "email_complained", "Spam complaint"
 

@@ -1,9 +1,9 @@
 """Email-provider events (bounces, complaints, deliveries, opens) from anymail's tracking
 webhooks, matched to the ledger and handed to the workflow.
 
-Only the tracking endpoints are mounted, and only when ANYMAIL_WEBHOOK_SECRET is set: anymail
-then checks HTTP basic auth on every post. Posts that fail auth or can't be read get a 4xx
-and change nothing.
+Only anymail's tracking endpoints are mounted. They answer 404 while ANYMAIL_WEBHOOK_SECRET
+is unset; once it is set, anymail checks HTTP basic auth on every post. Posts that fail auth
+or can't be read get a 4xx and change nothing.
 """
 
 import logging

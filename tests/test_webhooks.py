@@ -12,7 +12,7 @@ from signup import workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
 from tests.helpers import signup_data
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 URL = "/anymail/postmark/tracking/"
 SECRET = "hook-user:hook-password-0123"
@@ -69,7 +69,7 @@ def test_a_hard_bounce_makes_the_signup_undeliverable_and_stops_its_reminders(cl
     assert signup.next_reminder_at is None
     assert "email_bounced" in _kinds(signup.pk)
     assert "undeliverable" in _kinds(signup.pk)
-    assert workflow.send_reminder(signup_id=signup.pk, number=1) is None
+    assert workflow.take_reminder(signup_id=signup.pk, number=1) is None
     assert not signup.emails.filter(kind="reminder").exists()
 
 
@@ -85,6 +85,15 @@ def test_a_soft_bounce_is_recorded_but_the_signup_stays_pending(client, mailoutb
     assert _post(client, _event(email, "Bounce", Type="SoftBounce")).status_code == 200
     assert Signup.objects.get().status == "pending"
     assert "email_bounced" in _kinds(email.signup_id)
+
+
+def test_a_deferred_email_is_recorded_as_delayed_not_bounced(client, mailoutbox):
+    email = _sent_verification(mailoutbox)
+    assert _post(client, _event(email, "Bounce", Type="Transient")).status_code == 200
+    assert Signup.objects.get().status == "pending"
+    kinds = _kinds(email.signup_id)
+    assert "email_deferred" in kinds
+    assert "email_bounced" not in kinds
 
 
 def test_delivered_and_opened_land_on_the_timeline_once(client, mailoutbox):
