@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import psutil
 import psycopg
 
-from tests.processes import RedisServer, free_port, fresh_database
+from harness.processes import RedisServer, free_port, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

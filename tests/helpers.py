@@ -1,6 +1,7 @@
 """Helpers for the tests: waiting on real processes, reading the emails they sent, and the
 database faults some tests cause."""
 
+import html
 import re
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +49,17 @@ def verify_link(message) -> tuple[str, str, str]:
     parts = urlsplit(url)
     token = parts.path.rstrip("/").rsplit("/", 1)[-1]
     return parts.path, token, parse_qs(parts.query)["source"][0]
+
+
+def hidden_fields(page) -> dict[str, str]:
+    """The hidden inputs of a page's form (a requests.Response): the CSRF token and, on the
+    confirm page, the link's source."""
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(
+            r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text
+        )
+    }
 
 
 def signup_data(**overrides) -> dict:

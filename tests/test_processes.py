@@ -19,8 +19,7 @@ import redis
 import requests
 from kombu import Connection
 
-from tests.helpers import wait_for
-from tests.processes import (
+from harness.processes import (
     BIN,
     ROOT,
     Process,
@@ -31,8 +30,9 @@ from tests.processes import (
     start_process,
     stop_all,
 )
+from tests.helpers import hidden_fields, wait_for
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.postgres]
 
 API_KEY = "e2e-api-key-0123456789"
 REMINDER_INTERVAL = 2  # seconds, in every deployment here
@@ -46,7 +46,7 @@ HTTP_TIMEOUT = 10
 BROKER_URLS = {
     "redis": "redis://127.0.0.1:6379/14",
     # The default vhost and queue: the deployment empties the "celery" queue before it starts.
-    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+    "rabbitmq": os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
 }
 
 
@@ -247,7 +247,12 @@ def deployed(*, expires_after: int):
     """Run the test against each broker, on a service whose signups expire after this long."""
     return pytest.mark.parametrize(
         "service",
-        [pytest.param(Deployment(broker, expires_after), id=broker) for broker in BROKER_URLS],
+        [
+            pytest.param(
+                Deployment(broker, expires_after), id=broker, marks=getattr(pytest.mark, broker)
+            )
+            for broker in BROKER_URLS
+        ],
         indirect=True,
     )
 
@@ -257,16 +262,6 @@ def deployed(*, expires_after: int):
 
 def heading(page: requests.Response) -> str:
     return html.unescape(re.search(r"<h1[^>]*>(.*?)</h1>", page.text, re.S).group(1))
-
-
-def hidden_fields(page: requests.Response) -> dict[str, str]:
-    """The hidden inputs of the page's form: the CSRF token and, on the confirm page, source."""
-    return {
-        name: html.unescape(value)
-        for name, value in re.findall(
-            r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text
-        )
-    }
 
 
 def error_fields(page: requests.Response) -> set[str]:

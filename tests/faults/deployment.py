@@ -21,8 +21,8 @@ import psycopg
 import pytest
 import requests
 
-from tests import processes
-from tests.processes import (
+from harness import processes
+from harness.processes import (
     BIN,
     ROOT,
     Process,

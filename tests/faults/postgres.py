@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.processes import free_port
+from harness.processes import free_port
 
 STARTUP_TIMEOUT = 30
 

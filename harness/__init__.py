@@ -1,0 +1,2 @@
+"""What the tests and the benchmarks both need to run the service for real: free ports, a
+fresh PostgreSQL database, a private redis-server, an SMTP sink and the service's processes."""
