@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test faults bench bench-quick lint format lock clean
+.PHONY: install browser run migrate test test-fast faults bench bench-quick lint format lock clean
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +24,22 @@ TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:543
 	CELERY_BROKER_URL=$${TEST_BROKER_URL:-redis://127.0.0.1:6379/15} CONN_MAX_AGE=0 DEBUG=false \
 	SECRET_KEY=test-secret-key-not-for-production ALLOWED_HOSTS=testserver,localhost,127.0.0.1
 
-test: install
+# Installs a Debian package (as root, or through sudo) or says what to do instead.
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	else echo "make: $(1) is needed: install it as root (apt-get install $(1))"; exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "make: $(1) is needed and this is not Debian: install it"; exit 1; }; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(1) >/dev/null
+
+browser:  ## Debian's chromium, for the browser tests
+	@command -v chromium >/dev/null || { echo "installing chromium for the browser tests"; $(call APT_INSTALL,chromium); }
+
+# Every test, on the real services (about 6 minutes).
+test: install browser
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+
+# The tests that need no service (no PostgreSQL, Redis, RabbitMQ or browser), in seconds.
+test-fast: install
+	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or processes)" $(PYTEST_ARGS)
 
 # The fault suite's long variants (FAULT_ROUNDS rounds each); prints the outcome table.
 faults: install
@@ -36,11 +50,11 @@ faults: install
 
 # The benchmarks start their own stack (a fresh PostgreSQL database, a private Redis); wrk from apt.
 bench: install
-	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || $(call APT_INSTALL,wrk)
 	$(PY) -m bench.run
 
 bench-quick: install  ## the same with reduced sizes, under 2 minutes
-	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || $(call APT_INSTALL,wrk)
 	$(PY) -m bench.run --quick
 
 lint: install

@@ -1,9 +1,21 @@
 """Fixtures: real PostgreSQL (pytest-django's test database), a real Redis broker and a real
 Celery worker consuming it in a thread of the test process, emails in Django's locmem outbox.
+
+Tiers: a test that needs a service says so with a marker (postgres, redis, rabbitmq,
+chromium; processes for the slow ones that start the service's own processes). A test that
+uses the database or a worker is marked from its fixtures as well, so it can't slip into the
+fast tier (`make test-fast`: no marker). Before such a test runs, the service is probed once;
+a missing one fails the test with what to start, never skips it.
 """
 
+import os
+import shutil
+import socket
 from contextlib import contextmanager
+from functools import cache
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
@@ -12,18 +24,102 @@ from django.conf import settings
 from config.celery import app as celery_app
 from tests.helpers import API_KEY
 
+# Fixtures that reach a service, and the marker each implies.
+_FIXTURE_SERVICES = {
+    "db": "postgres",
+    "transactional_db": "postgres",
+    "django_db_setup": "postgres",
+    "live_server": "postgres",
+    "admin_client": "postgres",
+    "broker": "redis",
+    "worker": "redis",
+    "worker_factory": "redis",
+}
+SERVICES = ("postgres", "redis", "rabbitmq", "chromium")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
-@pytest.fixture(scope="session", autouse=True)
-def _real_services():
-    engine = settings.DATABASES["default"]["ENGINE"]
-    assert engine == "django.db.backends.postgresql", (
-        "The tests run against PostgreSQL: run them with `make test`, or set DATABASE_URL "
-        f"to a postgres:// URL (got {engine})."
-    )
-    assert settings.CELERY_BROKER_URL.startswith("redis://"), (
-        "The tests run against a Redis broker: set CELERY_BROKER_URL=redis://... "
-        f"(got {settings.CELERY_BROKER_URL})."
-    )
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        implied = {
+            _FIXTURE_SERVICES[name] for name in item.fixturenames if name in _FIXTURE_SERVICES
+        }
+        if item.get_closest_marker("django_db"):
+            implied.add("postgres")
+        for service in sorted(implied - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(service)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Fail, before any fixture touches it, a test whose service is not there."""
+    for service in SERVICES:
+        if item.get_closest_marker(service):
+            problem = _missing(service)
+            if problem:
+                pytest.fail(f"this test needs {problem}", pytrace=False)
+
+
+@cache
+def _missing(service: str) -> str | None:
+    """Why `service` can't be reached (and how to get it), or None when it answers."""
+    return _PROBES[service]()
+
+
+def _postgres() -> str | None:
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.postgresql":
+        return (
+            "PostgreSQL: run the tests with `make test`, or set DATABASE_URL to a postgres:// "
+            f"URL (got {database['ENGINE']})."
+        )
+    where = f"{database['HOST']}:{database['PORT']}"
+    try:
+        psycopg.connect(
+            dbname="postgres",
+            host=database["HOST"] or None,
+            port=database["PORT"] or None,
+            user=database["USER"] or None,
+            password=database["PASSWORD"] or None,
+            connect_timeout=5,
+        ).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {where} ({exc}): start it, or point TEST_DATABASE_URL at one."
+    return None
+
+
+def _redis() -> str | None:
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith("redis://"):
+        return f"a Redis broker: set CELERY_BROKER_URL=redis://... (got {url})."
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=5) as client:
+            client.ping()
+    except redis.RedisError as exc:
+        where = urlsplit(url).netloc
+        return f"Redis at {where} ({exc}): start it, or point TEST_BROKER_URL at one."
+    if not shutil.which("redis-server"):
+        return "the redis-server program (some tests start their own): apt-get install redis."
+    return None
+
+
+def _rabbitmq() -> str | None:
+    address = urlsplit(RABBITMQ_URL)
+    try:
+        socket.create_connection((address.hostname, address.port or 5672), timeout=5).close()
+    except OSError as exc:
+        where = f"{address.hostname}:{address.port or 5672}"
+        return f"RabbitMQ at {where} ({exc}): start it with `rabbitmq-server -detached`."
+    return None
+
+
+def _chromium() -> str | None:
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return None
+    return "Debian's chromium: `make test` installs it (apt-get install chromium)."
+
+
+_PROBES = {"postgres": _postgres, "redis": _redis, "rabbitmq": _rabbitmq, "chromium": _chromium}
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from signup import workflow
 from signup.models import OutboundEmail, Signup
 from tests.helpers import signup_data
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 
 @pytest.fixture

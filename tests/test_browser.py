@@ -7,7 +7,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.helpers import sent_to, verify_link, wait_for_emails
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.chromium, pytest.mark.postgres, pytest.mark.redis]
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -27,6 +27,9 @@ def _status(username: str) -> str:
     return Signup.objects.filter(username=username).order_by("-id").first().status
 
 
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
 def test_happy_path_signup_verify_welcome(worker, api, client):
     response = api.post("/api/signups", signup_data())
     assert response.status_code == 201, response.content

@@ -13,6 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+# Starts its own processes on SQLite and the filesystem broker: no service, but slow.
+pytestmark = pytest.mark.processes
+
 QUICKSTART_UNSET = (
     "DATABASE_URL",
     "CELERY_BROKER_URL",

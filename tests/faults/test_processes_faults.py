@@ -37,7 +37,7 @@ from tests.faults.deployment import (
 )
 from tests.faults.postgres import PostgresServer
 
-pytestmark = [pytest.mark.faults, pytest.mark.processes]
+pytestmark = [pytest.mark.faults, pytest.mark.processes, pytest.mark.postgres, pytest.mark.redis]
 
 SIGNUPS_PER_ROUND = 4
 # This machine is shared with other test runs: a reminder may be this much later than the

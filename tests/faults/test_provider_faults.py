@@ -17,7 +17,7 @@ from signup.models import OutboundEmail, SignupEvent
 from tests.faults.provider import Answer, FakePostmark
 from tests.helpers import signup_data, wait_for
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.redis]
 
 TOKEN = "postmark-server-token-for-tests"
 CLIENT_TIMEOUT = 0.6  # anymail's REQUESTS_TIMEOUT: how long a hung provider holds a worker

@@ -1,0 +1,92 @@
+"""Verification tokens: signed, bound to one record, expiring; sources of a link."""
+
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.core import signing
+
+from signup import tokens
+from signup.models import Signup
+
+CREATED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def _signup(pk: int = 42, created_at: datetime = CREATED) -> Signup:
+    return Signup(pk=pk, created_at=created_at)
+
+
+def test_a_token_names_its_signup_and_creation_time():
+    assert tokens.read_token(tokens.make_token(_signup())) == (42, int(CREATED.timestamp()))
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "x", "garbage:garbage", "a" * (tokens.TOKEN_MAX_LENGTH + 1), None, 7, ["a"]],
+)
+def test_malformed_tokens_are_invalid(token):
+    with pytest.raises(tokens.InvalidToken):
+        tokens.read_token(token)
+
+
+def test_a_tampered_token_is_invalid():
+    token = tokens.make_token(_signup())
+    _, _, rest = token.partition(":")
+    other = tokens.make_token(_signup(pk=43)).partition(":")[0]
+    with pytest.raises(tokens.InvalidToken):
+        tokens.read_token(f"{other}:{rest}")
+    with pytest.raises(tokens.InvalidToken):
+        tokens.read_token(token[:-1] + ("A" if token[-1] != "A" else "B"))
+
+
+def test_a_token_from_another_deployment_is_invalid(settings):
+    token = tokens.make_token(_signup())
+    settings.SECRET_KEY = "another-deployment-" + "k" * 40
+    with pytest.raises(tokens.InvalidToken):
+        tokens.read_token(token)
+
+
+def test_a_token_signed_for_another_purpose_is_invalid():
+    forged = signing.dumps([42, int(CREATED.timestamp())], salt="another.purpose")
+    with pytest.raises(tokens.InvalidToken):
+        tokens.read_token(forged)
+
+
+@pytest.mark.parametrize("payload", [[42], [42, 1, 2], ["42", 1], [True, 1], {"id": 42}, 42])
+def test_a_signed_payload_of_the_wrong_shape_is_invalid(payload):
+    with pytest.raises(tokens.InvalidToken):
+        tokens.read_token(signing.dumps(payload, salt=tokens.SALT))
+
+
+def test_a_token_expires_with_the_signup(settings, monkeypatch):
+    settings.SIGNUP_EXPIRES_AFTER = 3600
+    token = tokens.make_token(_signup())
+    now = signing.time.time()
+    monkeypatch.setattr(signing.time, "time", lambda: now + 3599)
+    assert tokens.read_token(token)[0] == 42
+    monkeypatch.setattr(signing.time, "time", lambda: now + 3601)
+    with pytest.raises(tokens.ExpiredToken):
+        tokens.read_token(token)
+
+
+def test_the_emailed_link_is_absolute_and_carries_its_source(settings):
+    settings.SITE_URL = "https://accounts.example.com"
+    url = urlsplit(tokens.verification_url(_signup(), source="reminder-2"))
+    assert (url.scheme, url.netloc) == ("https", "accounts.example.com")
+    token = url.path.removeprefix("/signup/verify/").rstrip("/")
+    assert tokens.read_token(token)[0] == 42
+    assert parse_qs(url.query) == {"source": ["reminder-2"]}
+
+
+@pytest.mark.parametrize("source", ["verification", "reminder-1", "reminder-12", "reminder-999"])
+def test_the_sources_emails_use_are_valid(source):
+    assert tokens.is_valid_source(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["", "newsletter", "reminder-0", "reminder-1000", "reminder-", "Verification", None, 7,
+     "verification\n", "reminder-01"],
+)  # fmt: skip
+def test_other_sources_are_refused(source):
+    assert not tokens.is_valid_source(source)
