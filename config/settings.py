@@ -5,6 +5,8 @@ filesystem broker under ./var/, emails printed to the console. Production sets t
 """
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "anymail",
+    "axes",
     "signup",
 ]
 
@@ -53,6 +56,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out admin login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -144,8 +154,35 @@ SIGNUP_EMAIL_RETRY_DELAY = env.float("SIGNUP_EMAIL_RETRY_DELAY", default=5.0)
 SIGNUP_EMAIL_RETRY_MAX_DELAY = env.float("SIGNUP_EMAIL_RETRY_MAX_DELAY", default=15 * 60.0)
 SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
-# How many verification emails one address may ask for per hour on the resend page.
-SIGNUP_RESENDS_PER_HOUR = env.int("SIGNUP_RESENDS_PER_HOUR", default=3)
+
+# --- Abuse limits -------------------------------------------------------------------------
+# However many signups name one address, it is sent at most one verification (or "you
+# already have an account") email per SIGNUP_ADDRESS_COOLDOWN seconds and at most
+# SIGNUP_ADDRESS_DAILY_LIMIT a day; counted in the database, so every process agrees.
+SIGNUP_ADDRESS_COOLDOWN = env.int("SIGNUP_ADDRESS_COOLDOWN", default=180)
+SIGNUP_ADDRESS_DAILY_LIMIT = env.int("SIGNUP_ADDRESS_DAILY_LIMIT", default=5)
+# Rates as "<count>/<period>" (s, m, h or d; "5/10m" too), counted in the cache below.
+# Form and resend posts per client address:
+SIGNUP_RATE_LIMIT_PAGES = env.str("SIGNUP_RATE_LIMIT_PAGES", default="20/m")
+# Invalid verification links (and wrong API keys) per client address, before a pause:
+SIGNUP_RATE_LIMIT_BAD_LINKS = env.str("SIGNUP_RATE_LIMIT_BAD_LINKS", default="20/m")
+# API calls per key: far above what a backend service sends in normal use (100/s).
+SIGNUP_RATE_LIMIT_API = env.str("SIGNUP_RATE_LIMIT_API", default="6000/m")
+for _name in ("SIGNUP_RATE_LIMIT_PAGES", "SIGNUP_RATE_LIMIT_BAD_LINKS", "SIGNUP_RATE_LIMIT_API"):
+    if not re.fullmatch(r"\s*\d+\s*/\s*\d*\s*[smhd]\s*", globals()[_name]):
+        raise ImproperlyConfigured(f"{_name} must be a rate like 20/m (got {globals()[_name]!r}).")
+# How many reverse proxies in front of the web add themselves to X-Forwarded-For. With 0
+# (the default) the header is ignored: a client could write anything there.
+SIGNUP_TRUSTED_PROXIES = env.int("SIGNUP_TRUSTED_PROXIES", default=0)
+# Failed admin logins (django-axes): this many from one client address lock it out for
+# SIGNUP_ADMIN_LOCKOUT seconds.
+AXES_FAILURE_LIMIT = env.int("SIGNUP_ADMIN_LOGIN_FAILURES", default=5)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("SIGNUP_ADMIN_LOCKOUT", default=900))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "signup.limits.client_ip"
+AXES_LOCKOUT_CALLABLE = "signup.limits.admin_lockout"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 for _name in ("SIGNUP_REMINDER_INTERVAL", "SIGNUP_EXPIRES_AFTER", "SIGNUP_SWEEP_INTERVAL"):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
@@ -158,6 +195,17 @@ if SIGNUP_SCHEDULE_AHEAD < 2 * SIGNUP_SWEEP_INTERVAL:
 # --- Celery -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# The rate limits' counters must be shared by every web process: with a Redis broker and no
+# CACHE_URL they live on the broker's Redis (under their own key prefix); the quickstart
+# keeps them in the web process's memory.
+CACHES = {
+    "default": env.cache_url(
+        "CACHE_URL",
+        default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "locmemcache://",
+    )
+}
+CACHES["default"].setdefault("KEY_PREFIX", "signup")
 # A Redis broker hands a countdown task to a worker at once and redelivers it if it is not
 # acknowledged within the visibility timeout; it must outlast the longest countdown the
 # service uses, or a countdown would be delivered twice (the copy is dropped, but it is

@@ -13,7 +13,7 @@ from django.urls import path
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 
-from signup import selectors, tokens, workflow
+from signup import limits, selectors, tokens, workflow
 from signup.forms import USERNAME_PATTERN, SignupForm
 from signup.models import USERNAME_MAX_LENGTH, Signup
 
@@ -39,7 +39,17 @@ def api_view(*methods: str):
                 response["WWW-Authenticate"] = 'Bearer realm="signup"'
                 return response
             if not constant_time_compare(key.strip(), settings.SIGNUP_API_KEY):
+                # Wrong keys count like invalid links: guessing is slowed down per client.
+                retry_after = limits.bad_links_exceeded(request)
+                if retry_after:
+                    return limits.too_many_json(retry_after)
+                limits.count_bad_link(request)
                 return _error(403, "The API key is not valid.")
+            retry_after = limits.hit(
+                "api", key.strip(), limits.Rate.parse(settings.SIGNUP_RATE_LIMIT_API)
+            )
+            if retry_after:
+                return limits.too_many_json(retry_after)
             if request.method not in methods:
                 response = _error(405, f"Use {' or '.join(methods)}.")
                 response["Allow"] = ", ".join(methods)
@@ -121,6 +131,9 @@ def read_signup(request, username):
 
 @api_view("POST")
 def verify_signup(request, body):
+    retry_after = limits.bad_links_exceeded(request)
+    if retry_after:
+        return limits.too_many_json(retry_after)
     errors = _field_errors(body, {"token", "source"})
     errors.update({name: ["This field is required."] for name in ("token",) if name not in body})
     if errors:
@@ -137,6 +150,7 @@ def verify_signup(request, body):
     except tokens.ExpiredToken:
         return _error(410, "This verification link has expired.")
     except tokens.InvalidToken:
+        limits.count_bad_link(request)
         return _error(
             400,
             "This verification token is not valid.",

@@ -33,7 +33,7 @@ def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternative
         "reminders_left": max(settings.SIGNUP_MAX_REMINDERS - email.sequence, 0),
         "expires_at": signup.expires_at,
     }
-    if email.kind != Kind.WELCOME:
+    if email.kind in (Kind.VERIFICATION, Kind.REMINDER):
         context["verify_url"] = tokens.verification_url(signup, source=link_source(email))
     subject = render_to_string(f"emails/{email.kind}_subject.txt", context)
     message = EmailMultiAlternatives(

@@ -1,4 +1,5 @@
-"""The records: a signup, its event timeline and the outbound-email ledger.
+"""The records: a signup, its event timeline, the outbound-email ledger and what each email
+address has been sent.
 
 The fields here only hold state; every change to them is made by signup.workflow.
 """
@@ -97,6 +98,9 @@ class SignupEvent(models.Model):
         EMAIL_DELIVERED = "email_delivered", "Email delivered"
         EMAIL_OPENED = "email_opened", "Email opened"
         EMAIL_CLICKED = "email_clicked", "Link in email clicked"
+        VERIFICATION_HELD = "verification_held", "Verification email held back (address budget)"
+        SUPERSEDED = "superseded", "A newer signup for this address took over its emails"
+        ACCOUNT_EXISTS_SENT = "account_exists_sent", "'You already have an account' email sent"
         EMAIL_DEFERRED = "email_deferred", "Email delayed by the provider (will retry)"
         EMAIL_BOUNCED = "email_bounced", "Email bounced"
         EMAIL_COMPLAINED = "email_complained", "Spam complaint"
@@ -123,6 +127,7 @@ class OutboundEmail(models.Model):
         VERIFICATION = "verification", "Verification"
         REMINDER = "reminder", "Reminder"
         WELCOME = "welcome", "Welcome"
+        ACCOUNT_EXISTS = "account_exists", "You already have an account"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -160,3 +165,31 @@ class OutboundEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.sequence} to {self.to_email} ({self.status})"
+
+
+class Address(models.Model):
+    """What one email address has been sent, however many signups name it: the row every
+    signup naming the address locks, so that the per-address budget holds across processes.
+
+    The address itself is not stored, only a digest of its canonical form: the row outlives
+    the signups' personal data.
+    """
+
+    digest = models.CharField(max_length=64, unique=True)
+    # The one signup of this address whose reminder chain runs, and its verified one.
+    live_signup = models.ForeignKey(
+        Signup, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    verified_signup = models.ForeignKey(
+        Signup, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    day_started_at = models.DateTimeField(null=True, blank=True)
+    sent_today = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "addresses"
+        indexes = [models.Index(fields=["last_sent_at"], name="address_last_sent_idx")]
+
+    def __str__(self) -> str:
+        return f"address {self.digest[:12]}…"

@@ -134,6 +134,15 @@ def send_reminder(signup_id: int, number: int) -> None:
 
 
 @shared_task
+def request_verification_email(email: str) -> None:
+    """The resend page's request, done here so that the page answers alike for every address."""
+    from signup import workflow
+
+    outcome = workflow.request_verification_email(email=email)
+    logger.info("resend request: %s", outcome)
+
+
+@shared_task
 def expire_signup(signup_id: int) -> None:
     from signup import workflow
 

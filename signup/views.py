@@ -3,12 +3,13 @@
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from signup import selectors, tokens, workflow
+from signup import limits, selectors, tasks, tokens, workflow
 from signup.forms import ResendForm, SignupForm
 from signup.models import Signup
 
 
 @require_http_methods(["GET", "POST"])
+@limits.limit_posts_per_client("form")
 def signup_form(request):
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -30,6 +31,11 @@ def signup_sent(request):
 
 @require_http_methods(["GET", "POST"])
 def verify(request, token):
+    # Guessing tokens is hopeless, but it is not free: a client that brought too many
+    # invalid links waits before it may bring another.
+    retry_after = limits.bad_links_exceeded(request)
+    if retry_after:
+        return limits.too_many_page(request, retry_after)
     source = request.POST.get("source") if request.method == "POST" else request.GET.get("source")
     source = source or "verification"
     if not tokens.is_valid_source(source):
@@ -43,6 +49,7 @@ def verify(request, token):
     except tokens.ExpiredToken:
         return _link_problem(request, "expired")
     except tokens.InvalidToken:
+        limits.count_bad_link(request)
         return _link_problem(request, "invalid")
     except workflow.SignupClosed as closed:
         return _link_problem(request, closed.status)
@@ -61,12 +68,16 @@ def _link_problem(request, problem: str):
 
 
 @require_http_methods(["GET", "POST"])
+@limits.limit_posts_per_client("resend")
 def resend(request):
     form = ResendForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        # The answer is the same whether or not the address has a pending signup, so the
-        # page can't be used to find out who signed up.
-        workflow.request_verification_email(email=form.cleaned_data["email"])
+        # The work is a task's, so the answer is the same, in words and in time, whether or
+        # not the address has a signup: the page can't be used to find out who signed up.
+        tasks.request_verification_email.apply_async(
+            (form.cleaned_data["email"],),
+            argsrepr="('<address>',)",  # not in Flower or logs
+        )
         return render(request, "signup/resend_done.html", {"email": form.cleaned_data["email"]})
     status = 400 if form.errors else 200
     return render(request, "signup/resend.html", {"form": form}, status=status)

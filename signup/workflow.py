@@ -8,6 +8,7 @@ follow-up work only after its transaction commits. Views, the API, admin actions
 webhooks call these functions and never change a signup themselves.
 """
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Lower
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 # The one module-level direction of the workflow/tasks cycle: signup.tasks imports this
 # module inside its functions, so either can be imported first.
 from signup import emails, tasks, tokens
-from signup.models import OutboundEmail, Signup, SignupEvent
+from signup.models import Address, OutboundEmail, Signup, SignupEvent
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +69,12 @@ class VerifyResult:
 
 
 def start_signup(*, username: str, email: str, first_name: str, last_name: str = "") -> Signup:
-    """Record a new pending signup and, once committed, send its verification email.
+    """Record a new pending signup and, once committed, send what its address may be sent.
 
-    Raise UsernameTaken if a pending or verified signup holds the username (in any case).
+    That is the verification email, unless the address's budget is spent for now (the
+    signup stays mute; the resend page reaches it later) or the address already has an
+    account (its owner is told so instead). Raise UsernameTaken if a pending or verified
+    signup holds the username (in any case).
     """
     now = timezone.now()
     signup = Signup(
@@ -78,13 +84,28 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
         last_name=last_name,
         expires_at=now + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER),
     )
-    _plan_next_step(signup, now=now)
     try:
         with transaction.atomic():
+            address = _lock_address(email)
+            held = _held_back(address, now=now)
+            greets = not held and address.verified_signup_id is None
+            previous = _take_over_chain(address, signup, now=now) if greets else None
+            if not greets:
+                _mute(signup)
             # The database's unique constraint decides who gets a username, race or not.
             signup.save(force_insert=True)
             _add_event(signup, Event.SUBMITTED)
-            _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+            if held:
+                _add_event(signup, Event.VERIFICATION_HELD, detail=held)
+            elif not greets:
+                _tell_account_exists(address, now=now, asked_by=signup)
+            else:
+                _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+                _spend(address, now=now)
+                address.live_signup = signup
+                if previous is not None:
+                    _add_event(previous, Event.SUPERSEDED, detail=f"by signup {signup.pk}")
+            address.save()
             _schedule_next_step(signup, now=now)
     except IntegrityError as exc:
         if _violated(exc, "signup_username_taken_once"):
@@ -96,6 +117,130 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
 def _violated(exc: IntegrityError, constraint: str) -> bool:
     diag = getattr(exc.__cause__, "diag", None)  # PostgreSQL names it; SQLite only says it
     return constraint == getattr(diag, "constraint_name", None) or constraint in str(exc)
+
+
+# --- One address, one signup's worth of mail --------------------------------------------
+#
+# However many signups name an address, it is sent at most one verification (or "you
+# already have an account") email per SIGNUP_ADDRESS_COOLDOWN and SIGNUP_ADDRESS_DAILY_LIMIT
+# a day, and one reminder chain: the newest signup whose verification email went out takes
+# the chain over where it stood, so the reminders add up to what one signup gets. A signup
+# over the budget stays mute (its link was never sent); the resend page reaches it later.
+# Every function that changes what an address is sent locks its Address row first, then the
+# signups: the order every transaction takes them in.
+
+
+def address_digest(email: str) -> str:
+    """Return what an address is counted by: the same for every case of it. The domain is
+    already in one form (forms.canonical_email)."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def _same_address(email: str) -> Exact:
+    """A filter for the signups whose address is `email`, in any case."""
+    return Exact(Lower("email"), email.strip().lower())
+
+
+def _lock_address(email: str) -> Address:
+    digest = address_digest(email)
+    Address.objects.bulk_create([Address(digest=digest)], ignore_conflicts=True)
+    return Address.objects.select_for_update(no_key=True).get(digest=digest)
+
+
+def _held_back(address: Address, *, now) -> str:
+    """Why the address may not be sent another verification email now; "" if it may."""
+    if address.last_sent_at is not None:
+        wait = settings.SIGNUP_ADDRESS_COOLDOWN - (now - address.last_sent_at).total_seconds()
+        if wait > 0:
+            return f"the address was sent one less than {settings.SIGNUP_ADDRESS_COOLDOWN} s ago"
+    if (
+        address.day_started_at is not None
+        and now - address.day_started_at < timedelta(days=1)
+        and address.sent_today >= settings.SIGNUP_ADDRESS_DAILY_LIMIT
+    ):
+        return f"the address was sent {address.sent_today} today"
+    return ""
+
+
+def _spend(address: Address, *, now) -> None:
+    if address.day_started_at is None or now - address.day_started_at >= timedelta(days=1):
+        address.day_started_at, address.sent_today = now, 0
+    address.sent_today += 1
+    address.last_sent_at = now
+
+
+def _take_over_chain(address: Address, signup: Signup, *, now) -> Signup | None:
+    """Make `signup` the one whose reminders run, continuing the chain of the signup that
+    had them (if it is still pending) where it stood. Return that previous signup."""
+    previous = None
+    if address.live_signup_id not in (None, signup.pk):
+        previous = _lock(address.live_signup_id)
+    if previous is None or previous.status != Status.PENDING:
+        _plan_next_step(signup, now=now)
+        return None
+    signup.reminders_sent = max(signup.reminders_sent, previous.reminders_sent)
+    _plan_reminder(signup, at=previous.next_reminder_at, now=now)
+    _mute(previous)
+    previous.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
+    _skip_unsent(previous, kinds=(EmailKind.REMINDER,))
+    return previous
+
+
+def _mute(signup: Signup) -> None:
+    """Plan no reminder for this signup; it is still pending and its links still work."""
+    signup.next_reminder_at = signup.reminder_enqueued_at = None
+
+
+def _tell_account_exists(address: Address, *, now, asked_by: Signup | None = None) -> None:
+    """Queue a "you already have an account" email to the owner of the address's verified
+    signup, instead of another verification email."""
+    account = _lock(address.verified_signup_id)
+    last = account.emails.filter(kind=EmailKind.ACCOUNT_EXISTS).order_by("-sequence").first()
+    _queue_email(account, EmailKind.ACCOUNT_EXISTS, sequence=last.sequence + 1 if last else 1)
+    _spend(address, now=now)
+    if asked_by is not None:
+        _add_event(asked_by, Event.VERIFICATION_HELD, detail="the address already has an account")
+
+
+def request_verification_email(*, email: str) -> str:
+    """Answer the resend page for an address, within its budget: a fresh verification email
+    for its newest pending signup (which takes the reminder chain over), else a "you already
+    have an account" email if it has one. Return what was done, for the logs only: the page
+    says the same whatever happened.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        address = _lock_address(email)
+        held = _held_back(address, now=now)
+        if held:
+            return "held back: " + held
+        newest = (
+            Signup.objects.select_for_update(no_key=True)
+            .filter(_same_address(email), status=Status.PENDING)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        if address.verified_signup_id is not None:
+            _tell_account_exists(address, now=now)
+            outcome = "account exists email queued"
+        elif newest is not None:
+            if address.live_signup_id != newest.pk:
+                previous = _take_over_chain(address, newest, now=now)
+                newest.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
+                if previous is not None:
+                    _add_event(previous, Event.SUPERSEDED, detail=f"by signup {newest.pk}")
+                address.live_signup = newest
+                _schedule_next_step(newest, now=now)
+            last = newest.emails.filter(kind=EmailKind.VERIFICATION).order_by("-sequence").first()
+            sequence = last.sequence + 1 if last else 1
+            _add_event(newest, Event.VERIFICATION_REQUESTED, number=sequence)
+            _queue_email(newest, EmailKind.VERIFICATION, sequence=sequence)
+            _spend(address, now=now)
+            outcome = "verification email queued"
+        else:
+            return "nothing pending"
+        address.save()
+    return outcome
 
 
 # --- Reminders and expiry ----------------------------------------------------------------
@@ -116,6 +261,8 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
             return _drop("reminder", signup_id, number, "signup is not pending")
         if signup.reminders_sent != number - 1:
             return _drop("reminder", signup_id, number, f"{signup.reminders_sent} already sent")
+        if signup.next_reminder_at is None:
+            return _drop("reminder", signup_id, number, "no reminder planned: its address moved on")
         if signup.expires_at <= now:
             _expire(signup)
             return None
@@ -146,25 +293,32 @@ def _expire(signup: Signup) -> None:
     _close(signup, Status.EXPIRED, Event.EXPIRED)
 
 
-# The fields _plan_next_step sets.
+# The fields _plan_reminder sets.
 _PLAN_FIELDS = ["next_reminder_at", "reminder_enqueued_at"]
 
 
 def _plan_next_step(signup: Signup, *, now) -> None:
-    """Set when the next reminder is due (None after the last one), and whether its task goes
-    to the broker now: only one due within SIGNUP_SCHEDULE_AHEAD does.
+    """Plan the reminder after the one just sent (or the first): SIGNUP_REMINDER_INTERVAL
+    from now.
 
     This is the self-rescheduling chain: each reminder plans the next. The broker holds only
     what is due soon, so its memory and the workers' do not grow with the number of pending
     signups; the sweeper hands over each later step as it comes within reach, and repairs a
     chain whose task was lost.
     """
-    next_reminder_at = now + timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL)
+    _plan_reminder(signup, at=now + timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL), now=now)
+
+
+def _plan_reminder(signup: Signup, *, at, now) -> None:
+    """Set when the next reminder is due (None if there is no next one before the signup
+    expires), and whether its task goes to the broker now: only one due within
+    SIGNUP_SCHEDULE_AHEAD does."""
     if (
-        signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
-        and next_reminder_at < signup.expires_at
+        at is not None
+        and signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
+        and at < signup.expires_at
     ):
-        signup.next_reminder_at = next_reminder_at
+        signup.next_reminder_at = at
     else:
         signup.next_reminder_at = None
     within_reach = signup.next_reminder_at is not None and signup.next_reminder_at <= _horizon(now)
@@ -200,23 +354,32 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
         raise tokens.InvalidToken("unknown source")
     signup_id, created_ts = tokens.read_token(token)
     with transaction.atomic():
-        signup = _lock(signup_id)
+        address = _lock_address_of(signup_id)
+        signup = _lock(signup_id) if address is not None else None
         if signup is None or int(signup.created_at.timestamp()) != created_ts:
             raise tokens.InvalidToken("no such signup")
         if not _expire_if_due(signup):
-            return _verify(signup, source=source)
+            return _verify(signup, address, source=source)
     raise SignupClosed(Status.EXPIRED)  # after the expiry above has committed
 
 
 def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
     """Mark a pending signup verified on an operator's word (source "operator")."""
     with transaction.atomic():
-        signup = _lock(signup_id)
+        address = _lock_address_of(signup_id)
+        signup = _lock(signup_id) if address is not None else None
         if signup is None:
             raise Signup.DoesNotExist(signup_id)
         if not _expire_if_due(signup):
-            return _verify(signup, source="operator")
+            return _verify(signup, address, source="operator")
     raise SignupClosed(Status.EXPIRED)
+
+
+def _lock_address_of(signup_id: int) -> Address | None:
+    """Lock the address of a signup (before the signup itself); None if there is no such
+    signup. A signup's address never changes while it can still be verified."""
+    email = Signup.objects.filter(pk=signup_id).values_list("email", flat=True).first()
+    return _lock_address(email) if email is not None else None
 
 
 def _expire_if_due(signup: Signup) -> bool:
@@ -226,7 +389,7 @@ def _expire_if_due(signup: Signup) -> bool:
     return False
 
 
-def _verify(signup: Signup, *, source: str) -> VerifyResult:
+def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
     if signup.status == Status.VERIFIED:
         return VerifyResult(signup, already_verified=True)
     if signup.status != Status.PENDING:
@@ -241,29 +404,20 @@ def _verify(signup: Signup, *, source: str) -> VerifyResult:
     _add_event(signup, Event.VERIFIED, detail=f"source: {source}")
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
     _queue_email(signup, EmailKind.WELCOME, sequence=1)
+    # The address has an account now: another signup's reminders would only nag its owner.
+    if address.live_signup_id not in (None, signup.pk):
+        live = _lock(address.live_signup_id)
+        if live is not None and live.status == Status.PENDING:
+            _mute(live)
+            live.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
+            _skip_unsent(live, kinds=(EmailKind.REMINDER,))
+            _add_event(live, Event.SUPERSEDED, detail=f"the address verified signup {signup.pk}")
+    address.live_signup = address.verified_signup = signup
+    address.save(update_fields=["live_signup", "verified_signup"])
     return VerifyResult(signup, already_verified=False)
 
 
 # --- Resending the verification email ----------------------------------------------------
-
-
-def request_verification_email(*, email: str) -> int:
-    """Send a fresh verification email to each pending signup of this address.
-
-    Limited to SIGNUP_RESENDS_PER_HOUR verification emails per address, counted from the
-    ledger; return how many were queued (0 when none is pending or the limit is reached).
-    """
-    since = timezone.now() - timedelta(hours=1)
-    recent = OutboundEmail.objects.filter(
-        kind=EmailKind.VERIFICATION, to_email__iexact=email, created_at__gte=since
-    ).count()
-    budget = max(settings.SIGNUP_RESENDS_PER_HOUR - recent, 0)
-    pending_ids = list(
-        Signup.objects.filter(email__iexact=email, status=Status.PENDING)
-        .order_by("id")
-        .values_list("id", flat=True)[:budget]
-    )
-    return sum(resend_verification(signup_id=signup_id) for signup_id in pending_ids)
 
 
 def resend_verification(*, signup_id: int) -> bool:
@@ -359,11 +513,13 @@ _WANTED_WHILE = {
     EmailKind.VERIFICATION: Status.PENDING,
     EmailKind.REMINDER: Status.PENDING,
     EmailKind.WELCOME: Status.VERIFIED,
+    EmailKind.ACCOUNT_EXISTS: Status.VERIFIED,
 }
 _SENT_EVENT = {
     EmailKind.VERIFICATION: Event.VERIFICATION_SENT,
     EmailKind.REMINDER: Event.REMINDER_SENT,
     EmailKind.WELCOME: Event.WELCOME_SENT,
+    EmailKind.ACCOUNT_EXISTS: Event.ACCOUNT_EXISTS_SENT,
 }
 
 

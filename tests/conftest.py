@@ -132,10 +132,27 @@ def workflow_settings(settings):
     settings.SIGNUP_REMINDER_GRACE = 1
     settings.SIGNUP_EMAIL_REDRIVE_AFTER = 120
     settings.SIGNUP_SCHEDULE_AHEAD = 300
-    settings.SIGNUP_RESENDS_PER_HOUR = 3
+    # One address, one signup's worth of mail: tests that mean two people use two addresses.
+    settings.SIGNUP_ADDRESS_COOLDOWN = 180
+    settings.SIGNUP_ADDRESS_DAILY_LIMIT = 5
+    # Rate limits out of the way; the tests of the limits set their own.
+    settings.SIGNUP_RATE_LIMIT_PAGES = settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "100000/m"
+    settings.SIGNUP_RATE_LIMIT_API = "100000/m"
     settings.SIGNUP_API_KEY = API_KEY
     settings.SITE_URL = "http://testserver"
     return settings
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(request, settings):
+    """Each test counts its rate limits in a cache of its own (tests of the shared Redis
+    cache point CACHES there themselves)."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": request.node.nodeid,
+        }
+    }
 
 
 @pytest.fixture

@@ -261,14 +261,6 @@ def test_sweep_expires_overdue_signups_and_finds_lost_reminders(settings):
     assert workflow.sweep()["reminders_requeued"] == 0
 
 
-def test_resend_counts_against_the_hourly_limit(settings):
-    settings.SIGNUP_RESENDS_PER_HOUR = 2
-    workflow.start_signup(**signup_data())
-    assert workflow.request_verification_email(email="alice@example.com") == 1
-    assert workflow.request_verification_email(email="alice@example.com") == 0
-    assert workflow.request_verification_email(email="nobody@example.com") == 0
-
-
 def test_undeliverable_stops_the_signup():
     signup = workflow.start_signup(**signup_data())
     assert workflow.mark_undeliverable(signup_id=signup.pk, reason="hard bounce")

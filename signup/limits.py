@@ -1,0 +1,149 @@
+"""Rate limits for the public entry points, counted per client address or API key.
+
+Counters live in Django's cache (Redis in production, so that every web process counts
+together), in fixed windows the way Django's cache-based throttles count: one key per
+(scope, who, window), added with the window's timeout and incremented. Over the limit, the
+caller answers 429 with Retry-After; the limits themselves are settings.
+"""
+
+import hashlib
+import ipaddress
+import math
+import re
+import time
+from dataclasses import dataclass
+from functools import wraps
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, JsonResponse
+from django.shortcuts import render
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RATE_PATTERN = re.compile(r"\A\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*\Z")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `limit` hits per `seconds`."""
+
+    limit: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Rate":
+        """Read "20/m", "6000/m", "5/10m", "100/h" or "5/d"."""
+        match = RATE_PATTERN.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a rate like 20/m")
+        count, multiple, unit = match.groups()
+        return cls(int(count), int(multiple or 1) * _PERIODS[unit])
+
+
+def client_ip(request: HttpRequest) -> str:
+    """Return the client's address: REMOTE_ADDR, or with SIGNUP_TRUSTED_PROXIES proxies in
+    front, the address the outermost of them saw (X-Forwarded-For, counted from the right, so
+    that a client can't choose its own by sending the header)."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    proxies = settings.SIGNUP_TRUSTED_PROXIES
+    if proxies <= 0:
+        return remote
+    forwarded = [
+        hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop
+    ]
+    if not forwarded:
+        return remote
+    candidate = forwarded[-min(proxies, len(forwarded))]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return remote
+
+
+def hit(scope: str, who: str, rate: Rate) -> int:
+    """Count one hit of `who` on `scope`; return 0 if it is within `rate`, else the seconds
+    until the window ends (the Retry-After)."""
+    count = _incr(_key(scope, who, rate), rate)
+    return 0 if count <= rate.limit else _retry_after(rate)
+
+
+def exceeded(scope: str, who: str, rate: Rate) -> int:
+    """Like hit() without counting: the seconds to wait if `who` is already over `rate`."""
+    count = cache.get(_key(scope, who, rate), 0)
+    return 0 if count < rate.limit else _retry_after(rate)
+
+
+def _key(scope: str, who: str, rate: Rate) -> str:
+    # Digested: neither an address nor an API key ends up in the cache's keys.
+    digest = hashlib.sha256(who.encode()).hexdigest()[:32]
+    return f"signup:rate:{scope}:{digest}:{int(time.time() // rate.seconds)}"
+
+
+def _incr(key: str, rate: Rate) -> int:
+    cache.add(key, 0, timeout=rate.seconds + 1)
+    try:
+        return cache.incr(key)
+    except ValueError:  # the window ended between add and incr
+        cache.set(key, 1, timeout=rate.seconds + 1)
+        return 1
+
+
+def _retry_after(rate: Rate) -> int:
+    return max(1, math.ceil(rate.seconds - time.time() % rate.seconds))
+
+
+# --- Answering 429 ------------------------------------------------------------------------
+
+
+def too_many_page(request: HttpRequest, retry_after: int):
+    response = render(
+        request,
+        "signup/too_many.html",
+        {"minutes": max(1, math.ceil(retry_after / 60))},
+        status=429,
+    )
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def too_many_json(retry_after: int) -> JsonResponse:
+    response = JsonResponse(
+        {"message": f"Too many requests: try again in {retry_after} s."}, status=429
+    )
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def limit_posts_per_client(scope: str):
+    """Limit a page's POSTs to SIGNUP_RATE_LIMIT_PAGES per client address; GETs are free."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method == "POST":
+                rate = Rate.parse(settings.SIGNUP_RATE_LIMIT_PAGES)
+                retry_after = hit(scope, client_ip(request), rate)
+                if retry_after:
+                    return too_many_page(request, retry_after)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def bad_links_exceeded(request: HttpRequest) -> int:
+    """Seconds this client must wait before trying another link, after too many invalid
+    ones (SIGNUP_RATE_LIMIT_BAD_LINKS); 0 if it may."""
+    return exceeded(
+        "bad-link", client_ip(request), Rate.parse(settings.SIGNUP_RATE_LIMIT_BAD_LINKS)
+    )
+
+
+def count_bad_link(request: HttpRequest) -> None:
+    hit("bad-link", client_ip(request), Rate.parse(settings.SIGNUP_RATE_LIMIT_BAD_LINKS))
+
+
+def admin_lockout(request, original_response=None, credentials=None):
+    """django-axes' answer to a locked-out admin login: the friendly 429 page."""
+    return too_many_page(request, int(settings.AXES_COOLOFF_TIME.total_seconds()))

@@ -1,0 +1,271 @@
+"""Safe in public: one address gets one signup's worth of mail, rate limits answer 429, and the
+answers don't tell whether an address is known."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from signup import tokens, workflow
+from signup.models import Address, OutboundEmail, Signup
+from tests.helpers import API_KEY, signup_data
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+VICTIM = "victim@example.com"
+
+
+def _emails(kind: str) -> int:
+    return OutboundEmail.objects.filter(kind=kind).count()
+
+
+def _signups_naming(address: str, count: int, **fields) -> list[Signup]:
+    return [
+        workflow.start_signup(**signup_data(username=f"user{n}", email=address, **fields))
+        for n in range(count)
+    ]
+
+
+def _cooldown_over() -> None:
+    Address.objects.update(last_sent_at=timezone.now() - timedelta(seconds=181))
+
+
+# --- One address, one signup's worth of mail ------------------------------------------------
+
+
+def test_many_signups_naming_one_address_send_it_one_verification_email():
+    first, *others = _signups_naming(VICTIM, 10)
+    assert _emails("verification") == 1
+    assert first.emails.get().kind == "verification"
+    for signup in others:
+        signup.refresh_from_db()
+        assert signup.status == "pending"  # a signup like any other, only mute
+        assert signup.next_reminder_at is None
+        assert signup.events.filter(kind="verification_held").exists()
+        assert not signup.emails.exists()
+    assert Address.objects.count() == 1
+
+
+def test_an_address_is_one_address_in_any_case():
+    workflow.start_signup(**signup_data(username="one", email="Victim@Example.com"))
+    workflow.start_signup(**signup_data(username="two", email="VICTIM@example.com"))
+    workflow.start_signup(**signup_data(username="three", email="victim@example.com"))
+    assert _emails("verification") == 1
+
+
+def test_after_the_cooldown_the_newest_signup_takes_the_reminder_chain_over(settings):
+    first = workflow.start_signup(**signup_data(username="first", email=VICTIM))
+    assert workflow.take_reminder(signup_id=first.pk, number=1) is not None
+    first.refresh_from_db()
+    _cooldown_over()
+    second = workflow.start_signup(**signup_data(username="second", email=VICTIM))
+    assert _emails("verification") == 2
+    second.refresh_from_db()
+    # The chain goes on where it stood: reminder 2 at the time it was due for the first.
+    assert (second.reminders_sent, second.next_reminder_at) == (1, first.next_reminder_at)
+    superseded = Signup.objects.get(pk=first.pk)
+    assert superseded.next_reminder_at is None
+    assert superseded.events.filter(kind="superseded").exists()
+    # The first signup's reminder task, still in the broker, is dropped; its link still works.
+    assert workflow.take_reminder(signup_id=first.pk, number=2) is None
+    result = workflow.verify_signup(token=tokens.make_token(first), source="verification")
+    assert result.signup.status == "verified"
+
+
+def test_the_reminders_of_an_address_add_up_to_one_signups(settings):
+    settings.SIGNUP_ADDRESS_COOLDOWN = 0
+    settings.SIGNUP_ADDRESS_DAILY_LIMIT = 100
+    sent = 0
+    for n in range(10):
+        signup = workflow.start_signup(**signup_data(username=f"user{n}", email=VICTIM))
+        signup.refresh_from_db()
+        # Take whatever reminder is next for the signup that now holds the chain.
+        if signup.next_reminder_at is not None:
+            sent += (
+                workflow.take_reminder(signup_id=signup.pk, number=signup.reminders_sent + 1)
+                is not None
+            )
+    assert sent == settings.SIGNUP_MAX_REMINDERS
+    assert _emails("reminder") == settings.SIGNUP_MAX_REMINDERS
+
+
+def test_the_daily_limit_holds_when_the_cooldown_allows(settings):
+    settings.SIGNUP_ADDRESS_COOLDOWN = 0
+    _signups_naming(VICTIM, 8)
+    assert _emails("verification") == settings.SIGNUP_ADDRESS_DAILY_LIMIT == 5
+    Address.objects.update(day_started_at=timezone.now() - timedelta(days=1, seconds=1))
+    workflow.start_signup(**signup_data(username="nextday", email=VICTIM))
+    assert _emails("verification") == 6
+
+
+def test_an_address_with_an_account_gets_told_so_instead_of_a_verification_email():
+    account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
+    workflow.verify_signup_by_operator(signup_id=account.pk)
+    _cooldown_over()
+    again = workflow.start_signup(**signup_data(username="again", email=VICTIM))
+    assert _emails("verification") == 1
+    (note,) = OutboundEmail.objects.filter(kind="account_exists")
+    assert note.signup_id == account.pk  # the email is about the account, to its owner
+    again.refresh_from_db()
+    assert again.next_reminder_at is None
+    # Within the same budget: another try right away is held back.
+    workflow.start_signup(**signup_data(username="third", email=VICTIM))
+    assert _emails("account_exists") == 1
+
+
+def test_verifying_one_signup_stops_the_reminders_of_the_addresss_other_one():
+    older = workflow.start_signup(**signup_data(username="older", email=VICTIM))
+    _cooldown_over()
+    newer = workflow.start_signup(**signup_data(username="newer", email=VICTIM))
+    workflow.verify_signup(token=tokens.make_token(older), source="verification")
+    newer.refresh_from_db()
+    assert newer.status == "pending"
+    assert newer.next_reminder_at is None
+    assert workflow.take_reminder(signup_id=newer.pk, number=1) is None
+
+
+def test_the_owner_can_always_finish_through_the_resend_page():
+    # Someone else's signups hold the address's budget; the owner's own signup is mute.
+    _signups_naming(VICTIM, 3)
+    mine = workflow.start_signup(**signup_data(username="me", email=VICTIM))
+    assert workflow.request_verification_email(email=VICTIM).startswith("held back")
+    _cooldown_over()
+    assert workflow.request_verification_email(email=VICTIM) == "verification email queued"
+    mine.refresh_from_db()
+    (link,) = mine.emails.filter(kind="verification")
+    assert mine.next_reminder_at is not None  # the chain is the owner's now
+    assert link.status == "queued"
+    result = workflow.verify_signup(token=tokens.make_token(mine), source="verification")
+    assert result.signup.username == "me"
+
+
+def test_resend_to_an_unknown_address_sends_nothing_and_to_an_account_a_note():
+    assert workflow.request_verification_email(email="nobody@example.com") == "nothing pending"
+    account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
+    workflow.verify_signup_by_operator(signup_id=account.pk)
+    _cooldown_over()
+    assert workflow.request_verification_email(email=VICTIM) == "account exists email queued"
+    assert workflow.request_verification_email(email=VICTIM).startswith("held back")
+    assert _emails("account_exists") == 1
+
+
+def test_the_address_table_holds_no_address():
+    workflow.start_signup(**signup_data(email=VICTIM))
+    (row,) = Address.objects.values_list("digest", flat=True)
+    assert "victim" not in row
+    assert row == workflow.address_digest("VICTIM@example.com")
+
+
+# --- No enumeration ---------------------------------------------------------------------------
+
+
+def _known_pending_and_verified_addresses() -> None:
+    workflow.start_signup(**signup_data(username="pending1", email="pending@example.com"))
+    account = workflow.start_signup(
+        **signup_data(username="verified1", email="verified@example.com")
+    )
+    workflow.verify_signup_by_operator(signup_id=account.pk)
+
+
+@pytest.mark.parametrize("address", ["pending@example.com", "verified@example.com"])
+def test_the_api_answers_a_known_address_as_an_unknown_one(api, address):
+    _known_pending_and_verified_addresses()
+    known = api.post("/api/signups", signup_data(username="newname1", email=address))
+    unknown = api.post("/api/signups", signup_data(username="newname2", email="new@example.com"))
+    assert known.status_code == unknown.status_code == 201
+    strip = {"username", "created_at", "expires_at"}
+    known_body = {k: v for k, v in known.json().items() if k not in strip}
+    unknown_body = {k: v for k, v in unknown.json().items() if k not in strip}
+    assert known_body == unknown_body
+
+
+@pytest.mark.parametrize("address", ["pending@example.com", "verified@example.com"])
+def test_the_form_answers_a_known_address_as_an_unknown_one(client, address):
+    _known_pending_and_verified_addresses()
+    known = client.post("/signup/", signup_data(username="newname1", email=address))
+    unknown = client.post("/signup/", signup_data(username="newname2", email="new@example.com"))
+    assert known.status_code == unknown.status_code == 302
+    assert known["Location"] == unknown["Location"]
+    page = client.get(known["Location"])
+    assert b"pending@" not in page.content and b"verified@" not in page.content
+
+
+# --- Rate limits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/signup/", "/signup/resend/"])
+def test_form_posts_past_the_limit_get_a_friendly_429(client, settings, path):
+    settings.SIGNUP_RATE_LIMIT_PAGES = "3/m"
+    for n in range(3):
+        response = client.post(path, {"email": "not-an-email", "username": f"u{n}"})
+        assert response.status_code == 400
+    limited = client.post(path, {"email": "not-an-email"})
+    assert limited.status_code == 429
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    assert b"Too many attempts" in limited.content
+    # Reading the page is not limited, and another client is not affected.
+    assert client.get(path).status_code == 200
+    other = client.post(path, {"email": "not-an-email"}, REMOTE_ADDR="192.0.2.7")
+    assert other.status_code == 400
+
+
+def test_forwarded_for_counts_only_behind_trusted_proxies(client, settings):
+    settings.SIGNUP_RATE_LIMIT_PAGES = "2/m"
+
+    def post(forwarded: str):
+        return client.post("/signup/", {"email": "x"}, HTTP_X_FORWARDED_FOR=forwarded).status_code
+
+    # No trusted proxy: a client can't escape its limit by writing the header.
+    assert [post(f"198.51.100.{n}") for n in range(3)] == [400, 400, 429]
+    settings.SIGNUP_TRUSTED_PROXIES = 1
+    # One proxy that appends what it saw: the last hop is the client.
+    assert [post(f"1.1.1.1, 203.0.113.{n}") for n in range(3)] == [400, 400, 400]
+    assert [post("9.9.9.9, 203.0.113.50") for _ in range(3)] == [400, 400, 429]
+
+
+def test_invalid_links_past_the_limit_get_429_even_with_a_good_one(client, settings):
+    settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
+    signup = workflow.start_signup(**signup_data())
+    for n in range(3):
+        assert client.get(f"/signup/verify/guess{n}/").status_code == 400
+    good = f"/signup/verify/{tokens.make_token(signup)}/"
+    response = client.get(good)
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1
+    # Another client reaches its link.
+    assert client.get(good, REMOTE_ADDR="192.0.2.7").status_code == 200
+
+
+def test_api_calls_past_the_per_key_limit_get_json_429(api, client, settings):
+    settings.SIGNUP_RATE_LIMIT_API = "5/m"
+    for _ in range(5):
+        assert api.get("/api/signups/nobody").status_code == 404
+    limited = api.get("/api/signups/nobody")
+    assert limited.status_code == 429
+    assert int(limited["Retry-After"]) >= 1
+    assert "Too many requests" in limited.json()["message"]
+
+
+def test_guessing_api_keys_is_slowed_per_client(client, settings):
+    settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
+    statuses = [
+        client.get("/api/signups/nobody", headers={"Authorization": f"Bearer guess{n}"}).status_code
+        for n in range(5)
+    ]
+    assert statuses == [403, 403, 403, 429, 429]
+    right = client.get("/api/signups/nobody", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert right.status_code == 404  # the right key still works: the pause is for guesses
+
+
+def test_admin_logins_lock_out_after_a_few_failures(client, settings):
+    get_user_model().objects.create_superuser("ops", "ops@example.com", "right-password-123")
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        response = client.post("/admin/login/", {"username": "ops", "password": "wrong"})
+        assert response.status_code == 200  # the login form again, with its error
+    locked = client.post("/admin/login/", {"username": "ops", "password": "wrong"})
+    assert locked.status_code == 429
+    assert int(locked["Retry-After"]) == settings.AXES_COOLOFF_TIME.total_seconds()
+    # Locked out means locked out, even with the right password, from that address.
+    right = client.post("/admin/login/", {"username": "ops", "password": "right-password-123"})
+    assert right.status_code == 429
