@@ -77,6 +77,9 @@ def empty_broker(url: str) -> None:
 class Deployment:
     broker: str  # a key of BROKER_URLS
     expires_after: int
+    # With the abuse limits a public deployment has; else the form's per-client limit is
+    # raised, so that the flow tests, all from one address, don't meet it.
+    public: bool = False
 
 
 @dataclass
@@ -143,6 +146,7 @@ def service(request, tmp_path_factory):
     """The whole service deployed on fresh resources for one Deployment (the param)."""
     deployment: Deployment = request.param
     tmp = tmp_path_factory.mktemp(f"{deployment.broker}-{deployment.expires_after}s")
+    limits = {} if deployment.public else {"SIGNUP_RATE_LIMIT_PAGES": "100000/m"}
     broker_url = BROKER_URLS[deployment.broker]
     web_url = f"http://127.0.0.1:{free_port()}"
     with ExitStack() as cleanup:
@@ -171,6 +175,7 @@ def service(request, tmp_path_factory):
             "SIGNUP_SWEEP_INTERVAL": "1",
             "CONN_MAX_AGE": "0",
             "SIGNUP_VAR_DIR": str(tmp / "var"),
+            **limits,
         }
         migrate = subprocess.run(
             [str(BIN / "python"), "manage.py", "migrate", "--noinput"],
@@ -243,15 +248,17 @@ def _watch_processes(request, service):
     assert "Traceback" not in new_output, "a process logged a traceback during the test"
 
 
-def deployed(*, expires_after: int):
+def deployed(*, expires_after: int, brokers=tuple(BROKER_URLS), public: bool = False):
     """Run the test against each broker, on a service whose signups expire after this long."""
     return pytest.mark.parametrize(
         "service",
         [
             pytest.param(
-                Deployment(broker, expires_after), id=broker, marks=getattr(pytest.mark, broker)
+                Deployment(broker, expires_after, public),
+                id=f"{broker}-public" if public else broker,
+                marks=getattr(pytest.mark, broker),
             )
-            for broker in BROKER_URLS
+            for broker in brokers
         ],
         indirect=True,
     )
@@ -610,3 +617,44 @@ def test_a_taken_username_is_refused_by_the_api_and_the_form(service):
     assert page.status_code == 400
     assert error_fields(page) == {"username"}
     assert "This username is already taken." in page.text
+
+
+# --- Safe in public -----------------------------------------------------------------------
+
+
+def _at_a_minutes_start() -> None:
+    """Wait, if need be, so that a burst of a few seconds falls in one rate-limit window."""
+    into_window = time.time() % 60
+    if into_window > 40:
+        time.sleep(60 - into_window + 0.1)
+
+
+@deployed(expires_after=LASTING, brokers=("redis",), public=True)
+def test_forty_signups_naming_one_address_send_it_one_signups_worth_of_mail(service):
+    """An attacker signs up 40 times, 20 by the form and 20 by the API, naming one victim's
+    address in different cases: the victim gets one verification email and one chain of
+    reminders; the 21st form post of the minute is refused, whichever web worker takes it."""
+    variants = ["victim@example.com", "Victim@Example.com", "VICTIM@EXAMPLE.COM"]
+    browser = requests.Session()
+    _at_a_minutes_start()
+    started = time.monotonic()
+    for n in range(20):
+        page = fill_in_signup_form(
+            service, browser, username=f"form{n}", email=variants[n % 3], first_name="Eve"
+        )
+        assert page.status_code == 200 and heading(page) == "Check your email", page.text
+    for n in range(20):
+        body = {"username": f"api{n}", "email": variants[n % 3], "first_name": "Eve"}
+        assert service.api("POST", "/api/signups", json=body).status_code == 201
+    seconds = time.monotonic() - started
+    refused = fill_in_signup_form(service, browser, username="form20", email=variants[0])
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+    reminders = service.wait_for_emails("victim@example.com", "Reminder", count=6)
+    time.sleep(3 * REMINDER_INTERVAL)  # what would come after a single signup's chain: nothing
+    received = service.emails("victim@example.com")
+    assert len([e for e in received if e.subject.startswith("Verify")]) == 1
+    assert len(service.emails("victim@example.com", "Reminder")) == len(reminders) == 6
+    assert len(received) == 7
+    print(f"40 signups naming one address in {seconds:.1f} s: {len(received)} emails")
