@@ -125,12 +125,12 @@ def verify_signup(request, body):
     errors.update({name: ["This field is required."] for name in ("token",) if name not in body})
     if errors:
         return _error(400, "Some fields are not valid.", errors=errors)
-    source = body.get("source", "api")
-    if not tokens.is_valid_source(source):
+    source = body.get("source", tokens.API_SOURCE)
+    if not tokens.is_token_source(source):
         return _error(
             400,
             "Some fields are not valid.",
-            errors={"source": ["Use verification, reminder-<n>, operator or api."]},
+            errors={"source": ["Use verification, reminder-<n> or api."]},
         )
     try:
         result = workflow.verify_signup(token=body["token"], source=source)

@@ -192,7 +192,7 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
     Raise tokens.InvalidToken (or ExpiredToken) for a bad link, SignupClosed if the signup
     expired or was cancelled. Verifying twice answers already_verified and sends nothing.
     """
-    if not tokens.is_valid_source(source):
+    if not tokens.is_token_source(source):
         raise tokens.InvalidToken("unknown source")
     signup_id, created_ts = tokens.read_token(token)
     with transaction.atomic():

@@ -241,6 +241,25 @@ def test_verify_with_a_bad_token_gets_4xx_and_changes_nothing(api, body, status)
     assert signup.status == "pending"
 
 
+def test_verify_cannot_claim_the_operator_source(api):
+    signup = workflow.start_signup(**signup_data())
+    response = api.post(
+        "/api/signups/verify", {"token": tokens.make_token(signup), "source": "operator"}
+    )
+    assert response.status_code == 400
+    assert "source" in response.json()["errors"]
+    signup.refresh_from_db()
+    assert (signup.status, signup.verified_source) == ("pending", "")
+
+
+def test_verify_credits_the_api_unless_told_which_email(api):
+    signup = workflow.start_signup(**signup_data())
+    response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
+    assert response.status_code == 200
+    signup.refresh_from_db()
+    assert signup.verified_source == "api"
+
+
 def test_verify_after_expiry_gets_410(api, settings):
     signup = workflow.start_signup(**signup_data())
     Signup.objects.filter(pk=signup.pk).update(expires_at=signup.created_at)
