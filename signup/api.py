@@ -57,6 +57,9 @@ def api_view(*methods: str):
 
 
 def _json_body(request) -> dict | JsonResponse:
+    charset = request.content_params.get("charset", "utf-8").lower()
+    if request.content_type.lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        return _error(415, "Send the body as JSON, with 'Content-Type: application/json'.")
     length = request.headers.get("Content-Length", "0")
     if not length.isdigit() or int(length) > MAX_BODY_BYTES:
         return _error(413, f"The body must be at most {MAX_BODY_BYTES} bytes of JSON.")

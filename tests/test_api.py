@@ -178,10 +178,46 @@ def test_bodies_that_are_not_a_json_object_get_400(client, raw, path):
         raw,
         content_type="application/json",
         headers={"Authorization": f"Bearer {API_KEY}"},
+        # The test client leaves the Content-Type out when the body is empty; a real one doesn't.
+        CONTENT_TYPE="application/json",
     )
     assert response.status_code == 400
     assert response.json()["message"]
     assert not Signup.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonp",
+        "application/json; charset=latin-1",
+        "",
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/signups", "/api/signups/verify"])
+def test_bodies_not_sent_as_json_get_415(client, content_type, path):
+    response = client.post(
+        path,
+        json.dumps(signup_data()),
+        content_type=content_type,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["message"]
+    assert not Signup.objects.exists()
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+def test_json_with_its_charset_or_in_capitals_is_json(client, content_type):
+    response = client.post(
+        "/api/signups",
+        json.dumps(signup_data()),
+        content_type=content_type,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 201
 
 
 def test_oversize_body_gets_413(client):
@@ -288,8 +324,10 @@ def test_api_over_real_http(live_server, broker):
     assert created.status_code == 201
     assert requests.post(url, json=signup_data(), headers=auth, timeout=10).status_code == 409
     bad = requests.post(
-        url, data=b"\x00\x01", headers={**auth, "Content-Type": "text/plain"}, timeout=10
+        url, data=b"\x00\x01", headers={**auth, "Content-Type": "application/json"}, timeout=10
     )
     assert bad.status_code == 400
+    not_json = requests.post(url, data=b"username=eve", headers=auth, timeout=10)
+    assert not_json.status_code == 415
     assert requests.get(f"{url}/alice", timeout=10).status_code == 401
     assert requests.get(f"{url}/alice", headers=auth, timeout=10).json()["status"] == "pending"
