@@ -1,10 +1,12 @@
 """Settings, all read from the environment (12-factor) in this one module.
 
-With nothing set, the project runs as a zero-setup quickstart: SQLite and a server-free
-filesystem broker under ./var/, emails printed to the console. Production sets the URLs.
+With DEBUG=true (which `make run` sets) and nothing else, the project runs as a zero-setup
+quickstart: SQLite and a server-free filesystem broker under ./var/, emails printed to the
+console. Production sets the URLs and a SECRET_KEY; DEBUG is off unless turned on.
 """
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,12 +21,50 @@ env = environ.Env()
 if (BASE_DIR / ".env").is_file():
     env.read_env(BASE_DIR / ".env")
 
-DEBUG = env.bool("DEBUG", default=True)
+DEBUG = env.bool("DEBUG", default=False)
+
+# SECRET_KEY signs the verification links. To rotate it, move the old key to
+# SECRET_KEY_FALLBACKS (comma-separated): links signed with it keep working until it is
+# dropped from there, at the latest SIGNUP_EXPIRES_AFTER later.
 SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    SECRET_KEY = "django-insecure-quickstart-key-do-not-use-in-production"
+SECRET_KEY_FALLBACKS = [
+    key.strip() for key in env.list("SECRET_KEY_FALLBACKS", default=[]) if key.strip()
+]
+# Words that mark a key anyone can read: the quickstart's, the old compose default, a
+# placeholder from a template. Compared lower-cased with everything but letters and digits
+# dropped; a random key of 50 characters contains none of them.
+_PUBLIC_KEY_WORDS = ("changeme", "secret", "insecure", "placeholder", "example", "quickstart")
+_MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(50))"'
+
+
+def _refuse_weak_key(name: str, key: str) -> None:
+    """Refuse to start with a key that would let anyone forge links (Django only warns)."""
+    folded = re.sub(r"[^a-z0-9]", "", key.lower())
+    if len(key) < 50:
+        problem = "is shorter than 50 characters"
+    elif len(set(key)) < 5:
+        problem = "has fewer than 5 different characters"
+    elif word := next((word for word in _PUBLIC_KEY_WORDS if word in folded), None):
+        problem = f"looks like a placeholder or a published key (it contains {word!r})"
+    else:
+        return
+    raise ImproperlyConfigured(
+        f"{name} {problem}; with DEBUG off it must be random, at least 50 characters."
+        f" Make one with: {_MAKE_A_KEY}"
+    )
+
+
+if DEBUG:
+    SECRET_KEY = SECRET_KEY or "django-insecure-quickstart-key-do-not-use-in-production"
+elif not SECRET_KEY:
+    raise ImproperlyConfigured(
+        f"SECRET_KEY must be set when DEBUG is off. Make one with: {_MAKE_A_KEY}"
+    )
+else:
+    _refuse_weak_key("SECRET_KEY", SECRET_KEY)
+    for _index, _key in enumerate(SECRET_KEY_FALLBACKS):
+        _refuse_weak_key(f"SECRET_KEY_FALLBACKS[{_index}]", _key)
+
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")

@@ -162,7 +162,7 @@ def service(request, tmp_path_factory):
             "EMAIL_BACKEND": "",
             "SIGNUP_MAX_REMINDERS": "6",  # more than fit before EXPIRING: expiry ends them
             "SITE_URL": web_url,
-            "SECRET_KEY": secrets.token_urlsafe(32),
+            "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "false",
             "ALLOWED_HOSTS": "127.0.0.1",
             "SIGNUP_API_KEY": API_KEY,
