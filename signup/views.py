@@ -1,6 +1,7 @@
 """The signup pages: the form, the emailed verification link and the resend page."""
 
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from signup import selectors, tokens, workflow
@@ -28,6 +29,8 @@ def signup_sent(request):
     return render(request, "signup/sent.html", {"email": request.session.get("signup_email")})
 
 
+# The page carries the token in its URL and the person's name and address: no cache keeps it.
+@never_cache
 @require_http_methods(["GET", "POST"])
 def verify(request, token):
     source = request.POST.get("source") if request.method == "POST" else request.GET.get("source")

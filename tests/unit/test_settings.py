@@ -1,5 +1,6 @@
 """The settings a deployment starts with, read by `manage.py` in a fresh process."""
 
+import ast
 import os
 import secrets
 import subprocess
@@ -96,3 +97,63 @@ def test_a_link_signed_with_the_previous_key_verifies_while_it_is_a_fallback(set
     assert rotated.stdout.strip() == "(7, 1234)", rotated.stderr
     dropped = manage(tmp_path, *read, SECRET_KEY=current)
     assert "InvalidToken" in dropped.stderr
+
+
+PRODUCTION = {"SITE_URL": "https://accounts.example.com", "ALLOWED_HOSTS": "accounts.example.com"}
+
+
+def test_production_settings_pass_the_deploy_check(tmp_path):
+    result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _https_settings(tmp_path, **environment: str) -> dict:
+    names = [
+        "SECURE_SSL_REDIRECT",
+        "SECURE_HSTS_SECONDS",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+        "SECURE_HSTS_PRELOAD",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "SECURE_PROXY_SSL_HEADER",
+    ]
+    show = f"from django.conf import settings; print({{n: getattr(settings, n) for n in {names}}})"
+    result = manage(tmp_path, "shell", "--no-imports", "-c", show, **environment)
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stdout)
+
+
+def test_an_https_site_gets_the_redirect_a_year_of_hsts_and_secure_cookies(tmp_path):
+    assert _https_settings(tmp_path, **PRODUCTION) == {
+        "SECURE_SSL_REDIRECT": True,
+        "SECURE_HSTS_SECONDS": 31536000,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": False,
+        "SECURE_HSTS_PRELOAD": False,
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SECURE_PROXY_SSL_HEADER": None,
+    }
+
+
+def test_the_https_settings_follow_the_environment(tmp_path):
+    overridden = {
+        "SECURE_SSL_REDIRECT": "false",
+        "SECURE_HSTS_SECONDS": "600",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+        "SECURE_HSTS_PRELOAD": "true",
+        "SECURE_PROXY_SSL_HEADER": "true",
+    }
+    assert _https_settings(tmp_path, **PRODUCTION, **overridden) == {
+        "SECURE_SSL_REDIRECT": False,
+        "SECURE_HSTS_SECONDS": 600,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": True,
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
+    }
+
+
+def test_a_plain_http_site_gets_none_of_the_https_settings(tmp_path):
+    plain = _https_settings(tmp_path, SITE_URL="http://localhost:8000")
+    assert not any(plain.values()), plain
