@@ -12,17 +12,24 @@ $(VENV)/.installed: requirements.lock
 
 install: $(VENV)/.installed  ## create .venv from the lock file
 
+# DEBUG is off unless set; the quickstart turns it on, which also supplies a development key.
+QUICKSTART_ENV := DEBUG=true
+
 migrate: install
-	$(PY) manage.py migrate --noinput
+	$(QUICKSTART_ENV) $(PY) manage.py migrate --noinput
 
 # Quickstart: web on 127.0.0.1:8000, worker, beat and Flower (127.0.0.1:5555), emails on the console.
+# Unless FLOWER_BASIC_AUTH is set, Flower gets a fresh password, printed here, on every run.
 run: migrate
-	FLOWER_BASIC_AUTH=$${FLOWER_BASIC_AUTH:-admin:admin} PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start
+	@auth="$${FLOWER_BASIC_AUTH:-admin:$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(12))')}"; \
+	[ -n "$$FLOWER_BASIC_AUTH" ] || echo "Flower: http://127.0.0.1:$${FLOWER_PORT:-5555} as $$auth"; \
+	$(QUICKSTART_ENV) FLOWER_BASIC_AUTH="$$auth" PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start
 
 # The tests run against PostgreSQL and Redis on their usual local ports (see README).
 TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/signup} \
 	CELERY_BROKER_URL=$${TEST_BROKER_URL:-redis://127.0.0.1:6379/15} CONN_MAX_AGE=0 DEBUG=false \
-	SECRET_KEY=test-secret-key-not-for-production ALLOWED_HOSTS=testserver,localhost,127.0.0.1
+	SECRET_KEY=test-suite-only-s_PG1ZJ5_Pr2-NUSe__ZprPEF7t8fpeVAYYuCNsvO64kLUGjeexU1w \
+	ALLOWED_HOSTS=testserver,localhost,127.0.0.1
 
 # Installs a Debian package (as root, or through sudo) or says what to do instead.
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \

@@ -113,7 +113,7 @@ class Stack:
             "BENCH_RECORD_URL": self.broker.url(1),
             "EMAIL_BACKEND": "bench.mail.EmailBackend",
             "SITE_URL": self.url,
-            "SECRET_KEY": "bench-secret-key-not-for-production-0123456789",
+            "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "false",
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "SIGNUP_API_KEY": self.api_key,

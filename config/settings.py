@@ -1,7 +1,8 @@
 """Settings, all read from the environment (12-factor) in this one module.
 
-With nothing set, the project runs as a zero-setup quickstart: SQLite and a server-free
-filesystem broker under ./var/, emails printed to the console. Production sets the URLs.
+With DEBUG=true (which `make run` sets) and nothing else, the project runs as a zero-setup
+quickstart: SQLite and a server-free filesystem broker under ./var/, emails printed to the
+console. Production sets the URLs and a SECRET_KEY; DEBUG is off unless turned on.
 """
 
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -21,12 +23,50 @@ env = environ.Env()
 if (BASE_DIR / ".env").is_file():
     env.read_env(BASE_DIR / ".env")
 
-DEBUG = env.bool("DEBUG", default=True)
+DEBUG = env.bool("DEBUG", default=False)
+
+# SECRET_KEY signs the verification links. To rotate it, move the old key to
+# SECRET_KEY_FALLBACKS (comma-separated): links signed with it keep working until it is
+# dropped from there, at the latest SIGNUP_EXPIRES_AFTER later.
 SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    SECRET_KEY = "django-insecure-quickstart-key-do-not-use-in-production"
+SECRET_KEY_FALLBACKS = [
+    key.strip() for key in env.list("SECRET_KEY_FALLBACKS", default=[]) if key.strip()
+]
+# Words that mark a key anyone can read: the quickstart's, the old compose default, a
+# placeholder from a template. Compared lower-cased with everything but letters and digits
+# dropped; a random key of 50 characters contains none of them.
+_PUBLIC_KEY_WORDS = ("changeme", "secret", "insecure", "placeholder", "example", "quickstart")
+_MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(50))"'
+
+
+def _refuse_weak_key(name: str, key: str) -> None:
+    """Refuse to start with a key that would let anyone forge links (Django only warns)."""
+    folded = re.sub(r"[^a-z0-9]", "", key.lower())
+    if len(key) < 50:
+        problem = "is shorter than 50 characters"
+    elif len(set(key)) < 5:
+        problem = "has fewer than 5 different characters"
+    elif word := next((word for word in _PUBLIC_KEY_WORDS if word in folded), None):
+        problem = f"looks like a placeholder or a published key (it contains {word!r})"
+    else:
+        return
+    raise ImproperlyConfigured(
+        f"{name} {problem}; with DEBUG off it must be random, at least 50 characters."
+        f" Make one with: {_MAKE_A_KEY}"
+    )
+
+
+if DEBUG:
+    SECRET_KEY = SECRET_KEY or "django-insecure-quickstart-key-do-not-use-in-production"
+elif not SECRET_KEY:
+    raise ImproperlyConfigured(
+        f"SECRET_KEY must be set when DEBUG is off. Make one with: {_MAKE_A_KEY}"
+    )
+else:
+    _refuse_weak_key("SECRET_KEY", SECRET_KEY)
+    for _index, _key in enumerate(SECRET_KEY_FALLBACKS):
+        _refuse_weak_key(f"SECRET_KEY_FALLBACKS[{_index}]", _key)
+
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
@@ -50,6 +90,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -112,9 +153,37 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-if not DEBUG:
-    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _site.scheme == "https"
+# --- HTTPS and browser policies -----------------------------------------------------------
+# A site whose SITE_URL is https gets, in production, HTTPS only: the redirect, HSTS for a year
+# and cookies that never travel over plain HTTP. Each can be overridden.
+_https = _site.scheme == "https" and not DEBUG
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_https)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if _https else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# check --deploy warns until HSTS covers every subdomain (W005) and asks for preloading (W021).
+# Both bind the whole domain, hosts this service doesn't run included, for a year or more: the
+# domain owner turns them on with the two variables above; they are no default here.
+SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _https
+# Trust X-Forwarded-Proto only when told to: behind a proxy that terminates TLS and sets the
+# header on every request. Without such a proxy, any client could claim to be on HTTPS.
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# The pages load nothing from elsewhere and have no inline script or style; the admin runs
+# its own static scripts and images. Emails are not pages and carry no policy.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [NONE],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "base-uri": [NONE],
+    },
+}
 
 # --- Email ------------------------------------------------------------------------------
 # EMAIL_URL picks a backend by URL (smtp://, consolemail://, ...); EMAIL_BACKEND, when set,

@@ -67,6 +67,9 @@ def api_view(*methods: str):
 
 
 def _json_body(request) -> dict | JsonResponse:
+    charset = request.content_params.get("charset", "utf-8").lower()
+    if request.content_type.lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        return _error(415, "Send the body as JSON, with 'Content-Type: application/json'.")
     length = request.headers.get("Content-Length", "0")
     if not length.isdigit() or int(length) > MAX_BODY_BYTES:
         return _error(413, f"The body must be at most {MAX_BODY_BYTES} bytes of JSON.")
@@ -138,12 +141,12 @@ def verify_signup(request, body):
     errors.update({name: ["This field is required."] for name in ("token",) if name not in body})
     if errors:
         return _error(400, "Some fields are not valid.", errors=errors)
-    source = body.get("source", "api")
-    if not tokens.is_valid_source(source):
+    source = body.get("source", tokens.API_SOURCE)
+    if not tokens.is_token_source(source):
         return _error(
             400,
             "Some fields are not valid.",
-            errors={"source": ["Use verification, reminder-<n>, operator or api."]},
+            errors={"source": ["Use verification, reminder-<n> or api."]},
         )
     try:
         result = workflow.verify_signup(token=body["token"], source=source)

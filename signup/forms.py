@@ -1,27 +1,44 @@
 """Validation of what people and API clients submit; errors name the field."""
 
 import re
+import unicodedata
 
+import idna
 from django import forms
-from django.core.validators import RegexValidator
+from django.core.validators import RegexValidator, validate_email
 
 from signup.models import NAME_MAX_LENGTH, USERNAME_MAX_LENGTH
 
 USERNAME_MIN_LENGTH = 3
 EMAIL_MAX_LENGTH = 254
+EMAIL_LOCAL_PART_MAX_LENGTH = 64  # RFC 5321's limit: longer ones are refused by mail servers
+# Combining marks in a row that one letter may carry: enough for any script's accents (a
+# Vietnamese or Thai letter takes two), not for text buried under stacked marks.
+NAME_MAX_COMBINING_MARKS = 2
 
-# Control and invisible characters, and lone surrogates (which no database can store).
-_CONTROL_CHARACTERS = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
-)
+# Control and format characters (bidi overrides, zero-width joiners), lone surrogates (which
+# no database can store), private-use and unassigned code points, line and paragraph
+# separators: nothing a person needs in a name or an address, and some rewrite how text reads.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 USERNAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 def reject_control_characters(value: str) -> None:
-    if _CONTROL_CHARACTERS.search(value):
+    if any(unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in value):
         raise forms.ValidationError(
             "Remove the control or invisible characters.", code="control_characters"
         )
+
+
+def cap_combining_marks(value: str) -> None:
+    in_a_row = 0
+    for char in value:
+        in_a_row = in_a_row + 1 if unicodedata.category(char).startswith("M") else 0
+        if in_a_row > NAME_MAX_COMBINING_MARKS:
+            raise forms.ValidationError(
+                f"Use at most {NAME_MAX_COMBINING_MARKS} accents on one letter.",
+                code="combining_marks",
+            )
 
 
 username_characters = RegexValidator(
@@ -37,13 +54,100 @@ name_characters = RegexValidator(
 )
 
 
-# Names that would read as the site's own, or clash with /api/signups/verify.
-RESERVED_USERNAMES = frozenset({"admin", "administrator", "root", "support", "verify", "api"})
+# Names that would pass for the site's own, a role mailbox (RFC 2142) or a path of the API
+# (/api/signups/verify). Written without separators: they are compared with . _ - removed
+# and case folded, so "Post.Master" and "no-reply" are reserved too.
+RESERVED_USERNAMES = frozenset(
+    {
+        *("abuse", "admin", "administrator", "api", "help", "hostmaster", "info", "mail"),
+        *("mailerdaemon", "marketing", "noc", "nobody", "noreply", "operator", "postmaster"),
+        *("root", "sales", "security", "signup", "staff", "support", "sysadmin", "system"),
+        *("verify", "webmaster", "www"),
+    }
+)
+_USERNAME_SEPARATORS = re.compile(r"[._-]")
 
 
 def reject_reserved(value: str) -> None:
-    if value.lower() in RESERVED_USERNAMES:
+    if _USERNAME_SEPARATORS.sub("", value).casefold() in RESERVED_USERNAMES:
         raise forms.ValidationError("This username is reserved.", code="reserved")
+
+
+def canonical_email(address: str) -> str:
+    """Return the one form in which an address is stored and counted: the local part as
+    typed, the domain lower-cased and, if it is international, in its ASCII (punycode) form.
+
+    Takes any string; a domain that is not a valid host name is only lower-cased.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address
+    try:
+        domain = _ascii_domain(domain)
+    except idna.IDNAError:
+        domain = domain.lower()
+    return f"{local}@{domain}"
+
+
+def _ascii_domain(domain: str) -> str:
+    # IDNA 2008 with UTS 46 mapping, as browsers and registries use it: upper case and
+    # full-width letters map to their lower-case ASCII forms, and "straße.de" stays a domain
+    # of its own (the older IDNA 2003 codec in Python would turn it into "strasse.de").
+    return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+
+
+class EmailAddressField(forms.EmailField):
+    """An address mail can reach, returned in its canonical form (see canonical_email)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", EMAIL_MAX_LENGTH)
+        kwargs.setdefault("validators", [reject_control_characters])
+        kwargs.setdefault("widget", forms.EmailInput(attrs={"autocomplete": "email"}))
+        super().__init__(**kwargs)
+
+    def clean(self, value):
+        address = super().clean(value)
+        if address in self.empty_values:
+            return address
+        local, _, domain = address.rpartition("@")
+        if len(local) > EMAIL_LOCAL_PART_MAX_LENGTH:
+            raise forms.ValidationError(
+                f"The part before the @ can be at most {EMAIL_LOCAL_PART_MAX_LENGTH} characters.",
+                code="local_part_too_long",
+            )
+        if domain.startswith("["):
+            raise forms.ValidationError(
+                "Use an address with a domain name, not an IP address.", code="ip_literal"
+            )
+        if "." not in domain:
+            raise forms.ValidationError(
+                "Use an address with a full domain name, like example.com.", code="dotless"
+            )
+        try:
+            canonical = f"{local}@{_ascii_domain(domain)}"
+        except idna.IDNAError as exc:
+            raise forms.ValidationError(validate_email.message, code="invalid") from exc
+        if len(canonical) > EMAIL_MAX_LENGTH:
+            raise forms.ValidationError(
+                f"The address is too long: at most {EMAIL_MAX_LENGTH} characters, with its"
+                " domain written in ASCII.",
+                code="max_length",
+            )
+        return canonical
+
+
+class NameField(forms.CharField):
+    """A person's name, kept in Unicode NFKC form so that look-alike spellings are one."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", NAME_MAX_LENGTH)
+        kwargs.setdefault(
+            "validators", [reject_control_characters, cap_combining_marks, name_characters]
+        )
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        return unicodedata.normalize("NFKC", super().to_python(value)).strip()
 
 
 class SignupForm(forms.Form):
@@ -56,31 +160,12 @@ class SignupForm(forms.Form):
             attrs={"autocomplete": "username", "autocapitalize": "none", "spellcheck": "false"}
         ),
     )
-    email = forms.EmailField(
-        max_length=EMAIL_MAX_LENGTH,
-        validators=[reject_control_characters],
-        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+    email = EmailAddressField()
+    first_name = NameField(widget=forms.TextInput(attrs={"autocomplete": "given-name"}))
+    last_name = NameField(
+        required=False, widget=forms.TextInput(attrs={"autocomplete": "family-name"})
     )
-    first_name = forms.CharField(
-        max_length=NAME_MAX_LENGTH,
-        validators=[reject_control_characters, name_characters],
-        widget=forms.TextInput(attrs={"autocomplete": "given-name"}),
-    )
-    last_name = forms.CharField(
-        max_length=NAME_MAX_LENGTH,
-        required=False,
-        validators=[reject_control_characters, name_characters],
-        widget=forms.TextInput(attrs={"autocomplete": "family-name"}),
-    )
-
-    def clean_email(self) -> str:
-        local, _, domain = self.cleaned_data["email"].rpartition("@")
-        return f"{local}@{domain.lower()}"
 
 
 class ResendForm(forms.Form):
-    email = forms.EmailField(
-        max_length=EMAIL_MAX_LENGTH,
-        validators=[reject_control_characters],
-        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
-    )
+    email = EmailAddressField()

@@ -14,8 +14,10 @@ from django.core import signing
 from django.urls import reverse
 
 SALT = "signup.verify"
-# Which email a link came from: the verification email, reminder n, or an operator/API call.
-SOURCE_PATTERN = re.compile(r"\A(verification|reminder-[1-9][0-9]{0,2}|operator|api)\Z")
+# Which email a link came from: the verification email or reminder n. Only these travel in
+# links; "api" (a call of the JSON API) and "operator" (an admin action) are the server's.
+LINK_SOURCE_PATTERN = re.compile(r"\A(verification|reminder-[1-9][0-9]{0,2})\Z")
+API_SOURCE = "api"
 TOKEN_MAX_LENGTH = 200
 
 
@@ -51,8 +53,17 @@ def read_token(token: str) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def is_valid_source(source: object) -> bool:
-    return isinstance(source, str) and bool(SOURCE_PATTERN.match(source))
+def is_link_source(source: object) -> bool:
+    """Return whether `source` names an email, so that a link may carry it."""
+    return isinstance(source, str) and bool(LINK_SOURCE_PATTERN.match(source))
+
+
+def is_token_source(source: object) -> bool:
+    """Return whether verifying by token may credit `source`: an email's link or the API.
+
+    Never "operator": an operator verifies a signup by its id, in the admin.
+    """
+    return is_link_source(source) or source == API_SOURCE
 
 
 def verification_url(signup, *, source: str) -> str:

@@ -1,6 +1,7 @@
 """The signup pages: the form, the emailed verification link and the resend page."""
 
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from signup import limits, selectors, tasks, tokens, workflow
@@ -29,6 +30,8 @@ def signup_sent(request):
     return render(request, "signup/sent.html", {"email": request.session.get("signup_email")})
 
 
+# The page carries the token in its URL and the person's name and address: no cache keeps it.
+@never_cache
 @require_http_methods(["GET", "POST"])
 def verify(request, token):
     # Guessing tokens is hopeless, but it is not free: a client that brought too many
@@ -38,7 +41,8 @@ def verify(request, token):
         return limits.too_many_page(request, retry_after)
     source = request.POST.get("source") if request.method == "POST" else request.GET.get("source")
     source = source or "verification"
-    if not tokens.is_valid_source(source):
+    # A link names the email it came from, nothing else: "operator" and "api" are the server's.
+    if not tokens.is_link_source(source):
         return _link_problem(request, "invalid")
     try:
         if request.method == "POST":

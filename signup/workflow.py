@@ -24,6 +24,7 @@ from django.utils import timezone
 # The one module-level direction of the workflow/tasks cycle: signup.tasks imports this
 # module inside its functions, so either can be imported first.
 from signup import emails, tasks, tokens
+from signup.forms import canonical_email
 from signup.models import Address, OutboundEmail, Signup, SignupEvent
 
 logger = logging.getLogger(__name__)
@@ -131,14 +132,19 @@ def _violated(exc: IntegrityError, constraint: str) -> bool:
 
 
 def address_digest(email: str) -> str:
-    """Return what an address is counted by: the same for every case of it. The domain is
-    already in one form (forms.canonical_email)."""
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    """Return what an address is counted by: the same for every case and form of it (an
+    international domain and its punycode are one)."""
+    return hashlib.sha256(_address_key(email).encode()).hexdigest()
+
+
+def _address_key(email: str) -> str:
+    return canonical_email(email.strip()).lower()
 
 
 def _same_address(email: str) -> Exact:
-    """A filter for the signups whose address is `email`, in any case."""
-    return Exact(Lower("email"), email.strip().lower())
+    """A filter for the signups whose address is `email`, in any case (signups store it in
+    its canonical form)."""
+    return Exact(Lower("email"), _address_key(email))
 
 
 def _lock_address(email: str) -> Address:
@@ -350,7 +356,7 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
     Raise tokens.InvalidToken (or ExpiredToken) for a bad link, SignupClosed if the signup
     expired or was cancelled. Verifying twice answers already_verified and sends nothing.
     """
-    if not tokens.is_valid_source(source):
+    if not tokens.is_token_source(source):
         raise tokens.InvalidToken("unknown source")
     signup_id, created_ts = tokens.read_token(token)
     with transaction.atomic():

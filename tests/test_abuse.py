@@ -54,6 +54,22 @@ def test_an_address_is_one_address_in_any_case():
     assert _emails("verification") == 1
 
 
+def test_an_international_address_is_one_address_in_either_form(api, client):
+    forms = ["eve@bücher.example", "Eve@BÜCHER.example", "eve@xn--bcher-kva.example"]
+    for n, address in enumerate(forms):
+        assert (
+            api.post("/api/signups", signup_data(username=f"api{n}", email=address)).status_code
+            == 201
+        )
+        page = client.post("/signup/", signup_data(username=f"form{n}", email=address))
+        assert page.status_code == 302
+    assert _emails("verification") == 1
+    assert set(Signup.objects.values_list("email", flat=True)) <= {
+        "eve@xn--bcher-kva.example",
+        "Eve@xn--bcher-kva.example",
+    }
+
+
 def test_after_the_cooldown_the_newest_signup_takes_the_reminder_chain_over(settings):
     first = workflow.start_signup(**signup_data(username="first", email=VICTIM))
     assert workflow.take_reminder(signup_id=first.pk, number=1) is not None

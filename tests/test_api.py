@@ -1,5 +1,7 @@
 """The JSON API: auth, the answers it gives, and bad input that must change nothing."""
 
+import json
+
 import pytest
 import requests
 
@@ -66,6 +68,17 @@ def test_read_shows_the_signup_holding_the_username(api):
     assert api.get("/api/signups/alice").json()["status"] == "pending"
 
 
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+def test_json_with_its_charset_or_in_capitals_is_json(client, content_type):
+    response = client.post(
+        "/api/signups",
+        json.dumps(signup_data()),
+        content_type=content_type,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 201
+
+
 # --- Verify -------------------------------------------------------------------------------
 
 
@@ -105,6 +118,25 @@ def test_verify_with_a_bad_token_gets_4xx_and_changes_nothing(api, body, status)
     assert signup.status == "pending"
 
 
+def test_verify_cannot_claim_the_operator_source(api):
+    signup = workflow.start_signup(**signup_data())
+    response = api.post(
+        "/api/signups/verify", {"token": tokens.make_token(signup), "source": "operator"}
+    )
+    assert response.status_code == 400
+    assert "source" in response.json()["errors"]
+    signup.refresh_from_db()
+    assert (signup.status, signup.verified_source) == ("pending", "")
+
+
+def test_verify_credits_the_api_unless_told_which_email(api):
+    signup = workflow.start_signup(**signup_data())
+    response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
+    assert response.status_code == 200
+    signup.refresh_from_db()
+    assert signup.verified_source == "api"
+
+
 def test_verify_after_expiry_gets_410(api, settings):
     signup = workflow.start_signup(**signup_data())
     Signup.objects.filter(pk=signup.pk).update(expires_at=signup.created_at)
@@ -133,8 +165,10 @@ def test_api_over_real_http(live_server, broker):
     assert created.status_code == 201
     assert requests.post(url, json=signup_data(), headers=auth, timeout=10).status_code == 409
     bad = requests.post(
-        url, data=b"\x00\x01", headers={**auth, "Content-Type": "text/plain"}, timeout=10
+        url, data=b"\x00\x01", headers={**auth, "Content-Type": "application/json"}, timeout=10
     )
     assert bad.status_code == 400
+    not_json = requests.post(url, data=b"username=eve", headers=auth, timeout=10)
+    assert not_json.status_code == 415
     assert requests.get(f"{url}/alice", timeout=10).status_code == 401
     assert requests.get(f"{url}/alice", headers=auth, timeout=10).json()["status"] == "pending"

@@ -5,7 +5,8 @@ import shutil
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.helpers import sent_to, verify_link, wait_for_emails
+from signup import workflow
+from tests.helpers import sent_to, signup_data, verify_link, wait_for_emails
 
 pytestmark = [pytest.mark.browser, pytest.mark.chromium, pytest.mark.postgres, pytest.mark.redis]
 
@@ -77,3 +78,36 @@ def test_bad_input_shows_errors_next_to_the_fields(page, worker):
 def test_a_broken_link_gets_a_clear_page(page):
     page.goto("/signup/verify/not-a-real-token/?source=verification")
     expect(page.get_by_role("heading", name="This link is not valid")).to_be_visible()
+
+
+@pytest.fixture
+def operator_and_signup(transactional_db, broker, django_user_model):
+    """An operator's account and a signup, made before `page` starts the browser (under its
+    event loop the ORM would open a connection of its own that nothing closes)."""
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "a long pass phrase")
+    return workflow.start_signup(**signup_data())
+
+
+def test_the_pages_and_the_admin_work_within_the_content_security_policy(operator_and_signup, page):
+    signup = operator_and_signup
+    refused = []
+    page.on("console", lambda message: refused.append(message.text))
+
+    page.goto("/signup/")
+    # The style sheet applies: the button has the accent colour.
+    button = page.get_by_role("button", name="Sign up")
+    expect(button).to_have_css("background-color", "rgb(36, 84, 214)")
+
+    page.goto("/admin/login/")
+    page.get_by_label("Username").fill("ops")
+    page.get_by_label("Password").fill("a long pass phrase")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
+    page.goto("/admin/signup/signup/")
+    expect(page.locator("#result_list")).to_contain_text("alice")
+    page.goto(f"/admin/signup/signup/{signup.pk}/change/")
+    expect(page.get_by_role("heading", name="alice")).to_be_visible()
+    # The admin's own scripts ran: its theme script marks the page.
+    expect(page.locator("html")).to_have_attribute("data-theme", "auto")
+
+    assert [text for text in refused if "Content Security Policy" in text] == []

@@ -68,6 +68,18 @@ def test_bad_links_get_a_clear_page(client, path):
     assert signup.status == "pending"
 
 
+@pytest.mark.parametrize("source", ["operator", "api"])
+def test_a_link_cannot_claim_a_source_only_the_server_sets(client, source):
+    signup = workflow.start_signup(**signup_data())
+    path = _link(signup).split("?")[0]
+    for response in (client.get(f"{path}?source={source}"), client.post(path, {"source": source})):
+        assert response.status_code == 400
+        assert b"This link is not valid" in response.content
+    signup.refresh_from_db()
+    assert (signup.status, signup.verified_source) == ("pending", "")
+    assert not signup.emails.filter(kind="welcome").exists()
+
+
 def test_expired_and_cancelled_signups_get_their_own_page(client, settings):
     expired = workflow.start_signup(**signup_data())
     Signup.objects.filter(pk=expired.pk).update(expires_at=expired.created_at)

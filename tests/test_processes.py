@@ -166,7 +166,7 @@ def service(request, tmp_path_factory):
             "EMAIL_BACKEND": "",
             "SIGNUP_MAX_REMINDERS": "6",  # more than fit before EXPIRING: expiry ends them
             "SITE_URL": web_url,
-            "SECRET_KEY": secrets.token_urlsafe(32),
+            "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "false",
             "ALLOWED_HOSTS": "127.0.0.1",
             "SIGNUP_API_KEY": API_KEY,
@@ -518,6 +518,7 @@ def test_pages_refuse_what_they_cannot_serve(service, method, path, request_args
 
 
 SIGNUP_JSON = {"username": "dora", "email": "dora@example.com", "first_name": "Dora"}
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 @deployed(expires_after=LASTING)
@@ -548,8 +549,17 @@ SIGNUP_JSON = {"username": "dora", "email": "dora@example.com", "first_name": "D
         ),
         pytest.param("GET", "/api/signups", {}, 405, id="list-signups"),
         pytest.param("DELETE", "/api/signups/ada", {}, 405, id="delete-signup"),
-        pytest.param("POST", "/api/signups", {"data": b"not json"}, 400, id="not-json"),
-        pytest.param("POST", "/api/signups", {"data": b'{"\xff": 1}'}, 400, id="not-utf8"),
+        pytest.param("POST", "/api/signups", {"data": b"not json"}, 415, id="not-json-type"),
+        pytest.param(
+            "POST", "/api/signups", {"data": b"not json", "headers": JSON_TYPE}, 400, id="not-json"
+        ),
+        pytest.param(
+            "POST",
+            "/api/signups",
+            {"data": b'{"\xff": 1}', "headers": JSON_TYPE},
+            400,
+            id="not-utf8",
+        ),
         pytest.param("POST", "/api/signups", {"json": [SIGNUP_JSON]}, 400, id="not-an-object"),
         pytest.param(
             "POST", "/api/signups", {"json": {**SIGNUP_JSON, "admin": True}}, 400, id="extra-field"

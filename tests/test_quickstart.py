@@ -33,6 +33,7 @@ QUICKSTART_UNSET = (
 def quickstart_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in QUICKSTART_UNSET}
     env.update(
+        DEBUG="true",  # as `make run` sets it: the quickstart's development key comes with it
         SIGNUP_VAR_DIR=str(tmp_path / "var"),
         SIGNUP_REMINDER_INTERVAL="2",
         SIGNUP_SWEEP_INTERVAL="1",

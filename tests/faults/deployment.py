@@ -138,7 +138,7 @@ class Deployment:
             "EMAIL_URL": f"smtp://127.0.0.1:{mail.port}",
             "EMAIL_BACKEND": "",
             "SITE_URL": self.url,
-            "SECRET_KEY": secrets.token_urlsafe(32),
+            "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "false",
             "ALLOWED_HOSTS": "127.0.0.1",
             "SIGNUP_API_KEY": API_KEY,
@@ -356,7 +356,7 @@ def migrate(database_url: str, var_dir: Path) -> None:
         env={
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "DATABASE_URL": database_url,
-            "SECRET_KEY": "migrate-only",
+            "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "false",
             "SIGNUP_VAR_DIR": str(var_dir),
         },

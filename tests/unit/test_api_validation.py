@@ -109,9 +109,33 @@ def test_bodies_that_are_not_a_json_object_get_400(client, raw, path):
         raw,
         content_type="application/json",
         headers={"Authorization": f"Bearer {API_KEY}"},
+        # The test client leaves the Content-Type out when the body is empty; a real one doesn't.
+        CONTENT_TYPE="application/json",
     )
     assert response.status_code == 400
     assert response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonp",
+        "application/json; charset=latin-1",
+        "",
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/signups", "/api/signups/verify"])
+def test_bodies_not_sent_as_json_get_415(client, content_type, path):
+    response = client.post(
+        path,
+        json.dumps(signup_data()),
+        content_type=content_type,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["message"]
 
 
 def test_oversize_body_gets_413(client):

@@ -1,4 +1,5 @@
-"""Verification tokens: signed, bound to one record, expiring; sources of a link."""
+"""Verification tokens: signed, bound to one record, expiring; and the sources a verification
+may credit. No service needed."""
 
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
@@ -6,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.core import signing
 
-from signup import tokens
+from signup import tokens, workflow
 from signup.models import Signup
 
 CREATED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -79,14 +80,26 @@ def test_the_emailed_link_is_absolute_and_carries_its_source(settings):
 
 
 @pytest.mark.parametrize("source", ["verification", "reminder-1", "reminder-12", "reminder-999"])
-def test_the_sources_emails_use_are_valid(source):
-    assert tokens.is_valid_source(source)
+def test_links_carry_the_emails_sources(source):
+    assert tokens.is_link_source(source)
+    assert tokens.is_token_source(source)
 
 
 @pytest.mark.parametrize(
     "source",
-    ["", "newsletter", "reminder-0", "reminder-1000", "reminder-", "Verification", None, 7,
-     "verification\n", "reminder-01"],
-)  # fmt: skip
-def test_other_sources_are_refused(source):
-    assert not tokens.is_valid_source(source)
+    ["operator", "api", "reminder-0", "reminder-1000", "Verification", "verification\n", "", None],
+)
+def test_links_cannot_carry_other_sources(source):
+    assert not tokens.is_link_source(source)
+
+
+def test_only_the_api_adds_a_source_to_the_links_and_never_operator():
+    assert tokens.is_token_source("api")
+    assert not tokens.is_token_source("operator")
+
+
+def test_verifying_by_token_cannot_credit_the_operator():
+    # A genuine token: without the source rule, the workflow would go on to the database.
+    token = signing.dumps([1, 0], salt=tokens.SALT)
+    with pytest.raises(tokens.InvalidToken, match="unknown source"):
+        workflow.verify_signup(token=token, source="operator")

@@ -1,0 +1,66 @@
+"""What the pages tell browsers: the content security policy, caching and HTTPS."""
+
+import pytest
+
+from signup import tokens, workflow
+from tests.helpers import signup_data
+
+pytestmark = pytest.mark.django_db
+
+POLICY = {
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+}
+
+
+def _verify_path(signup) -> str:
+    return f"/signup/verify/{tokens.make_token(signup)}/"
+
+
+def test_pages_carry_a_strict_content_security_policy(client):
+    signup = workflow.start_signup(**signup_data())
+    for path in ("/signup/", "/signup/resend/", _verify_path(signup), "/admin/login/"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        directives = {part.strip() for part in response["Content-Security-Policy"].split(";")}
+        assert directives == POLICY, path
+
+
+def test_pages_have_no_inline_style_or_script(client):
+    signup = workflow.start_signup(**signup_data())
+    for path in ("/signup/", _verify_path(signup)):
+        html = client.get(path).content.decode()
+        assert "<style" not in html
+        assert "<script" not in html
+        assert " style=" not in html
+        assert 'rel="stylesheet" href="/static/signup/site.css"' in html
+
+
+def test_the_verify_page_is_never_cached(client):
+    signup = workflow.start_signup(**signup_data())
+    path = _verify_path(signup)
+    for response in (
+        client.get(f"{path}?source=verification"),
+        client.post(path, {"source": "verification"}),
+        client.get("/signup/verify/garbage/"),
+    ):
+        assert "no-store" in response["Cache-Control"]
+
+
+def test_forwarded_proto_is_not_trusted_unless_configured(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 3600
+    # Anyone can send the header: without SECURE_PROXY_SSL_HEADER it changes nothing.
+    claimed = client.get("/signup/", headers={"X-Forwarded-Proto": "https"})
+    assert claimed.status_code == 301
+    assert claimed["Location"] == "https://testserver/signup/"
+
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    proxied = client.get("/signup/", headers={"X-Forwarded-Proto": "https"})
+    assert proxied.status_code == 200
+    assert proxied["Strict-Transport-Security"] == "max-age=3600"

@@ -1,0 +1,46 @@
+"""What the deployment files promise: no default secrets, dashboards on this machine only."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = (ROOT / "docker-compose.yml").read_text()
+SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")
+
+
+def _service(name: str) -> str:
+    """The lines of one service of docker-compose.yml."""
+    match = re.search(rf"^  {name}:\n((?:    .*\n|\n)*)", COMPOSE, re.MULTILINE)
+    assert match, f"no service {name} in docker-compose.yml"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("service", ["flower", "mailpit"])
+def test_compose_publishes_flower_and_mailpit_on_loopback_only(service):
+    published = re.findall(r'^      - "([^"]+)"$', _service(service), re.MULTILINE)
+    assert published
+    assert all(port.startswith("127.0.0.1:") for port in published), published
+
+
+@pytest.mark.parametrize("name", SECRETS)
+def test_compose_carries_no_default_secret(name):
+    # Compose's own substitutions; $${NAME} is left for the container's shell.
+    uses = re.findall(rf"(?<!\$)\$\{{{name}(\W\W?)", COMPOSE)
+    assert uses, f"{name} is not used"
+    assert set(uses) == {":?"}, f"{name} must be required (${{{name}:?...}}), not defaulted"
+
+
+def test_compose_writes_no_password_in():
+    assert "postgres://signup:signup@" not in COMPOSE
+    assert "POSTGRES_PASSWORD: signup" not in COMPOSE
+    assert "admin:admin" not in COMPOSE
+
+
+def test_flower_always_needs_a_password():
+    (procfile_flower,) = re.findall(r"^flower: .*$", (ROOT / "Procfile").read_text(), re.M)
+    assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in procfile_flower
+    assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in procfile_flower
+    assert "--basic-auth=$${FLOWER_BASIC_AUTH}" in _service("flower")
+    assert "admin:admin" not in (ROOT / "Makefile").read_text()
