@@ -137,7 +137,7 @@ def web_answers(service: Service) -> bool:
     try:
         # A 404 from the API proves the web process is up and reaches its database.
         return service.api("GET", "/api/signups/nobody", timeout=2).status_code == 404
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not up, or still starting
         return False
 
 

@@ -303,7 +303,7 @@ class Deployment:
     def _web_answers(self) -> bool:
         try:
             return self.api("GET", "/api/signups/nobody", timeout=2).status_code == 404
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up, or still starting
             return False
 
     def sign_up(self, username: str, *, tries: int = 1) -> str:
