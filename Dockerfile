@@ -4,6 +4,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
+# The service's own dependencies only: no test runner, browser driver or docker client.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 

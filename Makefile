@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: install browser run migrate test test-fast faults bench bench-quick lint format lock clean
 
-$(VENV)/.installed: requirements.lock
+$(VENV)/.installed: requirements.lock requirements-dev.lock
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv from the lock file
@@ -70,8 +70,11 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-lock:  ## re-pin requirements.lock from pyproject.toml (needs uv)
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+# requirements.lock: what the service runs on (the production image); requirements-dev.lock:
+# that plus the tests' and benchmarks' tools, at the same versions.
+lock:  ## re-pin both lock files from pyproject.toml (needs uv)
+	uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -c requirements.lock -o requirements-dev.lock
 
 clean:
 	rm -rf var/broker var/celerybeat-schedule*

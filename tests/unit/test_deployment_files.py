@@ -44,3 +44,24 @@ def test_flower_always_needs_a_password():
     assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in procfile_flower
     assert "--basic-auth=$${FLOWER_BASIC_AUTH}" in _service("flower")
     assert "admin:admin" not in (ROOT / "Makefile").read_text()
+
+
+def _pins(lock: str) -> dict[str, str]:
+    text = (ROOT / lock).read_text()
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", text, re.MULTILINE))
+
+
+def test_the_production_image_installs_the_services_dependencies_only():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"pip install .*-r requirements\.lock\b", dockerfile)
+    assert "requirements-dev.lock" not in dockerfile
+    runtime = {name.lower() for name in _pins("requirements.lock")}
+    for tool in ("pytest", "pytest-django", "pytest-celery", "playwright", "debugpy", "docker",
+                 "aiosmtpd", "ruff", "psutil"):  # fmt: skip
+        assert tool not in runtime, f"{tool} would ship in the production image"
+    assert {"django", "celery", "gunicorn", "django-anymail"} <= runtime
+
+
+def test_development_pins_the_same_versions_as_production():
+    runtime, development = _pins("requirements.lock"), _pins("requirements-dev.lock")
+    assert {name: development.get(name) for name in runtime} == runtime
