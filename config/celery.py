@@ -3,7 +3,9 @@
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
+
+from signup.redaction import redacting_filter
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -22,3 +24,13 @@ def close_old_connections(**kwargs) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def redact_worker_logs(logger, **kwargs) -> None:
+    """Mask email addresses and verification tokens in every line a worker or beat writes,
+    Celery's own included: a task that fails unexpectedly is logged with its exception, and
+    a provider's exception can name the recipient."""
+    for handler in logger.handlers:
+        handler.addFilter(redacting_filter)

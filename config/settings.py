@@ -207,12 +207,34 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Log lines carry ids, not personal data: signup.redaction masks email addresses and
+# verification tokens in what these write. runserver's request lines (django.server) and
+# Django's reports of 4xx and 5xx answers (django.request) name the link's path, token
+# included. The workers' and beat's handlers get the same filter in config/celery.py.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact": {"()": "signup.redaction.RedactingFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # Django's own format for runserver's request lines.
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
+        "django.server": {
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact"],
+        },
+    },
     "loggers": {
         "signup": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+        "django.request": {"filters": ["redact"]},
     },
 }

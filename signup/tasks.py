@@ -15,6 +15,8 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
 
+from signup.redaction import redact
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,7 +91,8 @@ def attempt_delivery(
         logger.warning("%s; recording it in %.1fs", sent, countdown)
         return NextAttempt(countdown, sent, sent.provider_message_id)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        # A provider's error often names the recipient: the ledger and the log get it without.
+        error = redact(f"{type(exc).__name__}: {exc}")
         if is_permanent(exc):
             workflow.record_email_failure(email_id=email_id, error=error)
             return None

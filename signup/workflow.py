@@ -22,6 +22,7 @@ from django.utils import timezone
 # module inside its functions, so either can be imported first.
 from signup import emails, tasks, tokens
 from signup.models import OutboundEmail, Signup, SignupEvent
+from signup.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +330,7 @@ def record_provider_event(
         return False
     kind, closes = _PROVIDER_EVENTS[event_type]
     closes = closes and permanent
+    description = redact(description)  # a bounce message often quotes the address
     with transaction.atomic():
         signup, email = _lock_signup_and_email(email_id)
         if signup is None or email is None:
@@ -435,7 +437,7 @@ def _mark_sent(signup: Signup, email: OutboundEmail, provider_message_id: str) -
     email.save(
         update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
     )
-    _add_event(signup, _SENT_EVENT[email.kind], number=_number(email), detail=email.to_email)
+    _add_event(signup, _SENT_EVENT[email.kind], number=_number(email), detail=f"email {email.pk}")
 
 
 def _number(email: OutboundEmail) -> int | None:
@@ -456,7 +458,7 @@ def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
         if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
             _fail(email, f"gave up after {email.attempts} attempts; last error: {error}")
             return False
-        email.last_error = error[:2000]
+        email.last_error = redact(error)[:2000]
         email.enqueued_at = timezone.now() + timedelta(seconds=retry_in)
         email.save(update_fields=["last_error", "enqueued_at", "updated_at"])
     return True
@@ -471,6 +473,7 @@ def record_email_failure(*, email_id: int, error: str) -> None:
 
 
 def _fail(email: OutboundEmail, error: str) -> None:
+    error = redact(error)
     email.status = EmailStatus.FAILED
     email.last_error = error[:2000]
     email.save(update_fields=["status", "last_error", "updated_at"])
@@ -683,7 +686,8 @@ def _add_event(signup: Signup, kind: str, *, number: int | None = None, detail: 
 def _add_event_for(
     signup_id: int, kind: str, *, number: int | None = None, detail: str = ""
 ) -> None:
-    SignupEvent.objects.create(signup_id=signup_id, kind=kind, number=number, detail=detail)
+    """Add an event to a signup's timeline; its detail never holds an address or a token."""
+    SignupEvent.objects.create(signup_id=signup_id, kind=kind, number=number, detail=redact(detail))
 
 
 def _drop(what: str, signup_id: int, number: int | None, why: str) -> None:
