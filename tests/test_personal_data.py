@@ -1,13 +1,18 @@
 """What the service keeps and logs about a person: timeline details and log lines carry
-ids, not email addresses."""
+ids, not email addresses, and gunicorn's access log carries no verification token."""
 
 import logging
+import os
 
 import pytest
+import requests
 from celery.signals import task_retry
+from django.conf import settings as django_settings
+from django.db import connection
 
-from signup import tasks, workflow
-from tests.helpers import signup_data, wait_for
+from harness.processes import BIN, free_port, pg_url, start_process, stop_all
+from signup import tasks, tokens, workflow
+from tests.helpers import hidden_fields, signup_data, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -77,3 +82,53 @@ def test_a_retried_email_leaves_no_address_in_the_worker_logs_or_its_retry_event
     assert retries  # the worker retried it, and sends Flower this traceback
     assert "alice@example.com" not in "\n".join(retries)
     assert "alice@example.com" not in caplog.text
+
+
+@pytest.mark.processes
+def test_gunicorn_logs_the_verify_path_without_its_token(transactional_db, broker, tmp_path):
+    signup = workflow.start_signup(**signup_data())
+    token = tokens.make_token(signup)
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),  # gunicorn's control socket
+        "PYTHONUNBUFFERED": "1",
+        "DATABASE_URL": pg_url(connection.settings_dict["NAME"]),  # this test's database
+        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+        "EMAIL_BACKEND": "",
+        "SECRET_KEY": django_settings.SECRET_KEY,  # the token is signed with it
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SITE_URL": url,
+        "CONN_MAX_AGE": "0",
+        "SIGNUP_VAR_DIR": str(tmp_path / "var"),
+    }
+    command = [str(BIN / "gunicorn"), "config.wsgi", "--config", "config/gunicorn.py"]
+    command += ["--bind", url.removeprefix("http://"), "--workers", "1", "--access-logfile", "-"]
+    web = start_process("web", command, env, tmp_path)
+    try:
+        wait_for(lambda: _answers(f"{url}/signup/"), timeout=30, message="gunicorn to answer")
+        link = f"{url}/signup/verify/{token}/?source=verification"
+        browser = requests.Session()
+        confirm = browser.get(link, timeout=10)
+        assert confirm.status_code == 200
+        # The button posts back to the link, and the browser names it in the Referer.
+        headers = {"Referer": link, "Origin": url}
+        verified = browser.post(link, data=hidden_fields(confirm), headers=headers, timeout=10)
+        assert verified.status_code == 200
+        wait_for(lambda: web.output().count("/signup/verify/") >= 3, message="the access log")
+    finally:
+        stop_all([web])
+    log = web.output()
+    assert token not in log
+    assert '"GET /signup/verify/<token>/?source=verification HTTP/1.1" 200' in log
+    assert '"POST /signup/verify/<token>/?source=verification HTTP/1.1" 200' in log
+    signup.refresh_from_db()
+    assert signup.status == "verified"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -187,6 +187,8 @@ def service(request, tmp_path_factory):
             "web": [
                 str(BIN / "gunicorn"),
                 "config.wsgi",
+                "--config",
+                "config/gunicorn.py",
                 "--bind",
                 web_url.removeprefix("http://"),
                 "--workers",
