@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -146,6 +147,11 @@ SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
 # How many verification emails one address may ask for per hour on the resend page.
 SIGNUP_RESENDS_PER_HOUR = env.int("SIGNUP_RESENDS_PER_HOUR", default=3)
+# Expired, cancelled and undeliverable signups are anonymised this many days after they
+# closed (hourly, by beat); verified and pending ones are not.
+SIGNUP_RETENTION_DAYS = env.int("SIGNUP_RETENTION_DAYS", default=30)
+if SIGNUP_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("SIGNUP_RETENTION_DAYS must be zero or more days.")
 for _name in ("SIGNUP_REMINDER_INTERVAL", "SIGNUP_EXPIRES_AFTER", "SIGNUP_SWEEP_INTERVAL"):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
@@ -204,6 +210,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "signup.tasks.sweep",
         "schedule": float(SIGNUP_SWEEP_INTERVAL),
         "options": {"expires": float(SIGNUP_SWEEP_INTERVAL)},
+    },
+    # On the hour rather than 3600 s after beat starts: where beat's schedule file does not
+    # survive a restart (a new container), a beat restarted hourly would never run it.
+    "anonymise-closed-signups": {
+        "task": "signup.tasks.anonymise_closed_signups",
+        "schedule": crontab(minute=0),
+        "options": {"expires": 3600.0},
     },
 }
 

@@ -148,3 +148,10 @@ def sweep() -> dict[str, int]:
     from signup import workflow
 
     return workflow.sweep()
+
+
+@shared_task
+def anonymise_closed_signups() -> int:
+    from signup import workflow
+
+    return workflow.anonymise_closed_signups()
