@@ -1,9 +1,10 @@
 """The Celery application; its configuration is the CELERY_* part of config.settings."""
 
+import logging
 import os
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun
 
 from signup.redaction import redacting_filter
 
@@ -12,6 +13,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Celery's lines about a task's outcome quote its exception or return value, and a
+# provider's exception can name the recipient: they are masked as the project's own lines
+# are. Not all of Celery's lines: a worker's node name ("celery@host ready.") looks like an
+# address, and what a worker prints is the quickstart's console emails, links included.
+for _name in ("celery.app.trace", "celery.worker.request"):
+    logging.getLogger(_name).addFilter(redacting_filter)
 
 
 @task_prerun.connect
@@ -24,21 +32,3 @@ def close_old_connections(**kwargs) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
-
-
-@after_setup_logger.connect
-@after_setup_task_logger.connect
-def redact_worker_logs(logger, **kwargs) -> None:
-    """Mask email addresses and verification tokens in every line a worker or beat logs,
-    Celery's own included: a task that fails unexpectedly is logged with its exception, and
-    a provider's exception can name the recipient."""
-    for handler in logger.handlers:
-        handler.addFilter(_redact_all_but_output)
-
-
-def _redact_all_but_output(record) -> bool:
-    # What a worker prints reaches its log as "celery.redirected". In the quickstart that is
-    # the console email backend writing the emails themselves, whose links the person opens.
-    if record.name != "celery.redirected":
-        redacting_filter.filter(record)
-    return True

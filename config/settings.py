@@ -223,8 +223,8 @@ CELERY_BEAT_SCHEDULE = {
 # Log lines carry ids, not personal data: signup.redaction masks email addresses and
 # verification tokens in what these write. runserver's request lines (django.server) and
 # Django's reports of 4xx and 5xx answers (django.request) name the link's path, token
-# included. The workers' and beat's handlers get the same filter in config/celery.py,
-# gunicorn's in config/gunicorn.py.
+# included. Celery's lines about task outcomes get the same filter in config/celery.py,
+# gunicorn's logs in config/gunicorn.py.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -65,8 +65,8 @@ def test_runserver_logs_the_verify_path_without_its_token(tmp_path):
     assert "Bad Request: /signup/verify/<token>/" in output
 
 
-def test_the_worker_and_beat_log_handlers_mask_addresses_in_celery_lines_too():
-    """`celery worker` and `celery beat` set their logging up this way (app.log.setup)."""
+def test_celery_masks_addresses_in_task_outcomes_but_not_in_its_node_names():
+    """A worker sets its logging up this way (app.log.setup), in a process of its own."""
     code = (
         "import logging, django\n"
         "django.setup()\n"
@@ -74,6 +74,7 @@ def test_the_worker_and_beat_log_handlers_mask_addresses_in_celery_lines_too():
         "app.log.setup(loglevel='INFO')\n"
         "logging.getLogger('celery.app.trace').error(\n"
         "    'Task raised unexpected: %r', {'alice@example.com': (550, b'unknown')})\n"
+        "logging.getLogger('celery.apps.worker').info('celery@worker.example.com ready.')\n"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
     result = subprocess.run(
@@ -82,6 +83,7 @@ def test_the_worker_and_beat_log_handlers_mask_addresses_in_celery_lines_too():
     assert result.returncode == 0, result.stderr
     assert "Task raised unexpected: {'<address>': (550, b'unknown')}" in result.stderr
     assert "alice@example.com" not in result.stdout + result.stderr
+    assert "celery@worker.example.com ready." in result.stderr
 
 
 def _get(url: str) -> int:
