@@ -6,8 +6,9 @@ import logging
 import re
 
 # Good enough to catch what providers and servers print: "alice@example.com", "<alice@…>",
-# "{'alice@example.com': (550, …)}" and the %40 of a URL; it also masks things that only
-# look like addresses (a Message-ID), which costs nothing.
+# "{'alice@example.com': (550, …)}" and the %40 of a URL. It also masks what only looks
+# like an address, such as a Message-ID (the ledger keeps those) or a Celery node name
+# (which is why Celery's own lines are not all filtered, see config/celery.py).
 _ADDRESS = re.compile(r"[\w.!$%*+^`|~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)*")
 # The emailed link, /signup/verify/<token>/ (signup/urls.py): the token verifies the signup.
 _VERIFY_TOKEN = re.compile(r"(/signup/verify/)[^/?#\s\"'<>]+")
