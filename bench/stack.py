@@ -144,6 +144,8 @@ class Stack:
             [
                 str(BIN / "gunicorn"),
                 "config.wsgi",
+                "--config",
+                "config/gunicorn.py",
                 "--bind",
                 f"127.0.0.1:{self.web_port}",
                 "--workers",

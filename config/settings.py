@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
@@ -252,6 +253,13 @@ AXES_CLIENT_IP_CALLABLE = "signup.limits.client_ip"
 AXES_LOCKOUT_CALLABLE = "signup.limits.admin_lockout"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+
+# --- Personal data --------------------------------------------------------------------------
+# Expired, cancelled and undeliverable signups are anonymised this many days after they
+# closed (hourly, by beat); verified and pending ones are not.
+SIGNUP_RETENTION_DAYS = env.int("SIGNUP_RETENTION_DAYS", default=30)
+if SIGNUP_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("SIGNUP_RETENTION_DAYS must be zero or more days.")
 for _name in ("SIGNUP_REMINDER_INTERVAL", "SIGNUP_EXPIRES_AFTER", "SIGNUP_SWEEP_INTERVAL"):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
@@ -322,14 +330,44 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(SIGNUP_SWEEP_INTERVAL),
         "options": {"expires": float(SIGNUP_SWEEP_INTERVAL)},
     },
+    # On the hour rather than 3600 s after beat starts: where beat's schedule file does not
+    # survive a restart (a new container), a beat restarted hourly would never run it.
+    "anonymise-closed-signups": {
+        "task": "signup.tasks.anonymise_closed_signups",
+        "schedule": crontab(minute=0),
+        "options": {"expires": 3600.0},
+    },
 }
 
+# Log lines carry ids, not personal data: signup.redaction masks email addresses and
+# verification tokens in what these write. runserver's request lines (django.server) and
+# Django's reports of 4xx and 5xx answers (django.request) name the link's path, token
+# included. Celery's lines about task outcomes get the same filter in config/celery.py,
+# gunicorn's logs in config/gunicorn.py.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact": {"()": "signup.redaction.RedactingFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # Django's own format for runserver's request lines.
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
+        "django.server": {
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact"],
+        },
+    },
     "loggers": {
         "signup": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+        "django.request": {"filters": ["redact"]},
     },
 }

@@ -1,6 +1,8 @@
 """The operators' console: find a signup, read its story, act on it through the workflow."""
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
 
 from signup import workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
@@ -60,12 +62,19 @@ class SignupAdmin(admin.ModelAdmin):
         "verified_at",
         "verified_source",
     )
-    list_filter = ("status", "verified_source", "created_at", "verified_at", "expires_at")
+    list_filter = (
+        "status",
+        "verified_source",
+        "created_at",
+        "verified_at",
+        "expires_at",
+        ("anonymised_at", admin.EmptyFieldListFilter),
+    )
     search_fields = ("username__iexact", "username", "email")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     inlines = (SignupEventInline, OutboundEmailInline)
-    actions = ("resend_verification", "mark_verified", "cancel")
+    actions = ("resend_verification", "mark_verified", "cancel", "erase_personal_data")
     readonly_fields = (
         "username",
         "email",
@@ -78,6 +87,8 @@ class SignupAdmin(admin.ModelAdmin):
         "expires_at",
         "verified_at",
         "verified_source",
+        "closed_at",
+        "anonymised_at",
         "created_at",
         "updated_at",
     )
@@ -113,6 +124,27 @@ class SignupAdmin(admin.ModelAdmin):
         ids = list(queryset.values_list("id", flat=True))
         done = sum(workflow.cancel_signup(signup_id=i, reason=f"by {request.user}") for i in ids)
         _report(self, request, done, len(ids), "cancelled")
+
+    @admin.action(description="Erase personal data now")
+    def erase_personal_data(self, request, queryset):
+        # There is no undo: the operator confirms on a page of its own first, as with delete.
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Erase personal data?",
+                "opts": self.model._meta,
+                "signups": queryset.order_by("id"),
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            }
+            template = "admin/signup/signup/erase_personal_data.html"
+            return TemplateResponse(request, template, context)
+        ids = list(queryset.values_list("id", flat=True))
+        operator = request.user.get_username()
+        done = sum(workflow.erase_personal_data(signup_id=i, operator=operator) for i in ids)
+        level = messages.SUCCESS if done == len(ids) else messages.WARNING
+        skipped = len(ids) - done
+        note = f" ({skipped} skipped: already anonymised)" if skipped else ""
+        self.message_user(request, f"{done} of {len(ids)} signup(s) erased{note}.", level)
 
 
 @admin.register(OutboundEmail)

@@ -21,6 +21,9 @@ class Signup(models.Model):
 
     # A username is taken while one of its signups is in one of these states.
     HOLDING_STATUSES = (Status.PENDING, Status.VERIFIED)
+    # A signup in one of these states is over; its personal data ends SIGNUP_RETENTION_DAYS
+    # after it closed.
+    CLOSED_STATUSES = (Status.EXPIRED, Status.CANCELLED, Status.UNDELIVERABLE)
 
     username = models.CharField(max_length=USERNAME_MAX_LENGTH)
     email = models.EmailField()
@@ -35,6 +38,10 @@ class Signup(models.Model):
     expires_at = models.DateTimeField()
     verified_at = models.DateTimeField(null=True, blank=True)
     verified_source = models.CharField(max_length=32, blank=True)
+    # When it expired, was cancelled or became undeliverable.
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # When its names and address were replaced by placeholders; done once.
+    anonymised_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -70,6 +77,15 @@ class Signup(models.Model):
                 condition=models.Q(status="pending"),
                 name="signup_pending_expiry_idx",
             ),
+            # What the anonymiser scans: closed signups not anonymised yet, by closing time.
+            models.Index(
+                fields=["closed_at"],
+                condition=models.Q(
+                    status__in=["expired", "cancelled", "undeliverable"],
+                    anonymised_at__isnull=True,
+                ),
+                name="signup_to_anonymise_idx",
+            ),
             models.Index(Lower("username"), name="signup_username_lower_idx"),
             models.Index(Lower("email"), name="signup_email_lower_idx"),
         ]
@@ -104,6 +120,7 @@ class SignupEvent(models.Model):
         EMAIL_DEFERRED = "email_deferred", "Email delayed by the provider (will retry)"
         EMAIL_BOUNCED = "email_bounced", "Email bounced"
         EMAIL_COMPLAINED = "email_complained", "Spam complaint"
+        ANONYMISED = "anonymised", "Personal data anonymised"
 
     signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=32, choices=Kind.choices)

@@ -15,6 +15,8 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
 
+from signup.redaction import redact
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,7 +91,8 @@ def attempt_delivery(
         logger.warning("%s; recording it in %.1fs", sent, countdown)
         return NextAttempt(countdown, sent, sent.provider_message_id)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        # A provider's error often names the recipient: the ledger and the log get it without.
+        error = redact(f"{type(exc).__name__}: {exc}")
         if is_permanent(exc):
             workflow.record_email_failure(email_id=email_id, error=error)
             return None
@@ -154,3 +157,13 @@ def sweep() -> dict[str, int]:
     from signup import workflow
 
     return workflow.sweep()
+
+
+@shared_task
+def anonymise_closed_signups() -> int:
+    """Personal data ends: closed signups past the retention period, and idle addresses."""
+    from signup import workflow
+
+    anonymised = workflow.anonymise_closed_signups()
+    workflow.forget_idle_addresses()
+    return anonymised

@@ -19,7 +19,7 @@ def signup_form(request):
         except workflow.UsernameTaken:
             form.add_error("username", "This username is already taken.")
         else:
-            request.session["signup_email"] = form.cleaned_data["email"]
+            # The next page does not repeat the address, so the session never holds it.
             return redirect("signup:sent")
     status = 400 if form.errors else 200
     return render(request, "signup/form.html", {"form": form}, status=status)
@@ -27,7 +27,7 @@ def signup_form(request):
 
 @require_http_methods(["GET"])
 def signup_sent(request):
-    return render(request, "signup/sent.html", {"email": request.session.get("signup_email")})
+    return render(request, "signup/sent.html")
 
 
 # The page carries the token in its URL and the person's name and address: no cache keeps it.

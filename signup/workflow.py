@@ -26,6 +26,7 @@ from django.utils import timezone
 from signup import emails, tasks, tokens
 from signup.forms import canonical_email
 from signup.models import Address, OutboundEmail, Signup, SignupEvent
+from signup.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +150,11 @@ def _same_address(email: str) -> Exact:
 
 def _lock_address(email: str) -> Address:
     digest = address_digest(email)
-    Address.objects.bulk_create([Address(digest=digest)], ignore_conflicts=True)
-    return Address.objects.select_for_update(no_key=True).get(digest=digest)
+    while True:
+        Address.objects.bulk_create([Address(digest=digest)], ignore_conflicts=True)
+        address = Address.objects.select_for_update(no_key=True).filter(digest=digest).first()
+        if address is not None:  # else forget_idle_addresses deleted it in between
+            return address
 
 
 def _held_back(address: Address, *, now) -> str:
@@ -489,6 +493,7 @@ def record_provider_event(
         return False
     kind, closes = _PROVIDER_EVENTS[event_type]
     closes = closes and permanent
+    description = redact(description)  # a bounce message often quotes the address
     with transaction.atomic():
         signup, email = _lock_signup_and_email(email_id)
         if signup is None or email is None:
@@ -505,10 +510,144 @@ def record_provider_event(
 
 def _close(signup: Signup, status: str, event: str, detail: str = "") -> None:
     signup.status = status
+    signup.closed_at = timezone.now()
     signup.next_reminder_at = signup.reminder_enqueued_at = None
-    signup.save(update_fields=["status", *_PLAN_FIELDS, "updated_at"])
+    signup.save(update_fields=["status", "closed_at", *_PLAN_FIELDS, "updated_at"])
     _add_event(signup, event, detail=detail)
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
+
+
+# --- Personal data -----------------------------------------------------------------------
+
+# Placeholders unique to each signup. No form accepts the username (":" is not a username
+# character), so no signup can clash with it, and the address is a valid one at a domain
+# reserved to receive no mail (.invalid), so it is nobody's.
+_ANONYMOUS_USERNAME = "anonymised:{id}"
+_ANONYMOUS_ADDRESS = "signup-{id}@anonymised.invalid"
+_ANONYMOUS_NAME = "Anonymised"
+
+
+def anonymise_closed_signups(*, batch_size: int = 500) -> int:
+    """Anonymise the expired, cancelled and undeliverable signups that closed more than
+    SIGNUP_RETENTION_DAYS ago; return how many were.
+
+    Verified signups are the product's accounts and pending ones are still under way:
+    neither is touched. Works in batches like the sweeper, each one short transaction that
+    skips the rows others hold (the next run takes them); an anonymised signup is not
+    looked at again.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(days=settings.SIGNUP_RETENTION_DAYS)
+    anonymised = 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Signup.objects.select_for_update(skip_locked=True, no_key=True)
+                .filter(
+                    status__in=Signup.CLOSED_STATUSES,
+                    anonymised_at__isnull=True,
+                    closed_at__lte=cutoff,
+                )
+                .order_by("closed_at")[:batch_size]
+            )
+            _anonymise(batch, now=now, detail="retention period over")
+        anonymised += len(batch)
+        if len(batch) < batch_size:
+            break
+    if anonymised:
+        logger.info("anonymised %s closed signups", anonymised)
+    return anonymised
+
+
+def erase_personal_data(*, signup_id: int, operator: str) -> bool:
+    """Anonymise one signup now, at the request of the person it is about; return whether
+    it was anonymised (False if it was already, or does not exist).
+
+    Any signup can be erased. A pending one is cancelled first, so nothing more is sent to
+    it. A verified one stays verified, so the counts keep it, and its username is free
+    again, as an erased account's is.
+    """
+    with transaction.atomic():
+        address = _lock_address_of(signup_id)
+        signup = _lock(signup_id) if address is not None else None
+        if signup is None or signup.anonymised_at is not None:
+            return False
+        if signup.status == Status.PENDING:
+            _close(signup, Status.CANCELLED, Event.CANCELLED, detail="to erase personal data")
+        # The address keeps its budget, but no longer has this account or this chain.
+        if address.verified_signup_id == signup.pk:
+            address.verified_signup = None
+        if address.live_signup_id == signup.pk:
+            address.live_signup = None
+        address.save(update_fields=["verified_signup", "live_signup"])
+        _anonymise([signup], now=timezone.now(), detail=f"erased by an operator ({operator})")
+    return True
+
+
+def forget_idle_addresses(*, batch_size: int = 500) -> int:
+    """Delete the rows of addresses that were sent nothing for SIGNUP_RETENTION_DAYS (and at
+    least a day, the budget's own memory) and hold no pending or verified signup; return how
+    many were. A digest of an address is still about a person."""
+    idle_since = timezone.now() - timedelta(days=max(settings.SIGNUP_RETENTION_DAYS, 1))
+    forgotten = 0
+    while True:
+        with transaction.atomic():
+            idle = list(
+                Address.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(Q(last_sent_at__lt=idle_since) | Q(last_sent_at__isnull=True))
+                .filter(verified_signup__isnull=True)
+                .exclude(live_signup__status=Status.PENDING)
+                .values_list("id", flat=True)[:batch_size]
+            )
+            Address.objects.filter(pk__in=idle).delete()
+        forgotten += len(idle)
+        if len(idle) < batch_size:
+            return forgotten
+
+
+def _anonymise(signups: list[Signup], *, now, detail: str) -> None:
+    """Replace the personal data of these signups (locked by the caller) with placeholders:
+    their names, username and address, the address in their ledger rows, and addresses in
+    their ledger errors and timeline details.
+
+    What the counts need stays: statuses and times, reminders sent, the verified source,
+    event kinds and numbers, the ledger's kinds, states and attempts. Emails still queued
+    are skipped, and deliver_email skips any other one, so nothing goes to a placeholder.
+    """
+    if not signups:
+        return
+    for signup in signups:
+        signup.username = _ANONYMOUS_USERNAME.format(id=signup.pk)
+        signup.email = _ANONYMOUS_ADDRESS.format(id=signup.pk)
+        signup.first_name = _ANONYMOUS_NAME
+        signup.last_name = ""
+        signup.anonymised_at = signup.updated_at = now
+    Signup.objects.bulk_update(
+        signups,
+        ["username", "email", "first_name", "last_name", "anonymised_at", "updated_at"],
+    )
+    signup_ids = [signup.pk for signup in signups]
+    ledger_rows = list(
+        OutboundEmail.objects.select_for_update(no_key=True).filter(signup_id__in=signup_ids)
+    )
+    for email in ledger_rows:
+        email.to_email = _ANONYMOUS_ADDRESS.format(id=email.signup_id)
+        email.last_error = redact(email.last_error)
+        if email.status == EmailStatus.QUEUED:
+            email.status = EmailStatus.SKIPPED
+        email.updated_at = now
+    OutboundEmail.objects.bulk_update(
+        ledger_rows, ["to_email", "last_error", "status", "updated_at"], batch_size=1000
+    )
+    # Details written before they were redacted on the way in.
+    events = list(SignupEvent.objects.filter(signup_id__in=signup_ids, detail__contains="@"))
+    for event in events:
+        event.detail = redact(event.detail)
+    SignupEvent.objects.bulk_update(events, ["detail"], batch_size=1000)
+    SignupEvent.objects.bulk_create(
+        SignupEvent(signup_id=signup_id, kind=Event.ANONYMISED, detail=redact(detail))
+        for signup_id in signup_ids
+    )
 
 
 # --- Sending emails through the ledger ---------------------------------------------------
@@ -555,10 +694,11 @@ def deliver_email(*, email_id: int) -> bool:
             signup, email = _lock_signup_and_email(email_id)
             if email is None or email.status != EmailStatus.SENDING:
                 return False  # a concurrent delivery finished it while we waited for the lock
-            if signup.status != _WANTED_WHILE[email.kind]:
+            if signup.status != _WANTED_WHILE[email.kind] or signup.anonymised_at is not None:
                 email.status = EmailStatus.SKIPPED
                 email.save(update_fields=["status", "updated_at"])
-                detail = f"{email.kind} #{email.sequence}: the signup is {signup.status}"
+                why = "anonymised" if signup.anonymised_at is not None else signup.status
+                detail = f"{email.kind} #{email.sequence}: the signup is {why}"
                 _add_event(signup, Event.EMAIL_SKIPPED, number=_number(email), detail=detail)
                 return False
             provider_message_id = emails.send(email, signup)
@@ -597,7 +737,7 @@ def _mark_sent(signup: Signup, email: OutboundEmail, provider_message_id: str) -
     email.save(
         update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
     )
-    _add_event(signup, _SENT_EVENT[email.kind], number=_number(email), detail=email.to_email)
+    _add_event(signup, _SENT_EVENT[email.kind], number=_number(email), detail=f"email {email.pk}")
 
 
 def _number(email: OutboundEmail) -> int | None:
@@ -618,7 +758,7 @@ def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
         if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
             _fail(email, f"gave up after {email.attempts} attempts; last error: {error}")
             return False
-        email.last_error = error[:2000]
+        email.last_error = redact(error)[:2000]
         email.enqueued_at = timezone.now() + timedelta(seconds=retry_in)
         email.save(update_fields=["last_error", "enqueued_at", "updated_at"])
     return True
@@ -633,6 +773,7 @@ def record_email_failure(*, email_id: int, error: str) -> None:
 
 
 def _fail(email: OutboundEmail, error: str) -> None:
+    error = redact(error)
     email.status = EmailStatus.FAILED
     email.last_error = error[:2000]
     email.save(update_fields=["status", "last_error", "updated_at"])
@@ -845,7 +986,8 @@ def _add_event(signup: Signup, kind: str, *, number: int | None = None, detail: 
 def _add_event_for(
     signup_id: int, kind: str, *, number: int | None = None, detail: str = ""
 ) -> None:
-    SignupEvent.objects.create(signup_id=signup_id, kind=kind, number=number, detail=detail)
+    """Add an event to a signup's timeline; its detail never holds an address or a token."""
+    SignupEvent.objects.create(signup_id=signup_id, kind=kind, number=number, detail=redact(detail))
 
 
 def _drop(what: str, signup_id: int, number: int | None, why: str) -> None:

@@ -3,6 +3,7 @@ database faults some tests cause."""
 
 import html
 import re
+import smtplib
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -92,3 +93,21 @@ class ConnectionKillingBackend(LocmemBackend):
         sent = super().send_messages(messages)
         kill_own_connection()
         return sent
+
+
+class RefusingBackend(LocmemBackend):
+    """An SMTP server that refuses every recipient for good, quoting the address back as
+    real servers do."""
+
+    code = 550
+
+    def send_messages(self, messages):
+        address = messages[0].to[0]
+        reply = f"5.1.1 <{address}>: Recipient address rejected".encode()
+        raise smtplib.SMTPRecipientsRefused({address: (self.code, reply)})
+
+
+class TemporarilyRefusingBackend(RefusingBackend):
+    """The same, with a 4xx: the email is retried."""
+
+    code = 450

@@ -285,3 +285,30 @@ def test_admin_logins_lock_out_after_a_few_failures(client, settings):
     # Locked out means locked out, even with the right password, from that address.
     right = client.post("/admin/login/", {"username": "ops", "password": "right-password-123"})
     assert right.status_code == 429
+
+
+def test_erasing_an_account_frees_its_address_for_a_new_signup():
+    account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
+    workflow.verify_signup_by_operator(signup_id=account.pk)
+    assert workflow.erase_personal_data(signup_id=account.pk, operator="ops")
+    _cooldown_over()
+    again = workflow.start_signup(**signup_data(username="again", email=VICTIM))
+    assert again.emails.get().kind == "verification"  # no "you already have an account"
+    assert not OutboundEmail.objects.filter(kind="account_exists").exists()
+
+
+def test_addresses_idle_past_the_retention_are_forgotten_unless_they_hold_a_signup(settings):
+    settings.SIGNUP_RETENTION_DAYS = 30
+    workflow.start_signup(**signup_data(username="pending", email="pending@example.com"))
+    account = workflow.start_signup(**signup_data(username="owner", email="owner@example.com"))
+    workflow.verify_signup_by_operator(signup_id=account.pk)
+    closed = workflow.start_signup(**signup_data(username="gone", email="gone@example.com"))
+    workflow.cancel_signup(signup_id=closed.pk)
+    Address.objects.update(last_sent_at=timezone.now() - timedelta(days=31))
+    assert workflow.forget_idle_addresses() == 1
+    remaining = set(Address.objects.values_list("digest", flat=True))
+    assert workflow.address_digest("gone@example.com") not in remaining
+    assert len(remaining) == 2
+    # A new signup for the forgotten address starts afresh.
+    workflow.start_signup(**signup_data(username="back", email="gone@example.com"))
+    assert Address.objects.count() == 3

@@ -92,3 +92,43 @@ def test_dead_letters_are_listed_and_can_be_re_driven(admin_client):
     failed.refresh_from_db()
     assert (failed.status, failed.attempts) == ("queued", 0)
     assert Signup.objects.get().events.filter(kind="email_redriven").count() == 1
+
+
+def test_erase_asks_first_then_anonymises_through_the_workflow(admin_client, three_signups):
+    alice, bob, carol = three_signups  # alice and bob pending, carol verified
+    workflow.cancel_signup(signup_id=bob.pk, reason="test")
+
+    confirm = _act(admin_client, "erase_personal_data", [alice, bob, carol])
+    assert confirm.status_code == 200
+    assert "This can't be undone." in confirm.content.decode()
+    assert Signup.objects.filter(anonymised_at__isnull=False).count() == 0
+
+    response = admin_client.post(
+        "/admin/signup/signup/",
+        {
+            "action": "erase_personal_data",
+            "_selected_action": [alice.pk, bob.pk, carol.pk],
+            "confirm": "yes",
+        },
+        follow=True,
+    )
+    assert "3 of 3 signup(s) erased." in response.content.decode()
+    for signup in (alice, bob, carol):
+        signup.refresh_from_db()
+        assert signup.username == f"anonymised:{signup.pk}"
+        addresses = [signup.email, *signup.emails.values_list("to_email", flat=True)]
+        assert "example.com" not in repr(addresses)
+        assert signup.events.last().detail == "erased by an operator (admin)"
+    assert [alice.status, bob.status, carol.status] == ["cancelled", "cancelled", "verified"]
+    assert list(alice.events.values_list("kind", flat=True))[-2:] == ["cancelled", "anonymised"]
+    page = admin_client.get(f"/admin/signup/signup/{alice.pk}/change/").content.decode()
+    assert "Personal data anonymised" in page
+    assert "alice@example.com" not in page
+
+    again = admin_client.post(
+        "/admin/signup/signup/",
+        {"action": "erase_personal_data", "_selected_action": [carol.pk], "confirm": "yes"},
+        follow=True,
+    )
+    assert "0 of 1 signup(s) erased (1 skipped: already anonymised)." in again.content.decode()
+    assert admin_client.get(f"/admin/signup/signup/{carol.pk}/delete/").status_code == 403

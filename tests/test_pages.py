@@ -1,6 +1,7 @@
 """The HTML pages: the form, the emailed link and the resend page."""
 
 import pytest
+from django.contrib.sessions.models import Session
 
 from signup import tokens, workflow
 from signup.models import Signup
@@ -13,8 +14,15 @@ def test_signup_redirects_to_check_your_email(client):
     response = client.post("/signup/", signup_data(), follow=True)
     assert response.status_code == 200
     assert b"Check your email" in response.content
-    assert b"alice@example.com" in response.content
+    assert b"the address you gave" in response.content
     assert Signup.objects.get().status == "pending"
+
+
+def test_the_session_holds_no_address_after_a_signup(client):
+    client.post("/signup/", signup_data(), follow=True)
+    assert "alice@example.com" not in repr(dict(client.session.items()))
+    stored = [session.get_decoded() for session in Session.objects.all()]
+    assert "alice@example.com" not in repr(stored)
 
 
 def test_taken_username_is_an_inline_error(client):

@@ -158,6 +158,8 @@ class Deployment:
             [
                 str(BIN / "gunicorn"),
                 "config.wsgi",
+                "--config",
+                "config/gunicorn.py",
                 "--bind",
                 self.url.removeprefix("http://"),
                 "--workers",

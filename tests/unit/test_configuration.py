@@ -62,6 +62,7 @@ def test_the_worker_finds_every_task_whichever_module_comes_first():
             "SIGNUP_SCHEDULE_AHEAD must be at least twice SIGNUP_SWEEP_INTERVAL",
         ),
         ({"SIGNUP_MAX_REMINDERS": "six"}, "invalid literal for int"),
+        ({"SIGNUP_RETENTION_DAYS": "-1"}, "SIGNUP_RETENTION_DAYS must be zero or more days"),
     ],
 )
 def test_settings_that_would_break_the_timers_are_refused_at_startup(env, message):

@@ -1,0 +1,24 @@
+"""gunicorn's settings for the web process: `gunicorn config.wsgi -c config/gunicorn.py`.
+
+Its logs name the emailed link as /signup/verify/<token>/: the token in that path (and in
+the Referer of the confirm button's post) verifies a signup, and access logs are kept and
+shipped far more widely than the database. Options on the command line apply on top, e.g.
+`--access-logfile -` to turn the access log on.
+"""
+
+from gunicorn.glogging import Logger
+
+from signup.redaction import redacting_filter
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger with verification tokens and email addresses masked in the access
+    log and in the error log (which names the request when a worker fails one)."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.access_log, self.error_log):
+            log.addFilter(redacting_filter)
+
+
+logger_class = RedactingLogger
