@@ -1,4 +1,4 @@
-"""The rules of signup/workflow.py, called directly (no worker: deliveries are called too)."""
+"""The rules of signup.workflow, called directly (no worker: deliveries are called too)."""
 
 from datetime import timedelta
 

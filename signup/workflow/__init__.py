@@ -1,0 +1,75 @@
+"""The signup workflow: every rule and transition of a signup's life, in one package.
+
+pending -> verified | expired | cancelled | undeliverable; only a pending signup moves.
+Views, the API, admin actions, tasks and webhooks call the functions below and never change
+a signup themselves. The modules follow a signup's life:
+
+    start          start_signup: a new pending signup, and what its address may be sent
+    addresses      one address, one signup's worth of mail: the budget, the reminder chain
+                   one address has, the resend page's request
+    reminders      the self-rescheduling reminder chain and the expiry at its end
+    verification   verifying by link or by an operator; another verification email
+    closing        cancelled, or undeliverable by what the email provider reports
+    personal_data  anonymising closed signups, erasing one now, forgetting idle addresses
+    ledger         sending emails through the ledger, once each, with retries and dead letters
+    sweeper        the periodic repair: expiries, timer handovers, lost tasks
+    common         the states, exceptions and helpers every stage shares
+
+A transition is one transaction that holds the signup's row lock; the ledger's functions
+lock the email's row (after its signup's, when both change); a change to what an address is
+sent locks its Address row before any signup; the sweeper works in short batches that skip
+rows others hold. Every function is safe to call twice and enqueues follow-up work only
+after its transaction commits. signup.tasks imports the workflow inside its functions, and
+the workflow imports signup.tasks at module level: that is the one direction of the cycle.
+"""
+
+from signup.workflow.addresses import address_digest, request_verification_email
+from signup.workflow.closing import cancel_signup, mark_undeliverable, record_provider_event
+from signup.workflow.common import SentButNotRecorded, SignupClosed, UsernameTaken, VerifyResult
+from signup.workflow.ledger import (
+    deliver_email,
+    record_email_error,
+    record_email_failure,
+    record_email_sent,
+    redrive_email,
+)
+from signup.workflow.personal_data import (
+    anonymise_closed_signups,
+    erase_personal_data,
+    forget_idle_addresses,
+)
+from signup.workflow.reminders import expire_signup, take_reminder
+from signup.workflow.start import start_signup
+from signup.workflow.sweeper import sweep
+from signup.workflow.verification import (
+    resend_verification,
+    verify_signup,
+    verify_signup_by_operator,
+)
+
+__all__ = [
+    "SentButNotRecorded",
+    "SignupClosed",
+    "UsernameTaken",
+    "VerifyResult",
+    "address_digest",
+    "anonymise_closed_signups",
+    "cancel_signup",
+    "deliver_email",
+    "erase_personal_data",
+    "expire_signup",
+    "forget_idle_addresses",
+    "mark_undeliverable",
+    "record_email_error",
+    "record_email_failure",
+    "record_email_sent",
+    "record_provider_event",
+    "redrive_email",
+    "request_verification_email",
+    "resend_verification",
+    "start_signup",
+    "sweep",
+    "take_reminder",
+    "verify_signup",
+    "verify_signup_by_operator",
+]

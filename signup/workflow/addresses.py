@@ -1,0 +1,160 @@
+"""One address, one signup's worth of mail.
+
+However many signups name an address, it is sent at most one verification (or "you already
+have an account") email per SIGNUP_ADDRESS_COOLDOWN and SIGNUP_ADDRESS_DAILY_LIMIT a day, and
+one reminder chain: the newest signup whose verification email went out takes the chain over
+where it stood, so the reminders add up to what one signup gets. A signup over the budget
+stays mute (its link was never sent); the resend page reaches it later. Every function that
+changes what an address is sent locks its Address row first, then the signups: the order
+every transaction takes them in.
+"""
+
+import hashlib
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models.functions import Lower
+from django.db.models.lookups import Exact
+from django.utils import timezone
+
+from signup.forms import canonical_email
+from signup.models import Address, Signup
+from signup.workflow.common import (
+    _PLAN_FIELDS,
+    EmailKind,
+    Event,
+    Status,
+    _add_event,
+    _lock,
+)
+from signup.workflow.ledger import _queue_email, _skip_unsent
+from signup.workflow.reminders import _plan_next_step, _plan_reminder, _schedule_next_step
+
+
+def address_digest(email: str) -> str:
+    """Return what an address is counted by: the same for every case and form of it (an
+    international domain and its punycode are one)."""
+    return hashlib.sha256(_address_key(email).encode()).hexdigest()
+
+
+def _address_key(email: str) -> str:
+    return canonical_email(email.strip()).lower()
+
+
+def _same_address(email: str) -> Exact:
+    """A filter for the signups whose address is `email`, in any case (signups store it in
+    its canonical form)."""
+    return Exact(Lower("email"), _address_key(email))
+
+
+def _lock_address(email: str) -> Address:
+    digest = address_digest(email)
+    while True:
+        Address.objects.bulk_create([Address(digest=digest)], ignore_conflicts=True)
+        address = Address.objects.select_for_update(no_key=True).filter(digest=digest).first()
+        if address is not None:  # else forget_idle_addresses deleted it in between
+            return address
+
+
+def _lock_address_of(signup_id: int) -> Address | None:
+    """Lock the address of a signup (before the signup itself); None if there is no such
+    signup. A signup's address never changes while it can still be verified."""
+    email = Signup.objects.filter(pk=signup_id).values_list("email", flat=True).first()
+    return _lock_address(email) if email is not None else None
+
+
+def _held_back(address: Address, *, now) -> str:
+    """Why the address may not be sent another verification email now; "" if it may."""
+    if address.last_sent_at is not None:
+        wait = settings.SIGNUP_ADDRESS_COOLDOWN - (now - address.last_sent_at).total_seconds()
+        if wait > 0:
+            return f"the address was sent one less than {settings.SIGNUP_ADDRESS_COOLDOWN} s ago"
+    if (
+        address.day_started_at is not None
+        and now - address.day_started_at < timedelta(days=1)
+        and address.sent_today >= settings.SIGNUP_ADDRESS_DAILY_LIMIT
+    ):
+        return f"the address was sent {address.sent_today} today"
+    return ""
+
+
+def _spend(address: Address, *, now) -> None:
+    if address.day_started_at is None or now - address.day_started_at >= timedelta(days=1):
+        address.day_started_at, address.sent_today = now, 0
+    address.sent_today += 1
+    address.last_sent_at = now
+
+
+def _take_over_chain(address: Address, signup: Signup, *, now) -> Signup | None:
+    """Make `signup` the one whose reminders run, continuing the chain of the signup that
+    had them (if it is still pending) where it stood. Return that previous signup."""
+    previous = None
+    if address.live_signup_id not in (None, signup.pk):
+        previous = _lock(address.live_signup_id)
+    if previous is None or previous.status != Status.PENDING:
+        _plan_next_step(signup, now=now)
+        return None
+    signup.reminders_sent = max(signup.reminders_sent, previous.reminders_sent)
+    _plan_reminder(signup, at=previous.next_reminder_at, now=now)
+    _mute(previous)
+    previous.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
+    _skip_unsent(previous, kinds=(EmailKind.REMINDER,))
+    return previous
+
+
+def _mute(signup: Signup) -> None:
+    """Plan no reminder for this signup; it is still pending and its links still work."""
+    signup.next_reminder_at = signup.reminder_enqueued_at = None
+
+
+def _tell_account_exists(address: Address, *, now, asked_by: Signup | None = None) -> None:
+    """Queue a "you already have an account" email to the owner of the address's verified
+    signup, instead of another verification email."""
+    account = _lock(address.verified_signup_id)
+    last = account.emails.filter(kind=EmailKind.ACCOUNT_EXISTS).order_by("-sequence").first()
+    _queue_email(account, EmailKind.ACCOUNT_EXISTS, sequence=last.sequence + 1 if last else 1)
+    _spend(address, now=now)
+    if asked_by is not None:
+        _add_event(asked_by, Event.VERIFICATION_HELD, detail="the address already has an account")
+
+
+def request_verification_email(*, email: str) -> str:
+    """Answer the resend page for an address, within its budget: a fresh verification email
+    for its newest pending signup (which takes the reminder chain over), else a "you already
+    have an account" email if it has one. Return what was done, for the logs only: the page
+    says the same whatever happened.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        address = _lock_address(email)
+        held = _held_back(address, now=now)
+        if held:
+            return "held back: " + held
+        newest = (
+            Signup.objects.select_for_update(no_key=True)
+            .filter(_same_address(email), status=Status.PENDING)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        if address.verified_signup_id is not None:
+            _tell_account_exists(address, now=now)
+            outcome = "account exists email queued"
+        elif newest is not None:
+            if address.live_signup_id != newest.pk:
+                previous = _take_over_chain(address, newest, now=now)
+                newest.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
+                if previous is not None:
+                    _add_event(previous, Event.SUPERSEDED, detail=f"by signup {newest.pk}")
+                address.live_signup = newest
+                _schedule_next_step(newest, now=now)
+            last = newest.emails.filter(kind=EmailKind.VERIFICATION).order_by("-sequence").first()
+            sequence = last.sequence + 1 if last else 1
+            _add_event(newest, Event.VERIFICATION_REQUESTED, number=sequence)
+            _queue_email(newest, EmailKind.VERIFICATION, sequence=sequence)
+            _spend(address, now=now)
+            outcome = "verification email queued"
+        else:
+            return "nothing pending"
+        address.save()
+    return outcome

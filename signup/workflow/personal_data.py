@@ -1,0 +1,150 @@
+"""Personal data ends: closed signups are anonymised after SIGNUP_RETENTION_DAYS, an operator
+erases one at once, and addresses nobody has written to for that long are forgotten."""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from signup.models import Address, OutboundEmail, Signup, SignupEvent
+from signup.redaction import redact
+from signup.workflow.addresses import _lock_address_of
+from signup.workflow.closing import _close
+from signup.workflow.common import EmailStatus, Event, Status, _lock
+
+logger = logging.getLogger("signup.workflow")
+
+# Placeholders unique to each signup. No form accepts the username (":" is not a username
+# character), so no signup can clash with it, and the address is a valid one at a domain
+# reserved to receive no mail (.invalid), so it is nobody's.
+_ANONYMOUS_USERNAME = "anonymised:{id}"
+_ANONYMOUS_ADDRESS = "signup-{id}@anonymised.invalid"
+
+
+_ANONYMOUS_NAME = "Anonymised"
+
+
+def anonymise_closed_signups(*, batch_size: int = 500) -> int:
+    """Anonymise the expired, cancelled and undeliverable signups that closed more than
+    SIGNUP_RETENTION_DAYS ago; return how many were.
+
+    Verified signups are the product's accounts and pending ones are still under way:
+    neither is touched. Works in batches like the sweeper, each one short transaction that
+    skips the rows others hold (the next run takes them); an anonymised signup is not
+    looked at again.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(days=settings.SIGNUP_RETENTION_DAYS)
+    anonymised = 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Signup.objects.select_for_update(skip_locked=True, no_key=True)
+                .filter(
+                    status__in=Signup.CLOSED_STATUSES,
+                    anonymised_at__isnull=True,
+                    closed_at__lte=cutoff,
+                )
+                .order_by("closed_at")[:batch_size]
+            )
+            _anonymise(batch, now=now, detail="retention period over")
+        anonymised += len(batch)
+        if len(batch) < batch_size:
+            break
+    if anonymised:
+        logger.info("anonymised %s closed signups", anonymised)
+    return anonymised
+
+
+def erase_personal_data(*, signup_id: int, operator: str) -> bool:
+    """Anonymise one signup now, at the request of the person it is about; return whether
+    it was anonymised (False if it was already, or does not exist).
+
+    Any signup can be erased. A pending one is cancelled first, so nothing more is sent to
+    it. A verified one stays verified, so the counts keep it, and its username is free
+    again, as an erased account's is.
+    """
+    with transaction.atomic():
+        address = _lock_address_of(signup_id)
+        signup = _lock(signup_id) if address is not None else None
+        if signup is None or signup.anonymised_at is not None:
+            return False
+        if signup.status == Status.PENDING:
+            _close(signup, Status.CANCELLED, Event.CANCELLED, detail="to erase personal data")
+        # The address keeps its budget, but no longer has this account or this chain.
+        if address.verified_signup_id == signup.pk:
+            address.verified_signup = None
+        if address.live_signup_id == signup.pk:
+            address.live_signup = None
+        address.save(update_fields=["verified_signup", "live_signup"])
+        _anonymise([signup], now=timezone.now(), detail=f"erased by an operator ({operator})")
+    return True
+
+
+def forget_idle_addresses(*, batch_size: int = 500) -> int:
+    """Delete the rows of addresses that were sent nothing for SIGNUP_RETENTION_DAYS (and at
+    least a day, the budget's own memory) and hold no pending or verified signup; return how
+    many were. A digest of an address is still about a person."""
+    idle_since = timezone.now() - timedelta(days=max(settings.SIGNUP_RETENTION_DAYS, 1))
+    forgotten = 0
+    while True:
+        with transaction.atomic():
+            idle = list(
+                Address.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(Q(last_sent_at__lt=idle_since) | Q(last_sent_at__isnull=True))
+                .filter(verified_signup__isnull=True)
+                .exclude(live_signup__status=Status.PENDING)
+                .values_list("id", flat=True)[:batch_size]
+            )
+            Address.objects.filter(pk__in=idle).delete()
+        forgotten += len(idle)
+        if len(idle) < batch_size:
+            return forgotten
+
+
+def _anonymise(signups: list[Signup], *, now, detail: str) -> None:
+    """Replace the personal data of these signups (locked by the caller) with placeholders:
+    their names, username and address, the address in their ledger rows, and addresses in
+    their ledger errors and timeline details.
+
+    What the counts need stays: statuses and times, reminders sent, the verified source,
+    event kinds and numbers, the ledger's kinds, states and attempts. Emails still queued
+    are skipped, and deliver_email skips any other one, so nothing goes to a placeholder.
+    """
+    if not signups:
+        return
+    for signup in signups:
+        signup.username = _ANONYMOUS_USERNAME.format(id=signup.pk)
+        signup.email = _ANONYMOUS_ADDRESS.format(id=signup.pk)
+        signup.first_name = _ANONYMOUS_NAME
+        signup.last_name = ""
+        signup.anonymised_at = signup.updated_at = now
+    Signup.objects.bulk_update(
+        signups,
+        ["username", "email", "first_name", "last_name", "anonymised_at", "updated_at"],
+    )
+    signup_ids = [signup.pk for signup in signups]
+    ledger_rows = list(
+        OutboundEmail.objects.select_for_update(no_key=True).filter(signup_id__in=signup_ids)
+    )
+    for email in ledger_rows:
+        email.to_email = _ANONYMOUS_ADDRESS.format(id=email.signup_id)
+        email.last_error = redact(email.last_error)
+        if email.status == EmailStatus.QUEUED:
+            email.status = EmailStatus.SKIPPED
+        email.updated_at = now
+    OutboundEmail.objects.bulk_update(
+        ledger_rows, ["to_email", "last_error", "status", "updated_at"], batch_size=1000
+    )
+    # Details written before they were redacted on the way in.
+    events = list(SignupEvent.objects.filter(signup_id__in=signup_ids, detail__contains="@"))
+    for event in events:
+        event.detail = redact(event.detail)
+    SignupEvent.objects.bulk_update(events, ["detail"], batch_size=1000)
+    SignupEvent.objects.bulk_create(
+        SignupEvent(signup_id=signup_id, kind=Event.ANONYMISED, detail=redact(detail))
+        for signup_id in signup_ids
+    )

@@ -1,0 +1,116 @@
+"""Waiting for the person: the self-rescheduling reminder chain, and the expiry at its end.
+
+Timers live in the database (next_reminder_at, expires_at); the broker holds only what is
+due within SIGNUP_SCHEDULE_AHEAD, and the sweeper hands over the rest as it comes within
+reach."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from signup import tasks
+from signup.models import Signup
+from signup.workflow.closing import _close
+from signup.workflow.common import (
+    _PLAN_FIELDS,
+    EmailKind,
+    Event,
+    Status,
+    _after_commit,
+    _drop,
+    _lock,
+)
+from signup.workflow.ledger import _queue_email
+
+
+def take_reminder(*, signup_id: int, number: int) -> int | None:
+    """Take reminder `number`: add it to the ledger and plan the next step. Return the
+    reminder's ledger id for the caller to deliver, or None if the task is stale.
+
+    A reminder task is acted on only while the signup is pending and `number` is the next
+    reminder due, so late, duplicated and superseded tasks are dropped here. If the caller
+    never delivers the email (its worker died), the sweeper re-drives it.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return _drop("reminder", signup_id, number, "signup is not pending")
+        if signup.reminders_sent != number - 1:
+            return _drop("reminder", signup_id, number, f"{signup.reminders_sent} already sent")
+        if signup.next_reminder_at is None:
+            return _drop("reminder", signup_id, number, "no reminder planned: its address moved on")
+        if signup.expires_at <= now:
+            _expire(signup)
+            return None
+        if number > settings.SIGNUP_MAX_REMINDERS:
+            return _drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
+        signup.reminders_sent = number
+        email = _queue_email(signup, EmailKind.REMINDER, sequence=number, deliver=False)
+        _plan_next_step(signup, now=now)
+        signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
+        _schedule_next_step(signup, now=now)
+    return email.pk
+
+
+def expire_signup(*, signup_id: int) -> bool:
+    """Expire a pending signup whose time is up; return whether it changed."""
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return False
+        if signup.expires_at > timezone.now():
+            _drop("expiry", signup_id, None, "not due yet")
+            return False
+        _expire(signup)
+    return True
+
+
+def _expire(signup: Signup) -> None:
+    _close(signup, Status.EXPIRED, Event.EXPIRED)
+
+
+def _plan_next_step(signup: Signup, *, now) -> None:
+    """Plan the reminder after the one just sent (or the first): SIGNUP_REMINDER_INTERVAL
+    from now.
+
+    This is the self-rescheduling chain: each reminder plans the next. The broker holds only
+    what is due soon, so its memory and the workers' do not grow with the number of pending
+    signups; the sweeper hands over each later step as it comes within reach, and repairs a
+    chain whose task was lost.
+    """
+    _plan_reminder(signup, at=now + timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL), now=now)
+
+
+def _plan_reminder(signup: Signup, *, at, now) -> None:
+    """Set when the next reminder is due (None if there is no next one before the signup
+    expires), and whether its task goes to the broker now: only one due within
+    SIGNUP_SCHEDULE_AHEAD does."""
+    if (
+        at is not None
+        and signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
+        and at < signup.expires_at
+    ):
+        signup.next_reminder_at = at
+    else:
+        signup.next_reminder_at = None
+    within_reach = signup.next_reminder_at is not None and signup.next_reminder_at <= _horizon(now)
+    signup.reminder_enqueued_at = now if within_reach else None
+
+
+def _schedule_next_step(signup: Signup, *, now) -> None:
+    """After commit, enqueue the task _plan_next_step planned: the next reminder if it is
+    within reach, else the expiry if that is; the sweeper takes care of later ones."""
+    signup_id = signup.pk
+    if signup.reminder_enqueued_at is not None:
+        number, due = signup.reminders_sent + 1, signup.next_reminder_at
+        _after_commit(lambda: tasks.send_reminder.apply_async((signup_id, number), eta=due))
+    elif signup.next_reminder_at is None and signup.expires_at <= _horizon(now):
+        due = signup.expires_at
+        _after_commit(lambda: tasks.expire_signup.apply_async((signup_id,), eta=due))
+
+
+def _horizon(now):
+    return now + timedelta(seconds=settings.SIGNUP_SCHEDULE_AHEAD)

@@ -1,0 +1,71 @@
+"""Starting: a new pending signup, and what its address may be sent."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from signup.models import Signup
+from signup.workflow.addresses import (
+    _held_back,
+    _lock_address,
+    _mute,
+    _spend,
+    _take_over_chain,
+    _tell_account_exists,
+)
+from signup.workflow.common import EmailKind, Event, UsernameTaken, _add_event
+from signup.workflow.ledger import _queue_email
+from signup.workflow.reminders import _schedule_next_step
+
+
+def start_signup(*, username: str, email: str, first_name: str, last_name: str = "") -> Signup:
+    """Record a new pending signup and, once committed, send what its address may be sent.
+
+    That is the verification email, unless the address's budget is spent for now (the
+    signup stays mute; the resend page reaches it later) or the address already has an
+    account (its owner is told so instead). Raise UsernameTaken if a pending or verified
+    signup holds the username (in any case).
+    """
+    now = timezone.now()
+    signup = Signup(
+        username=username,
+        email=email,
+        first_name=first_name,
+        last_name=last_name,
+        expires_at=now + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER),
+    )
+    try:
+        with transaction.atomic():
+            address = _lock_address(email)
+            held = _held_back(address, now=now)
+            greets = not held and address.verified_signup_id is None
+            previous = _take_over_chain(address, signup, now=now) if greets else None
+            if not greets:
+                _mute(signup)
+            # The database's unique constraint decides who gets a username, race or not.
+            signup.save(force_insert=True)
+            _add_event(signup, Event.SUBMITTED)
+            if held:
+                _add_event(signup, Event.VERIFICATION_HELD, detail=held)
+            elif not greets:
+                _tell_account_exists(address, now=now, asked_by=signup)
+            else:
+                _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+                _spend(address, now=now)
+                address.live_signup = signup
+                if previous is not None:
+                    _add_event(previous, Event.SUPERSEDED, detail=f"by signup {signup.pk}")
+            address.save()
+            _schedule_next_step(signup, now=now)
+    except IntegrityError as exc:
+        if _violated(exc, "signup_username_taken_once"):
+            raise UsernameTaken(username) from exc
+        raise
+    return signup
+
+
+def _violated(exc: IntegrityError, constraint: str) -> bool:
+    diag = getattr(exc.__cause__, "diag", None)  # PostgreSQL names it; SQLite only says it
+    return constraint == getattr(diag, "constraint_name", None) or constraint in str(exc)

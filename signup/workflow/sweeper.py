@@ -1,0 +1,140 @@
+"""The sweeper (beat, every SIGNUP_SWEEP_INTERVAL): expire what is overdue, hand the broker the
+reminders that came within reach, re-enqueue work whose task was lost."""
+
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from signup import tasks
+from signup.models import OutboundEmail, Signup, SignupEvent
+from signup.workflow.common import (
+    EmailStatus,
+    Event,
+    Status,
+    _after_commit,
+)
+from signup.workflow.reminders import _horizon, expire_signup
+
+logger = logging.getLogger("signup.workflow")
+
+
+def sweep(*, batch_size: int = 1000) -> dict[str, int]:
+    """Expire overdue signups, hand the broker the reminders that came within reach, and
+    re-enqueue work whose task was lost.
+
+    The database is the source of truth and the countdown chain the fast path: a pending
+    signup whose next reminder is overdue by more than SIGNUP_REMINDER_GRACE lost its task
+    (broker restart or flush, killed worker), and so did an email stuck unsent for longer
+    than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped by the reminder
+    sequence check and the email ledger. Rows another transaction holds are left for the
+    next sweep, so the sweeper never waits on (or deadlocks with) the workflow. Each step
+    works in batches until it is done or half the sweep interval has passed.
+    """
+    now = timezone.now()
+    deadline = time.monotonic() + settings.SIGNUP_SWEEP_INTERVAL / 2
+    counts = {"expired": 0, "reminders_enqueued": 0, "reminders_requeued": 0, "emails_requeued": 0}
+
+    def in_batches(step) -> None:
+        while True:
+            found, done = step(now=now, batch_size=batch_size)
+            for name, number in done.items():
+                counts[name] += number
+            if found < batch_size or time.monotonic() > deadline:
+                return
+
+    in_batches(_expire_overdue)
+    in_batches(_enqueue_due_reminders)
+    in_batches(_requeue_stuck_emails)
+    if any(counts.values()):
+        logger.info("sweep: %s", counts)
+    return counts
+
+
+def _expire_overdue(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    overdue = list(
+        Signup.objects.filter(status=Status.PENDING, expires_at__lte=now)
+        .order_by("expires_at")
+        .values_list("id", flat=True)[:batch_size]
+    )
+    expired = sum(expire_signup(signup_id=signup_id) for signup_id in overdue)
+    return len(overdue), {"expired": expired}
+
+
+def _enqueue_due_reminders(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    """Enqueue the next reminder of each pending signup that is due within reach and not in
+    the broker yet, or that is overdue past the grace (its task was lost).
+
+    reminder_enqueued_at moves to now, so a signup is enqueued again only if this task is
+    lost too, not on every sweep while a busy worker works through its queue.
+    """
+    late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE)
+    with transaction.atomic():
+        due = list(
+            Signup.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(status=Status.PENDING, next_reminder_at__lte=_horizon(now), expires_at__gt=now)
+            .filter(
+                Q(reminder_enqueued_at__isnull=True)
+                | Q(next_reminder_at__lte=late, reminder_enqueued_at__lte=late)
+            )
+            .order_by("next_reminder_at")
+            .values_list("id", "reminders_sent", "next_reminder_at", "reminder_enqueued_at")[
+                :batch_size
+            ]
+        )
+        if not due:
+            return 0, {}
+        Signup.objects.filter(pk__in=[signup_id for signup_id, *_ in due]).update(
+            reminder_enqueued_at=now, updated_at=now
+        )
+        lost = [(signup_id, sent) for signup_id, sent, _, enqueued in due if enqueued is not None]
+        SignupEvent.objects.bulk_create(
+            SignupEvent(signup_id=signup_id, kind=Event.CHAIN_REPAIRED, number=sent + 1)
+            for signup_id, sent in lost
+        )
+
+        def enqueue():
+            for signup_id, sent, due_at, _ in due:
+                tasks.send_reminder.apply_async((signup_id, sent + 1), eta=max(due_at, now))
+
+        _after_commit(enqueue)
+    counts = {"reminders_enqueued": len(due) - len(lost), "reminders_requeued": len(lost)}
+    return len(due), counts
+
+
+def _requeue_stuck_emails(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
+    with transaction.atomic():
+        stuck = list(
+            OutboundEmail.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(
+                Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
+                status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
+            )
+            .order_by("enqueued_at")
+            .values_list("id", "signup_id", "kind", "sequence")[:batch_size]
+        )
+        if not stuck:
+            return 0, {}
+        email_ids = [email_id for email_id, *_ in stuck]
+        OutboundEmail.objects.filter(pk__in=email_ids).update(enqueued_at=now, updated_at=now)
+        SignupEvent.objects.bulk_create(
+            SignupEvent(
+                signup_id=signup_id,
+                kind=Event.EMAIL_REDRIVEN,
+                number=sequence,
+                detail=f"{kind} #{sequence}: re-enqueued by the sweeper",
+            )
+            for _, signup_id, kind, sequence in stuck
+        )
+
+        def enqueue():
+            for email_id in email_ids:
+                tasks.deliver_email.delay(email_id)
+
+        _after_commit(enqueue)
+    return len(stuck), {"emails_requeued": len(stuck)}

@@ -1,0 +1,100 @@
+"""Verifying: by the emailed link (crediting the email it came from) or on an operator's
+word, and sending another verification email to a pending signup."""
+
+from django.db import transaction
+from django.utils import timezone
+
+from signup import tokens
+from signup.models import Address, Signup
+from signup.workflow.addresses import _lock_address_of, _mute
+from signup.workflow.common import (
+    _PLAN_FIELDS,
+    EmailKind,
+    Event,
+    SignupClosed,
+    Status,
+    VerifyResult,
+    _add_event,
+    _lock,
+)
+from signup.workflow.ledger import _queue_email, _skip_unsent
+from signup.workflow.reminders import _expire
+
+
+def verify_signup(*, token: str, source: str) -> VerifyResult:
+    """Verify the signup a link's token names, crediting `source` (which email it came from).
+
+    Raise tokens.InvalidToken (or ExpiredToken) for a bad link, SignupClosed if the signup
+    expired or was cancelled. Verifying twice answers already_verified and sends nothing.
+    """
+    if not tokens.is_token_source(source):
+        raise tokens.InvalidToken("unknown source")
+    signup_id, created_ts = tokens.read_token(token)
+    with transaction.atomic():
+        address = _lock_address_of(signup_id)
+        signup = _lock(signup_id) if address is not None else None
+        if signup is None or int(signup.created_at.timestamp()) != created_ts:
+            raise tokens.InvalidToken("no such signup")
+        if not _expire_if_due(signup):
+            return _verify(signup, address, source=source)
+    raise SignupClosed(Status.EXPIRED)  # after the expiry above has committed
+
+
+def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
+    """Mark a pending signup verified on an operator's word (source "operator")."""
+    with transaction.atomic():
+        address = _lock_address_of(signup_id)
+        signup = _lock(signup_id) if address is not None else None
+        if signup is None:
+            raise Signup.DoesNotExist(signup_id)
+        if not _expire_if_due(signup):
+            return _verify(signup, address, source="operator")
+    raise SignupClosed(Status.EXPIRED)
+
+
+def _expire_if_due(signup: Signup) -> bool:
+    if signup.status == Status.PENDING and signup.expires_at <= timezone.now():
+        _expire(signup)
+        return True
+    return False
+
+
+def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
+    if signup.status == Status.VERIFIED:
+        return VerifyResult(signup, already_verified=True)
+    if signup.status != Status.PENDING:
+        raise SignupClosed(signup.status)
+    signup.status = Status.VERIFIED
+    signup.verified_at = timezone.now()
+    signup.verified_source = source
+    signup.next_reminder_at = signup.reminder_enqueued_at = None
+    signup.save(
+        update_fields=["status", "verified_at", "verified_source", *_PLAN_FIELDS, "updated_at"]
+    )
+    _add_event(signup, Event.VERIFIED, detail=f"source: {source}")
+    _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
+    _queue_email(signup, EmailKind.WELCOME, sequence=1)
+    # The address has an account now: another signup's reminders would only nag its owner.
+    if address.live_signup_id not in (None, signup.pk):
+        live = _lock(address.live_signup_id)
+        if live is not None and live.status == Status.PENDING:
+            _mute(live)
+            live.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
+            _skip_unsent(live, kinds=(EmailKind.REMINDER,))
+            _add_event(live, Event.SUPERSEDED, detail=f"the address verified signup {signup.pk}")
+    address.live_signup = address.verified_signup = signup
+    address.save(update_fields=["live_signup", "verified_signup"])
+    return VerifyResult(signup, already_verified=False)
+
+
+def resend_verification(*, signup_id: int) -> bool:
+    """Queue another verification email for a pending signup; return whether one was queued."""
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return False
+        last = signup.emails.filter(kind=EmailKind.VERIFICATION).order_by("-sequence").first()
+        sequence = last.sequence + 1 if last else 1
+        _add_event(signup, Event.VERIFICATION_REQUESTED, number=sequence)
+        _queue_email(signup, EmailKind.VERIFICATION, sequence=sequence)
+    return True
