@@ -25,10 +25,11 @@ for _name in ("celery.app.trace", "celery.worker.request"):
 @task_prerun.connect
 @task_postrun.connect
 def close_old_connections(**kwargs) -> None:
-    """Give each task the database connection lifecycle Django gives each request: keep a
-    connection for CONN_MAX_AGE seconds, health-check it before use (CONN_HEALTH_CHECKS),
-    and drop one that broke. Celery's own Django fixup would close it after every task
-    (unless CELERY_DB_REUSE_MAX), and a new connection costs more than most of our tasks."""
+    """Give each task the database connection lifecycle Django gives each request: a pooled
+    connection goes back to the pool when the task ends; without a pool, one is kept for
+    CONN_MAX_AGE seconds, health-checked before use (CONN_HEALTH_CHECKS) and dropped if it
+    broke. Celery's own Django fixup would close it after every task (unless
+    CELERY_DB_REUSE_MAX), and a new connection costs more than most of our tasks."""
     from django.db import close_old_connections
 
     close_old_connections()

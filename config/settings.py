@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from kombu import Queue
 from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
@@ -126,7 +127,24 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+# Every process holds at most DATABASE_POOL_SIZE PostgreSQL connections (psycopg's pool, in
+# Django since 5.1): a web process's request threads, a worker's task threads and the email
+# worker's sends share them, and a thread gives its connection back when its request or
+# task ends (and while a provider takes its time). docs/OPERATIONS.md has the budget.
+# DATABASE_POOL_SIZE=0 turns the pool off (then CONN_MAX_AGE keeps connections instead).
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=4)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_SIZE > 0:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        # A thread waits this long for a connection before its request or task fails.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # pooled: "closing" returns it to the pool
+else:
+    # Without a pool, a connection is closed at the end of each request or task unless
+    # CONN_MAX_AGE says otherwise (never under runserver: a thread per request would leak).
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The quickstart runs web, worker and beat against one file: wait for locks, don't fail.
@@ -306,6 +324,16 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
             "store_processed": False,
         }
     )
+# Sending email waits on the provider's network: deliver_email and send_reminder (which sends
+# its email itself) go to the "email" queue, which the Procfile's email worker serves from a
+# pool of threads, so a slow provider stalls neither the timers nor the sweeper. A worker
+# started without -Q serves both queues.
+CELERY_TASK_QUEUES = [Queue("celery"), Queue("email")]
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "signup.tasks.deliver_email": {"queue": "email"},
+    "signup.tasks.send_reminder": {"queue": "email"},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -314,8 +342,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Celery's Django fixup closes the database connections after every task unless this is
-# set; config/celery.py applies CONN_MAX_AGE and the health checks instead, and this bounds
-# how many tasks one connection serves.
+# set; config/celery.py gives each task Django's request lifecycle instead (back to the
+# pool, or kept for CONN_MAX_AGE without one), and this bounds how many tasks one
+# unpooled connection serves.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_TASK_IGNORE_RESULT = True  # nothing reads results: the database holds the outcome
 CELERY_RESULT_BACKEND = None

@@ -14,6 +14,7 @@ from anymail.exceptions import AnymailAPIError, AnymailError
 from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
 from signup.redaction import redact
 
@@ -84,6 +85,11 @@ def attempt_delivery(
             workflow.record_email_sent(email_id=email_id, provider_message_id=provider_message_id)
         else:
             workflow.deliver_email(email_id=email_id)
+    except workflow.EmailInFlight as in_flight:
+        # Another attempt is with the provider (a duplicated or redelivered task): look again
+        # when its lease ends; by then it has recorded the outcome, or its worker is gone.
+        countdown = max((in_flight.until - timezone.now()).total_seconds(), 0) + 0.5
+        return NextAttempt(countdown, in_flight, provider_message_id)
     except workflow.SentButNotRecorded as sent:
         # Soon and often: once the database is back, the sweeper would take a row still
         # "sending" after SIGNUP_EMAIL_REDRIVE_AFTER for a lost task and send it again.

@@ -28,6 +28,14 @@ def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message:
         time.sleep(interval)
 
 
+QUEUES = ("celery", "email")  # config.settings.CELERY_TASK_QUEUES
+
+
+def queued(broker) -> int:
+    """How many task messages wait in the Redis broker, on every queue the service uses."""
+    return sum(broker.llen(queue) for queue in QUEUES)
+
+
 def sent_to(address: str, subject_word: str = "") -> list:
     """The emails in the outbox to this address whose subject contains subject_word."""
     return [m for m in list(mail.outbox) if address in m.to and subject_word in m.subject]
@@ -76,6 +84,7 @@ def signup_data(**overrides) -> dict:
 
 def kill_own_connection() -> None:
     """Have PostgreSQL terminate this thread's database connection, as a restart would."""
+    connection.ensure_connection()  # a pooled one may have been handed back meanwhile
     pid = connection.connection.info.backend_pid
     params = connection.get_connection_params()
     with psycopg.connect(

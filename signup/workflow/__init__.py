@@ -25,7 +25,13 @@ the workflow imports signup.tasks at module level: that is the one direction of 
 
 from signup.workflow.addresses import address_digest, request_verification_email
 from signup.workflow.closing import cancel_signup, mark_undeliverable, record_provider_event
-from signup.workflow.common import SentButNotRecorded, SignupClosed, UsernameTaken, VerifyResult
+from signup.workflow.common import (
+    EmailInFlight,
+    SentButNotRecorded,
+    SignupClosed,
+    UsernameTaken,
+    VerifyResult,
+)
 from signup.workflow.ledger import (
     deliver_email,
     record_email_error,
@@ -48,6 +54,7 @@ from signup.workflow.verification import (
 )
 
 __all__ = [
+    "EmailInFlight",
     "SentButNotRecorded",
     "SignupClosed",
     "UsernameTaken",

@@ -4,7 +4,7 @@ callers catch, and the helpers that lock rows, write the timeline and enqueue af
 import logging
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from signup.models import OutboundEmail, Signup, SignupEvent
 from signup.redaction import redact
@@ -28,6 +28,15 @@ class SentButNotRecorded(Exception):
         super().__init__(f"email {email_id} sent as {provider_message_id}, not recorded")
         self.email_id = email_id
         self.provider_message_id = provider_message_id
+
+
+class EmailInFlight(Exception):
+    """Another attempt at this email is with the provider until `until` (its lease)."""
+
+    def __init__(self, email_id: int, until):
+        super().__init__(f"email {email_id} is with the provider until {until.isoformat()}")
+        self.email_id = email_id
+        self.until = until
 
 
 class SignupClosed(Exception):
@@ -91,3 +100,10 @@ def _add_event_for(
 
 def _drop(what: str, signup_id: int, number: int | None, why: str) -> None:
     logger.info("dropped stale %s task: signup %s, number %s (%s)", what, signup_id, number, why)
+
+
+def close_if_pooled() -> None:
+    """Give this thread's database connection back to the pool, if connections are pooled;
+    the next query takes one again. Without a pool, closing would only cost a reconnect."""
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()

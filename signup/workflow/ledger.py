@@ -6,13 +6,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from signup import emails, tasks
 from signup.models import OutboundEmail, Signup
 from signup.redaction import redact
 from signup.workflow.common import (
+    EmailInFlight,
     EmailKind,
     EmailStatus,
     Event,
@@ -23,6 +23,7 @@ from signup.workflow.common import (
     _after_commit,
     _lock_email,
     _lock_signup_and_email,
+    close_if_pooled,
 )
 
 logger = logging.getLogger("signup.workflow")
@@ -46,75 +47,97 @@ _SENT_EVENT = {
 
 
 def deliver_email(*, email_id: int) -> bool:
-    """Send one ledger email unless it was sent already or is no longer wanted.
+    """Send one ledger email unless it was sent already or is no longer wanted; return
+    whether it was sent now.
 
-    Return whether it was sent now. Provider errors propagate to the caller (the task's retry
-    policy); the row stays "sending" so a later attempt or the sweeper finishes the job.
-    The signup row stays locked while the provider is called, so a verify that commits after
-    a reminder was checked still waits for that reminder to be recorded: no reminder is sent
-    after a verification commits.
+    Three short steps, so that no transaction or row lock is held while the provider takes
+    its time: claim the email under its signup's lock (count the attempt, set its lease),
+    call the provider, record what it answered. A verification waits for a reminder of its
+    signup whose lease runs, so no reminder leaves after a verification commits. Provider
+    errors propagate to the caller (the task's retry policy) with the row still "sending";
+    EmailInFlight says another attempt holds the lease.
     """
-    # The attempt is counted (committed) before the provider is called, so that an email
-    # that kills its worker every time still runs out of attempts.
-    claimed = OutboundEmail.objects.filter(
-        pk=email_id,
-        status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
-        attempts__lt=settings.SIGNUP_EMAIL_MAX_ATTEMPTS,
-    ).update(status=EmailStatus.SENDING, attempts=F("attempts") + 1, updated_at=timezone.now())
-    if not claimed:
-        _fail_if_exhausted(email_id)
+    claimed = _claim(email_id)
+    if claimed is None:
         return False
-
-    provider_message_id = None
+    signup, email = claimed
+    # The provider may take seconds: give the connection back (to the pool, when there is
+    # one) rather than hold it idle.
+    close_if_pooled()
+    provider_message_id = emails.send(email, signup)
     try:
-        with transaction.atomic():
-            signup, email = _lock_signup_and_email(email_id)
-            if email is None or email.status != EmailStatus.SENDING:
-                return False  # a concurrent delivery finished it while we waited for the lock
-            if signup.status != _WANTED_WHILE[email.kind] or signup.anonymised_at is not None:
-                email.status = EmailStatus.SKIPPED
-                email.save(update_fields=["status", "updated_at"])
-                why = "anonymised" if signup.anonymised_at is not None else signup.status
-                detail = f"{email.kind} #{email.sequence}: the signup is {why}"
-                _add_event(signup, Event.EMAIL_SKIPPED, number=_number(email), detail=detail)
-                return False
-            provider_message_id = emails.send(email, signup)
-            _mark_sent(signup, email, provider_message_id)
+        _record_sent(email_id, provider_message_id)
     except DatabaseError as exc:
-        if provider_message_id is None:
-            raise
         raise SentButNotRecorded(email_id, provider_message_id) from exc
     return True
 
 
-def _fail_if_exhausted(email_id: int) -> None:
+def _claim(email_id: int) -> tuple[Signup, OutboundEmail] | None:
+    """Count an attempt at the email and give it a lease, if it is still to be sent.
+
+    Committed before the provider is called, so that an email that kills its worker every
+    time still runs out of attempts, and under the signup's lock, so that a verification
+    either sees the lease or is seen by the claim.
+    """
+    now = timezone.now()
     with transaction.atomic():
-        email = _lock_email(email_id)
-        unsent = email is not None and email.status in (EmailStatus.QUEUED, EmailStatus.SENDING)
-        if unsent and email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
+        signup, email = _lock_signup_and_email(email_id)
+        if email is None or email.status not in (EmailStatus.QUEUED, EmailStatus.SENDING):
+            return None
+        if email.in_flight_until is not None and email.in_flight_until > now:
+            raise EmailInFlight(email_id, email.in_flight_until)
+        if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
             _fail(email, f"gave up after {email.attempts} attempts")
+            return None
+        if signup.status != _WANTED_WHILE[email.kind] or signup.anonymised_at is not None:
+            email.status = EmailStatus.SKIPPED
+            email.in_flight_until = None
+            email.save(update_fields=["status", "in_flight_until", "updated_at"])
+            why = "anonymised" if signup.anonymised_at is not None else signup.status
+            detail = f"{email.kind} #{email.sequence}: the signup is {why}"
+            _add_event(signup, Event.EMAIL_SKIPPED, number=_number(email), detail=detail)
+            return None
+        email.status = EmailStatus.SENDING
+        email.attempts += 1
+        email.in_flight_until = now + timedelta(seconds=lease_seconds())
+        email.save(update_fields=["status", "attempts", "in_flight_until", "updated_at"])
+    return signup, email
+
+
+def lease_seconds() -> float:
+    """How long an attempt may be with the provider: its own time limit, and a second."""
+    return settings.EMAIL_TIMEOUT + 1
 
 
 def record_email_sent(*, email_id: int, provider_message_id: str) -> bool:
     """Record an email the provider accepted while the database was unreachable, so that it
     is not sent a second time; return whether this recorded it."""
+    return _record_sent(email_id, provider_message_id)
+
+
+def _record_sent(email_id: int, provider_message_id: str) -> bool:
     with transaction.atomic():
-        signup, email = _lock_signup_and_email(email_id)
-        if signup is None or email is None or email.status != EmailStatus.SENDING:
+        email = _lock_email(email_id)
+        if email is None or email.status != EmailStatus.SENDING:
             return False
-        _mark_sent(signup, email, provider_message_id)
+        email.provider_message_id = provider_message_id
+        email.status = EmailStatus.SENT
+        email.sent_at = timezone.now()
+        email.last_error = ""
+        email.in_flight_until = None
+        email.save(
+            update_fields=[
+                "provider_message_id",
+                "status",
+                "sent_at",
+                "last_error",
+                "in_flight_until",
+                "updated_at",
+            ]
+        )
+        event = _SENT_EVENT[email.kind]
+        _add_event_for(email.signup_id, event, number=_number(email), detail=f"email {email.pk}")
     return True
-
-
-def _mark_sent(signup: Signup, email: OutboundEmail, provider_message_id: str) -> None:
-    email.provider_message_id = provider_message_id
-    email.status = EmailStatus.SENT
-    email.sent_at = timezone.now()
-    email.last_error = ""
-    email.save(
-        update_fields=["provider_message_id", "status", "sent_at", "last_error", "updated_at"]
-    )
-    _add_event(signup, _SENT_EVENT[email.kind], number=_number(email), detail=f"email {email.pk}")
 
 
 def _number(email: OutboundEmail) -> int | None:
@@ -137,7 +160,8 @@ def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
             return False
         email.last_error = redact(error)[:2000]
         email.enqueued_at = timezone.now() + timedelta(seconds=retry_in)
-        email.save(update_fields=["last_error", "enqueued_at", "updated_at"])
+        email.in_flight_until = None
+        email.save(update_fields=["last_error", "enqueued_at", "in_flight_until", "updated_at"])
     return True
 
 
@@ -153,7 +177,8 @@ def _fail(email: OutboundEmail, error: str) -> None:
     error = redact(error)
     email.status = EmailStatus.FAILED
     email.last_error = error[:2000]
-    email.save(update_fields=["status", "last_error", "updated_at"])
+    email.in_flight_until = None
+    email.save(update_fields=["status", "last_error", "in_flight_until", "updated_at"])
     _add_event_for(
         email.signup_id,
         Event.EMAIL_FAILED,

@@ -113,6 +113,7 @@ def _requeue_stuck_emails(*, now, batch_size: int) -> tuple[int, dict[str, int]]
             OutboundEmail.objects.select_for_update(skip_locked=True, no_key=True)
             .filter(
                 Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
+                Q(in_flight_until__isnull=True) | Q(in_flight_until__lte=now),
                 status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
             )
             .order_by("enqueued_at")

@@ -1,6 +1,8 @@
 """Verifying: by the emailed link (crediting the email it came from) or on an operator's
 word, and sending another verification email to a pending signup."""
 
+import time
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -10,6 +12,7 @@ from signup.workflow.addresses import _lock_address_of, _mute
 from signup.workflow.common import (
     _PLAN_FIELDS,
     EmailKind,
+    EmailStatus,
     Event,
     SignupClosed,
     Status,
@@ -30,26 +33,62 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
     if not tokens.is_token_source(source):
         raise tokens.InvalidToken("unknown source")
     signup_id, created_ts = tokens.read_token(token)
-    with transaction.atomic():
-        address = _lock_address_of(signup_id)
-        signup = _lock(signup_id) if address is not None else None
+
+    def genuine(signup: Signup | None) -> None:
         if signup is None or int(signup.created_at.timestamp()) != created_ts:
             raise tokens.InvalidToken("no such signup")
-        if not _expire_if_due(signup):
-            return _verify(signup, address, source=source)
-    raise SignupClosed(Status.EXPIRED)  # after the expiry above has committed
+
+    return _verify_when_no_reminder_is_out(signup_id, source=source, check=genuine)
 
 
 def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
     """Mark a pending signup verified on an operator's word (source "operator")."""
-    with transaction.atomic():
-        address = _lock_address_of(signup_id)
-        signup = _lock(signup_id) if address is not None else None
+
+    def exists(signup: Signup | None) -> None:
         if signup is None:
             raise Signup.DoesNotExist(signup_id)
-        if not _expire_if_due(signup):
-            return _verify(signup, address, source="operator")
-    raise SignupClosed(Status.EXPIRED)
+
+    return _verify_when_no_reminder_is_out(signup_id, source="operator", check=exists)
+
+
+def _verify_when_no_reminder_is_out(signup_id: int, *, source: str, check) -> VerifyResult:
+    """Verify under the address's and the signup's locks, once no reminder of the signup is
+    with the provider.
+
+    A reminder claimed before the verification is out until its lease ends (the provider's
+    own time limit): wait for it outside the transaction, so that it can record itself, and
+    look again. A claim made after the verification commits sees it and skips the reminder.
+    So no reminder leaves after a verification commits, and the wait is at most one lease;
+    usually it is none, or one provider call.
+    """
+    while True:
+        with transaction.atomic():
+            address = _lock_address_of(signup_id)
+            signup = _lock(signup_id) if address is not None else None
+            check(signup)
+            if _expire_if_due(signup):
+                break
+            out_until = _reminder_out_until(signup)
+            if out_until is None:
+                return _verify(signup, address, source=source)
+        time.sleep(max(min((out_until - timezone.now()).total_seconds(), 0.02), 0.001))
+    raise SignupClosed(Status.EXPIRED)  # after the expiry above has committed
+
+
+def _reminder_out_until(signup: Signup):
+    """When the lease of a reminder of this pending signup that is with the provider ends."""
+    if signup.status != Status.PENDING:
+        return None
+    return (
+        signup.emails.filter(
+            kind=EmailKind.REMINDER,
+            status=EmailStatus.SENDING,
+            in_flight_until__gt=timezone.now(),
+        )
+        .order_by("-in_flight_until")
+        .values_list("in_flight_until", flat=True)
+        .first()
+    )
 
 
 def _expire_if_due(signup: Signup) -> bool:

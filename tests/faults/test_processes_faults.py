@@ -36,6 +36,7 @@ from tests.faults.deployment import (
     wait_for_all_due,
 )
 from tests.faults.postgres import PostgresServer
+from tests.helpers import queued
 
 pytestmark = [pytest.mark.faults, pytest.mark.processes, pytest.mark.postgres, pytest.mark.redis]
 
@@ -304,7 +305,7 @@ def test_a_flushed_broker_loses_and_doubles_nothing(deploy, fault_rounds, fault_
         addresses = sign_up_round(deployment, f"flush{index}")
         deployment.wait_for(hold.held.is_set, timeout=10, what="a verification email sent")
         with deployment.broker.client() as broker:
-            waiting = broker.llen("celery")
+            waiting = queued(broker)
             broker.flushall()
         flushed_at = time.monotonic()
         deployment.mail.release()
