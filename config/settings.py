@@ -146,6 +146,11 @@ else:
     # CONN_MAX_AGE says otherwise (never under runserver: a thread per request would leak).
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Behind PgBouncer in transaction mode a session's state does not last beyond a transaction:
+# no server-side cursors, no prepared statements (docs/OPERATIONS.md).
+if env.bool("DATABASE_PGBOUNCER", default=False):
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The quickstart runs web, worker and beat against one file: wait for locks, don't fail.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
