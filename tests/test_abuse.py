@@ -1,10 +1,12 @@
 """Safe in public: one address gets one signup's worth of mail, rate limits answer 429, and the
 answers don't tell whether an address is known."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import caches
 from django.utils import timezone
 
 from signup import tokens, workflow
@@ -312,3 +314,23 @@ def test_addresses_idle_past_the_retention_are_forgotten_unless_they_hold_a_sign
     # A new signup for the forgotten address starts afresh.
     workflow.start_signup(**signup_data(username="back", email="gone@example.com"))
     assert Address.objects.count() == 3
+
+
+@pytest.mark.redis
+def test_the_limits_count_in_redis_in_one_round_trip_with_an_expiry(client, settings):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": settings.CELERY_BROKER_URL,
+            "KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+        }
+    }
+    settings.SIGNUP_RATE_LIMIT_PAGES = "3/m"
+    statuses = [client.post("/signup/", {"email": "x"}).status_code for _ in range(4)]
+    assert statuses == [400, 400, 400, 429]
+    backend = caches["default"]
+    redis_client = backend._cache.get_client(write=False)
+    (key,) = redis_client.keys(f"{backend.key_prefix}*")
+    assert int(redis_client.get(key)) == 4
+    assert 0 < redis_client.ttl(key) <= 61
+    redis_client.delete(key)

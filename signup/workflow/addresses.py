@@ -49,12 +49,18 @@ def _same_address(email: str) -> Exact:
 
 
 def _lock_address(email: str) -> Address:
-    digest = address_digest(email)
-    while True:
-        Address.objects.bulk_create([Address(digest=digest)], ignore_conflicts=True)
-        address = Address.objects.select_for_update(no_key=True).filter(digest=digest).first()
-        if address is not None:  # else forget_idle_addresses deleted it in between
-            return address
+    """Return the address's row, locked: inserted if it is new, in one round trip (an
+    upsert's DO UPDATE locks the row it meets, as SELECT ... FOR UPDATE would)."""
+    (address,) = Address.objects.raw(_LOCK_ADDRESS, [address_digest(email)])
+    return address
+
+
+_LOCK_ADDRESS = (
+    f"INSERT INTO {Address._meta.db_table} (digest, sent_today) VALUES (%s, 0)"
+    " ON CONFLICT (digest) DO UPDATE SET digest = EXCLUDED.digest RETURNING *"
+)
+# The fields of an Address the workflow changes.
+_ADDRESS_FIELDS = ["live_signup", "verified_signup", "last_sent_at", "day_started_at", "sent_today"]
 
 
 def _lock_address_of(signup_id: int) -> Address | None:
@@ -156,5 +162,5 @@ def request_verification_email(*, email: str) -> str:
             outcome = "verification email queued"
         else:
             return "nothing pending"
-        address.save()
+        address.save(update_fields=_ADDRESS_FIELDS)
     return outcome

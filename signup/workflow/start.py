@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from signup.models import Signup
 from signup.workflow.addresses import (
+    _ADDRESS_FIELDS,
     _held_back,
     _lock_address,
     _mute,
@@ -57,7 +58,7 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
                 address.live_signup = signup
                 if previous is not None:
                     _add_event(previous, Event.SUPERSEDED, detail=f"by signup {signup.pk}")
-            address.save()
+            address.save(update_fields=_ADDRESS_FIELDS)
             _schedule_next_step(signup, now=now)
     except IntegrityError as exc:
         if _violated(exc, "signup_username_taken_once"):
