@@ -70,19 +70,26 @@ class NextAttempt:
 
 
 def attempt_delivery(
-    email_id: int, *, retries: int = 0, provider_message_id: str | None = None
+    email_id: int,
+    *,
+    retries: int = 0,
+    provider_message_id: str | None = None,
+    claimed: bool = False,
 ) -> NextAttempt | None:
     """Make one attempt at a ledger email; return the next attempt if one is due.
 
     With provider_message_id, the email was accepted by the provider on an earlier attempt
-    and only recording that is left to do. A permanent failure, or one that used up the
-    email's attempts, is dead-lettered by the workflow and asks for nothing.
+    and only recording that is left to do; `claimed`, its attempt was claimed when it was
+    created (a reminder). A permanent failure, or one that used up the email's attempts, is
+    dead-lettered by the workflow and asks for nothing.
     """
     from signup import workflow
 
     try:
         if provider_message_id:
             workflow.record_email_sent(email_id=email_id, provider_message_id=provider_message_id)
+        elif claimed:
+            workflow.send_claimed_email(email_id=email_id)
         else:
             workflow.deliver_email(email_id=email_id)
     except workflow.EmailInFlight as in_flight:
@@ -137,7 +144,7 @@ def send_reminder(signup_id: int, number: int) -> None:
     email_id = workflow.take_reminder(signup_id=signup_id, number=number)
     if email_id is None:
         return
-    then = attempt_delivery(email_id)
+    then = attempt_delivery(email_id, claimed=True)
     if then is not None:
         deliver_email.apply_async(kwargs=then.kwargs(email_id), countdown=then.countdown)
 

@@ -56,6 +56,7 @@ def in_thread(function):
 
 
 def _reminder_taken(signup: Signup) -> OutboundEmail:
+    """Reminder 1, taken and claimed: its lease runs until its task has sent it."""
     signup.emails.filter(kind="verification").update(status="sent")
     return OutboundEmail.objects.get(pk=workflow.take_reminder(signup_id=signup.pk, number=1))
 
@@ -82,7 +83,7 @@ def test_no_row_is_locked_while_the_provider_takes_its_time(gated):
 def test_a_verification_waits_for_a_reminder_that_is_with_the_provider(gated):
     signup = workflow.start_signup(**signup_data())
     reminder = _reminder_taken(signup)
-    sender, sent = in_thread(lambda: workflow.deliver_email(email_id=reminder.pk))
+    sender, sent = in_thread(lambda: workflow.send_claimed_email(email_id=reminder.pk))
     assert gated.entered.wait(10)
     token = tokens.make_token(signup)
     verifier, verified = in_thread(
@@ -104,7 +105,7 @@ def test_the_wait_ends_with_the_lease_even_if_the_provider_never_answers(gated, 
     settings.EMAIL_TIMEOUT = 1  # the lease: the provider's time limit and a second
     signup = workflow.start_signup(**signup_data())
     reminder = _reminder_taken(signup)
-    sender, _ = in_thread(lambda: workflow.deliver_email(email_id=reminder.pk))
+    sender, _ = in_thread(lambda: workflow.send_claimed_email(email_id=reminder.pk))
     assert gated.entered.wait(10)
     started = time.monotonic()
     result = workflow.verify_signup(token=tokens.make_token(signup), source="verification")

@@ -182,27 +182,39 @@ def test_verify_after_expiry_expires_and_sends_nothing():
 
 def test_emails_are_sent_once_and_only_while_wanted(mailoutbox):
     signup = workflow.start_signup(**signup_data())
-    workflow.take_reminder(signup_id=signup.pk, number=1)
     verification = signup.emails.get(kind="verification")
     assert workflow.deliver_email(email_id=verification.pk) is True
     assert workflow.deliver_email(email_id=verification.pk) is False
     assert [m.subject for m in mailoutbox] == ["Verify your email address for alice"]
 
+    # A reminder is taken and claimed at once; its task sends it.
+    reminder_id = workflow.take_reminder(signup_id=signup.pk, number=1)
+    assert workflow.send_claimed_email(email_id=reminder_id) is True
+    assert workflow.send_claimed_email(email_id=reminder_id) is False
+    assert workflow.deliver_email(email_id=reminder_id) is False
+
     workflow.verify_signup_by_operator(signup_id=signup.pk)
-    reminder = signup.emails.get(kind="reminder")
-    assert reminder.status == "skipped"  # verification skipped the queued reminder
-    assert workflow.deliver_email(email_id=reminder.pk) is False
     assert _deliver_all() == 1  # the welcome email
-    assert [m.subject.split()[0] for m in mailoutbox] == ["Verify", "Welcome,"]
+    assert [m.subject.split()[0] for m in mailoutbox] == ["Verify", "Reminder:", "Welcome,"]
     assert signup.events.filter(kind="welcome_sent").count() == 1
 
 
-def test_a_reminder_picked_up_after_verification_is_not_sent(mailoutbox):
+def test_a_queued_verification_email_is_skipped_once_the_signup_is_verified(mailoutbox):
+    signup = workflow.start_signup(**signup_data())
+    workflow.verify_signup_by_operator(signup_id=signup.pk)
+    verification = signup.emails.get(kind="verification")
+    assert verification.status == "skipped"
+    assert workflow.deliver_email(email_id=verification.pk) is False
+    assert _deliver_all() == 1
+    assert [m.subject.split()[0] for m in mailoutbox] == ["Welcome,"]
+
+
+def test_a_reminder_whose_attempt_died_is_not_sent_after_verification(mailoutbox):
     signup = workflow.start_signup(**signup_data())
     workflow.take_reminder(signup_id=signup.pk, number=1)
     reminder = signup.emails.get(kind="reminder")
-    # The delivery had already claimed the row when the verification committed.
-    OutboundEmail.objects.filter(pk=reminder.pk).update(status="sending")
+    # Its worker died with the reminder claimed; the lease is over when the person verifies.
+    OutboundEmail.objects.filter(pk=reminder.pk).update(in_flight_until=timezone.now())
     workflow.verify_signup_by_operator(signup_id=signup.pk)
     assert workflow.deliver_email(email_id=reminder.pk) is False
     reminder.refresh_from_db()
@@ -213,8 +225,8 @@ def test_a_reminder_picked_up_after_verification_is_not_sent(mailoutbox):
 def test_email_links_carry_their_source_and_a_working_token(mailoutbox, settings):
     settings.SITE_URL = "https://accounts.example.org"
     signup = workflow.start_signup(**signup_data())
-    workflow.take_reminder(signup_id=signup.pk, number=1)
     _deliver_all()
+    workflow.send_claimed_email(email_id=workflow.take_reminder(signup_id=signup.pk, number=1))
     verification, reminder = mailoutbox
     assert "https://accounts.example.org/signup/verify/" in verification.body
     assert "?source=verification" in verification.body

@@ -38,6 +38,7 @@ from signup.workflow.ledger import (
     record_email_failure,
     record_email_sent,
     redrive_email,
+    send_claimed_email,
 )
 from signup.workflow.personal_data import (
     anonymise_closed_signups,
@@ -74,6 +75,7 @@ __all__ = [
     "redrive_email",
     "request_verification_email",
     "resend_verification",
+    "send_claimed_email",
     "start_signup",
     "sweep",
     "take_reminder",

@@ -61,15 +61,34 @@ def deliver_email(*, email_id: int) -> bool:
     if claimed is None:
         return False
     signup, email = claimed
+    _send_and_record(email, signup)
+    return True
+
+
+def send_claimed_email(*, email_id: int) -> bool:
+    """Send an email whose attempt its creator claimed in the same transaction (a reminder
+    is taken and claimed at once: take_reminder); return whether it was sent now. What
+    deliver_email does after its claim, with the same errors."""
+    email = (
+        OutboundEmail.objects.select_related("signup")
+        .filter(pk=email_id, status=EmailStatus.SENDING)
+        .first()
+    )
+    if email is None:
+        return False
+    _send_and_record(email, email.signup)
+    return True
+
+
+def _send_and_record(email: OutboundEmail, signup: Signup) -> None:
     # The provider may take seconds: give the connection back (to the pool, when there is
     # one) rather than hold it idle.
     close_if_pooled()
     provider_message_id = emails.send(email, signup)
     try:
-        _record_sent(email_id, provider_message_id)
+        _record_sent(email, provider_message_id)
     except DatabaseError as exc:
-        raise SentButNotRecorded(email_id, provider_message_id) from exc
-    return True
+        raise SentButNotRecorded(email.pk, provider_message_id) from exc
 
 
 def _claim(email_id: int) -> tuple[Signup, OutboundEmail] | None:
@@ -112,32 +131,27 @@ def lease_seconds() -> float:
 def record_email_sent(*, email_id: int, provider_message_id: str) -> bool:
     """Record an email the provider accepted while the database was unreachable, so that it
     is not sent a second time; return whether this recorded it."""
-    return _record_sent(email_id, provider_message_id)
+    email = OutboundEmail.objects.filter(pk=email_id).only("kind", "sequence", "signup").first()
+    return email is not None and _record_sent(email, provider_message_id)
 
 
-def _record_sent(email_id: int, provider_message_id: str) -> bool:
+def _record_sent(email: OutboundEmail, provider_message_id: str) -> bool:
+    """Mark the email sent (unless another delivery did) and put it on the timeline."""
+    now = timezone.now()
     with transaction.atomic():
-        email = _lock_email(email_id)
-        if email is None or email.status != EmailStatus.SENDING:
-            return False
-        email.provider_message_id = provider_message_id
-        email.status = EmailStatus.SENT
-        email.sent_at = timezone.now()
-        email.last_error = ""
-        email.in_flight_until = None
-        email.save(
-            update_fields=[
-                "provider_message_id",
-                "status",
-                "sent_at",
-                "last_error",
-                "in_flight_until",
-                "updated_at",
-            ]
+        recorded = OutboundEmail.objects.filter(pk=email.pk, status=EmailStatus.SENDING).update(
+            provider_message_id=provider_message_id,
+            status=EmailStatus.SENT,
+            sent_at=now,
+            last_error="",
+            in_flight_until=None,
+            updated_at=now,
         )
-        event = _SENT_EVENT[email.kind]
-        _add_event_for(email.signup_id, event, number=_number(email), detail=f"email {email.pk}")
-    return True
+        if recorded:
+            event = _SENT_EVENT[email.kind]
+            detail = f"email {email.pk}"
+            _add_event_for(email.signup_id, event, number=_number(email), detail=detail)
+    return bool(recorded)
 
 
 def _number(email: OutboundEmail) -> int | None:
@@ -189,17 +203,28 @@ def _fail(email: OutboundEmail, error: str) -> None:
 
 
 def _queue_email(
-    signup: Signup, kind: str, *, sequence: int, deliver: bool = True
+    signup: Signup, kind: str, *, sequence: int, deliver: bool = True, claimed: bool = False
 ) -> OutboundEmail:
     """Add an email to the ledger and, unless the caller delivers it itself, enqueue its
     delivery after commit. Callers hold the signup's lock and pick a sequence number not
-    used yet; the unique constraint backs that up."""
+    used yet; the unique constraint backs that up. A `claimed` email starts with its first
+    attempt counted and its lease running, for the caller to send (send_claimed_email)."""
+    now = timezone.now()
     email = OutboundEmail.objects.create(
         signup=signup,
         kind=kind,
         sequence=sequence,
         to_email=signup.email,
-        enqueued_at=timezone.now(),
+        enqueued_at=now,
+        **(
+            {
+                "status": EmailStatus.SENDING,
+                "attempts": 1,
+                "in_flight_until": now + timedelta(seconds=lease_seconds()),
+            }
+            if claimed
+            else {}
+        ),
     )
     if deliver:
         _after_commit(lambda: tasks.deliver_email.delay(email.pk))

@@ -26,12 +26,13 @@ from signup.workflow.ledger import _queue_email
 
 
 def take_reminder(*, signup_id: int, number: int) -> int | None:
-    """Take reminder `number`: add it to the ledger and plan the next step. Return the
-    reminder's ledger id for the caller to deliver, or None if the task is stale.
+    """Take reminder `number`: add it to the ledger, claimed, and plan the next step. Return
+    the reminder's ledger id for the caller to send (send_claimed_email), or None if the
+    task is stale.
 
     A reminder task is acted on only while the signup is pending and `number` is the next
     reminder due, so late, duplicated and superseded tasks are dropped here. If the caller
-    never delivers the email (its worker died), the sweeper re-drives it.
+    never sends the email (its worker died), the sweeper re-drives it once its lease ends.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -48,7 +49,11 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
         if number > settings.SIGNUP_MAX_REMINDERS:
             return _drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
         signup.reminders_sent = number
-        email = _queue_email(signup, EmailKind.REMINDER, sequence=number, deliver=False)
+        # Claimed here, under the signup's lock: the task sends it next, without a second
+        # transaction to claim it.
+        email = _queue_email(
+            signup, EmailKind.REMINDER, sequence=number, deliver=False, claimed=True
+        )
         _plan_next_step(signup, now=now)
         signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
         _schedule_next_step(signup, now=now)
