@@ -2,6 +2,7 @@
 sent, recorded, retried or dead-lettered, so that each is sent once."""
 
 import logging
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -255,3 +256,24 @@ def redrive_email(*, email_id: int) -> bool:
         )
         _after_commit(lambda: tasks.deliver_email.delay(email_id))
     return True
+
+
+def _reminder_out_until(signup: Signup):
+    """When the lease of a reminder of this pending signup that is with the provider ends."""
+    if signup.status != Status.PENDING:
+        return None
+    return (
+        signup.emails.filter(
+            kind=EmailKind.REMINDER,
+            status=EmailStatus.SENDING,
+            in_flight_until__gt=timezone.now(),
+        )
+        .order_by("-in_flight_until")
+        .values_list("in_flight_until", flat=True)
+        .first()
+    )
+
+
+def _wait_for_lease(until) -> None:
+    """Sleep a little, at most until `until`, before looking again (outside a transaction)."""
+    time.sleep(max(min((until - timezone.now()).total_seconds(), 0.02), 0.001))

@@ -1,8 +1,6 @@
 """Verifying: by the emailed link (crediting the email it came from) or on an operator's
 word, and sending another verification email to a pending signup."""
 
-import time
-
 from django.db import transaction
 from django.utils import timezone
 
@@ -12,7 +10,6 @@ from signup.workflow.addresses import _lock_address_of, _mute
 from signup.workflow.common import (
     _PLAN_FIELDS,
     EmailKind,
-    EmailStatus,
     Event,
     SignupClosed,
     Status,
@@ -20,7 +17,7 @@ from signup.workflow.common import (
     _add_event,
     _lock,
 )
-from signup.workflow.ledger import _queue_email, _skip_unsent
+from signup.workflow.ledger import _queue_email, _reminder_out_until, _skip_unsent, _wait_for_lease
 from signup.workflow.reminders import _expire
 
 
@@ -71,24 +68,8 @@ def _verify_when_no_reminder_is_out(signup_id: int, *, source: str, check) -> Ve
             out_until = _reminder_out_until(signup)
             if out_until is None:
                 return _verify(signup, address, source=source)
-        time.sleep(max(min((out_until - timezone.now()).total_seconds(), 0.02), 0.001))
+        _wait_for_lease(out_until)
     raise SignupClosed(Status.EXPIRED)  # after the expiry above has committed
-
-
-def _reminder_out_until(signup: Signup):
-    """When the lease of a reminder of this pending signup that is with the provider ends."""
-    if signup.status != Status.PENDING:
-        return None
-    return (
-        signup.emails.filter(
-            kind=EmailKind.REMINDER,
-            status=EmailStatus.SENDING,
-            in_flight_until__gt=timezone.now(),
-        )
-        .order_by("-in_flight_until")
-        .values_list("in_flight_until", flat=True)
-        .first()
-    )
 
 
 def _expire_if_due(signup: Signup) -> bool:
