@@ -25,13 +25,11 @@ run: migrate
 	[ -n "$$FLOWER_BASIC_AUTH" ] || echo "Flower: http://127.0.0.1:$${FLOWER_PORT:-5555} as $$auth"; \
 	$(QUICKSTART_ENV) FLOWER_BASIC_AUTH="$$auth" PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start
 
-# The tests run against PostgreSQL and Redis on their usual local ports (see README). The
-# in-process tests (a test and a worker thread in one process, under pytest-django's test
-# database) run without the connection pool; every separate process the tests start uses it.
+# The tests run against PostgreSQL and Redis on their usual local ports (see README).
 TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/signup} \
 	CELERY_BROKER_URL=$${TEST_BROKER_URL:-redis://127.0.0.1:6379/15} DEBUG=false \
 	SECRET_KEY=test-suite-only-s_PG1ZJ5_Pr2-NUSe__ZprPEF7t8fpeVAYYuCNsvO64kLUGjeexU1w \
-	ALLOWED_HOSTS=testserver,localhost,127.0.0.1 DATABASE_POOL_SIZE=0
+	ALLOWED_HOSTS=testserver,localhost,127.0.0.1 CONN_MAX_AGE=0
 
 # Installs a Debian package (as root, or through sudo) or says what to do instead.
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \

@@ -127,24 +127,26 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-# Every process holds at most DATABASE_POOL_SIZE PostgreSQL connections (psycopg's pool, in
-# Django since 5.1): a web process's request threads, a worker's task threads and the email
-# worker's sends share them, and a thread gives its connection back when its request or
-# task ends (and while a provider takes its time). docs/OPERATIONS.md has the budget.
-# DATABASE_POOL_SIZE=0 turns the pool off (then CONN_MAX_AGE keeps connections instead).
-DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=4)
+# A process keeps each thread's connection between requests and tasks for CONN_MAX_AGE
+# seconds, health-checked before use: one connection per gunicorn worker, per prefork child
+# and per thread of the email worker (docs/OPERATIONS.md has the budget). The development
+# server starts a thread per request, so the Procfile runs it with CONN_MAX_AGE=0: kept
+# connections would pile up with the threads that made them.
+# DATABASE_POOL_SIZE > 0 (PostgreSQL) shares a pool of that many per process instead; a
+# thread then gives its connection back when its request or task ends, and while a provider
+# answers.
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_SIZE > 0:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": DATABASE_POOL_SIZE,
-        # A thread waits this long for a connection before its request or task fails.
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+        # A thread waits this long for a connection before its request or task fails (and
+        # is retried): longer waits only pile up requests while the database is away.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=3.0),
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # pooled: "closing" returns it to the pool
 else:
-    # Without a pool, a connection is closed at the end of each request or task unless
-    # CONN_MAX_AGE says otherwise (never under runserver: a thread per request would leak).
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Behind PgBouncer in transaction mode a session's state does not last beyond a transaction:
 # no server-side cursors, no prepared statements (docs/OPERATIONS.md).
