@@ -1,6 +1,6 @@
-"""A stand-in for Postmark's send API (POST /email) on 127.0.0.1, for driving anymail's real
-Postmark backend into the failures a provider really produces: errors, refusals, throttling,
-hangs, slow answers and answers lost after the message was accepted.
+"""A stand-in for Postmark's send API (POST /email) on 127.0.0.1 that anymail's real Postmark
+backend talks to: the fault tests script it into the failures a provider really produces
+(errors, refusals, throttling, hangs, slow answers, answers lost after acceptance).
 """
 
 import json
