@@ -401,8 +401,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller is gone (a killed worker, or one whose timeout passed): the call
+            # stays recorded as decided, like a provider's whose answer found no one.
+            self.close_connection = True
 
     def log_message(self, format, *args) -> None:
         pass  # the attempts list is the log
