@@ -185,10 +185,14 @@ def _how_to_reproduce(documents: list[dict]) -> list[str]:
         " `python -m bench.run`, which creates a PostgreSQL database `signup_bench_<hex>`"
         " on 127.0.0.1:5432 (user"
         ' `postgres`) and starts a private `redis-server --save "" --appendonly no` on a free'
-        " port, and then the service's processes with `DJANGO_SETTINGS_MODULE=bench.settings`"
-        " (the service's settings plus the floor views, the no-op task and an email backend that"
-        " accepts at once). Everything is stopped and the database dropped at the end. The"
-        " commands it ran, with the environment of `bench/stack.py`:",
+        " port, and then the service's processes through harness/service.py with"
+        " `DJANGO_SETTINGS_MODULE=bench.settings` (the service's settings plus the floor views,"
+        " the no-op task and an email backend that accepts at once). The workers and beat run"
+        " the Procfile's lines, their variables filled in (WORKER_CONCURRENCY as each benchmark"
+        " says) and a `--hostname` added to each worker; the web is gunicorn as the image runs"
+        " it, without its access log. Everything is stopped and the database dropped at the"
+        " end. The commands it ran, with the environment of"
+        " `bench/stack.py`:",
         "",
         "```sh",
         *(command for command in commands.values()),
