@@ -168,13 +168,14 @@ def populate(
     }
 
 
-def signup_times(stack: Stack) -> dict[int, float]:
-    """Each pending signup's planned next reminder, in epoch seconds."""
+def first_reminder_times(stack: Stack, interval: float) -> dict[int, float]:
+    """When each signup's reminder 1 is due, in epoch seconds: `interval` after it was
+    started, as start_signup plans it (read from created_at, since a worker that already took
+    reminder 1 has moved next_reminder_at on to reminder 2)."""
     return {
-        signup_id: float(planned)
-        for signup_id, planned in stack.query(
-            "SELECT id, extract(epoch FROM next_reminder_at) FROM signup_signup"
-            " WHERE status = 'pending' AND next_reminder_at IS NOT NULL"
+        signup_id: float(created) + interval
+        for signup_id, created in stack.query(
+            "SELECT id, extract(epoch FROM created_at) FROM signup_signup"
         )
     }
 

@@ -13,11 +13,11 @@ from bench.benchmarks.common import (
     WORKER_CONCURRENCY,
     Sizes,
     chains_repaired,
+    first_reminder_times,
     first_reminders,
     fresh,
     ms,
     populate,
-    signup_times,
     summary,
     times,
     wait_for_first_reminders,
@@ -54,8 +54,8 @@ def populate_due_together(
         interval=interval,
         tokens_file=tokens_file,
     )
-    planned = signup_times(stack)
-    assert len(planned) == total, f"{len(planned)} of {total} signups have a reminder planned"
+    planned = first_reminder_times(stack, interval)
+    assert len(planned) == total, f"{len(planned)} of {total} signups were started"
     return population, planned, interval
 
 
