@@ -1,7 +1,7 @@
 """The stack the benchmarks run on: the service's processes as harness.service starts them (the
 Procfile's workers and beat, gunicorn), with bench.settings, on a fresh PostgreSQL database and a
-private redis-server; every process is stopped and the database dropped on the way out, failure
-and Ctrl-C included."""
+private redis-server, and the stand-in email provider; every process is stopped and the database
+dropped on the way out, failure and Ctrl-C included."""
 
 import http.client
 import json
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from harness.processes import BIN, ROOT, Process, RedisServer, fresh_database
+from harness.provider import FakePostmark, Latency
 from harness.service import BEAT_STARTED, Service, short_command, worker_banner
 
 # The local PostgreSQL server (trust auth); each run creates and drops a database of its own.
@@ -22,6 +23,7 @@ PG_SERVER = urlsplit(os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@1
 WEB_WORKERS = 2
 # The service's own tables and the floor's, emptied between benchmarks.
 TABLES = ("signup_signupevent", "signup_outboundemail", "signup_signup", "bench_floorrow")
+POSTMARK_TOKEN = "bench-postmark-server-token"
 
 
 def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.05):
@@ -46,11 +48,16 @@ class Stack:
         tmp: Path,
         database_url: str,
         broker: RedisServer,
+        provider: FakePostmark,
+        provider_profile: dict,
         settings: dict[str, str],
     ):
         self.tmp = tmp
         self.database_url = database_url
         self.broker = broker
+        self.provider = provider
+        # The latency and error rate the provider benchmarks give it (see provider_profile()).
+        self.provider_profile = provider_profile
         self.service = Service(
             tmp=tmp,
             database_url=database_url,
@@ -95,10 +102,17 @@ class Stack:
         self._note("beat", short_command(beat.command))
         return beat
 
-    def start_workers(self, *, concurrency: int = 2) -> list[Process]:
-        """Start every worker line of the Procfile with WORKER_CONCURRENCY=`concurrency`;
-        wait until they are ready."""
+    def start_workers(self, *, concurrency: int = 2, provider: bool = False) -> list[Process]:
+        """Start every worker line of the Procfile with WORKER_CONCURRENCY=`concurrency`,
+        sending through the instant backend or, with `provider`, anymail's Postmark backend
+        to the stand-in provider; wait until they are ready."""
         env = {"WORKER_CONCURRENCY": str(concurrency)}
+        if provider:
+            env.update(
+                EMAIL_BACKEND="anymail.backends.postmark.EmailBackend",
+                ANYMAIL_POSTMARK_SERVER_TOKEN=POSTMARK_TOKEN,
+                ANYMAIL_POSTMARK_API_URL=self.provider.url,
+            )
         workers = self.service.start_workers(env=env)
         for worker in workers:
             # The node name differs on every start: the rest says what ran.
@@ -199,7 +213,7 @@ class Stack:
         return busy
 
     def reset(self) -> None:
-        """Empty the tables and the broker (with no worker running)."""
+        """Empty the tables, the broker and the provider's records (with no worker running)."""
         # Requests a load run left in gunicorn's backlog finish first: one committing after the
         # flush would leave a ledger row whose task is gone, re-driven minutes later.
         quiet_since = time.monotonic()
@@ -219,16 +233,54 @@ class Stack:
                 time.sleep(0.5)
         with self.broker.client() as client:
             client.flushall()
+        self.provider.on_request = None
+        self.provider.reset()
+
+
+def provider_profile(*, median_ms: float, p99_ms: float, error_rate: float, seed: int) -> dict:
+    """The stand-in provider's behaviour in the provider benchmarks, as the results record it."""
+    return {
+        "latency_median_s": median_ms / 1000,
+        "latency_p99_s": p99_ms / 1000,
+        "error_rate": error_rate,
+        "seed": seed,
+    }
+
+
+def slow_provider(stack: Stack) -> None:
+    """Give the stand-in provider the run's latency and error rate."""
+    profile = stack.provider_profile
+    stack.provider.latency = Latency(profile["latency_median_s"], profile["latency_p99_s"])
+    stack.provider.error_rate = profile["error_rate"]
+    stack.provider.seed = profile["seed"]
+
+
+def instant_provider(stack: Stack) -> None:
+    """The stand-in provider answering at once and never failing."""
+    stack.provider.latency = None
+    stack.provider.error_rate = 0.0
 
 
 @contextmanager
-def running_stack(tmp: Path, settings: dict[str, str]):
-    """A migrated fresh database and a private Redis; yields a Stack whose processes the
-    caller starts. Everything is stopped and dropped when the block ends, however it ends."""
+def running_stack(tmp: Path, settings: dict[str, str], profile: dict | None = None):
+    """A migrated fresh database, a private Redis and the stand-in provider; yields a Stack
+    whose processes the caller starts. Everything is stopped and dropped when the block ends,
+    however it ends."""
     with ExitStack() as cleanup:
         database_url = cleanup.enter_context(fresh_database("signup_bench", PG_SERVER))
         broker = cleanup.enter_context(RedisServer(tmp).running())
-        stack = Stack(tmp=tmp, database_url=database_url, broker=broker, settings=settings)
+        provider = FakePostmark(token=POSTMARK_TOKEN, keep_bodies=False)
+        provider.start()
+        cleanup.callback(provider.stop)
+        stack = Stack(
+            tmp=tmp,
+            database_url=database_url,
+            broker=broker,
+            provider=provider,
+            provider_profile=profile
+            or provider_profile(median_ms=150, p99_ms=600, error_rate=0.01, seed=1),
+            settings=settings,
+        )
         cleanup.callback(stack.stop_all)
         stack.service.migrate()
         yield stack

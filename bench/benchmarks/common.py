@@ -7,12 +7,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.stack import Stack, wait_until
+from bench.stack import Stack, instant_provider, slow_provider, wait_until
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each benchmark does; --quick trades precision for a run under 2 minutes."""
+    """How much work each benchmark does; --quick trades precision for a run of 2-3 minutes."""
 
     quick: bool
     submit_seconds: int
@@ -26,6 +26,15 @@ class Sizes:
     recovery_count: int
     scale_count: int
     scale_floor_count: int
+    # The provider benchmarks: how long they wait past what the instant backend needs before
+    # they measure what was done (a service that does not hide the provider's latency would
+    # otherwise keep them for many minutes).
+    provider_wait: float
+    # Benchmark 9's verifications, each waiting for the slow provider to accept its email.
+    provider_verify_count: int
+    # Signups verified while their reminder is at the provider, over this many seconds.
+    during_send_count: int
+    during_send_window: float
     # The target of benchmark 5 is stated for this many pending signups.
     scale_target_count: int = 100_000
 
@@ -43,6 +52,10 @@ FULL = Sizes(
     recovery_count=10_000,
     scale_count=100_000,
     scale_floor_count=10_000,
+    provider_wait=90,
+    provider_verify_count=500,
+    during_send_count=100,
+    during_send_window=40,
 )
 QUICK = Sizes(
     quick=True,
@@ -57,6 +70,10 @@ QUICK = Sizes(
     recovery_count=500,
     scale_count=1000,
     scale_floor_count=1000,
+    provider_wait=6,
+    provider_verify_count=30,
+    during_send_count=10,
+    during_send_window=3,
 )
 
 # The stack's workflow knobs (seconds). The sweeper runs every SWEEP seconds instead of the
@@ -76,12 +93,16 @@ WORKER_CONCURRENCY = 2
 
 
 def percentile(values: list[float], p: float) -> float:
-    """The p-th percentile (0-100) by linear interpolation between the closest ranks."""
+    """The p-th percentile (0-100) by linear interpolation between the closest ranks; values
+    that are math.inf (not done when the wait ended) sort last and make it inf if it falls
+    among them."""
     ordered = sorted(values)
     if not ordered:
         return math.nan
     rank = (len(ordered) - 1) * p / 100
     low, high = math.floor(rank), math.ceil(rank)
+    if math.isinf(ordered[high]):
+        return ordered[low] if high == low or rank == low else math.inf
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
@@ -95,7 +116,16 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def finite(figures: dict) -> dict:
+    """The summary with inf written as None, for the JSON result files."""
+    return {
+        key: None if isinstance(v, float) and math.isinf(v) else v for key, v in figures.items()
+    }
+
+
 def ms(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "not done"
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
@@ -103,16 +133,32 @@ def times(ratio: float) -> str:
     return f"{ratio:.2f}×"  # noqa: RUF001 (the multiplication sign is meant)
 
 
+def central_rate(moments: list[float], share: float = 0.9) -> float:
+    """Completions per second over the middle `share` of them: the steady rate, which a slow
+    start or a last retry does not bend."""
+    ordered = sorted(moments)
+    if len(ordered) < 3:
+        return math.nan
+    cut = (1 - share) / 2
+    first, last = round(cut * (len(ordered) - 1)), round((1 - cut) * (len(ordered) - 1))
+    return (last - first) / (ordered[last] - ordered[first])
+
+
 # --- Steps -------------------------------------------------------------------------------------
 
 
-def fresh(stack: Stack, *, worker: int | None = WORKER_CONCURRENCY) -> None:
-    """Empty tables and broker, with the workers stopped; then start the Procfile's workers
-    with WORKER_CONCURRENCY=`worker` unless it is None. Web and beat keep running."""
+def fresh(stack: Stack, *, worker: int | None = WORKER_CONCURRENCY, provider: bool = False) -> None:
+    """Empty tables, broker and provider records, with the workers stopped; then start the
+    Procfile's workers with WORKER_CONCURRENCY=`worker` unless it is None, sending through the
+    instant backend, or the slow stand-in provider with `provider`. Web and beat keep running."""
     stack.stop_workers(kill=True)
     stack.reset()
+    if provider:
+        slow_provider(stack)
+    else:
+        instant_provider(stack)
     if worker is not None:
-        stack.start_workers(concurrency=worker)
+        stack.start_workers(concurrency=worker, provider=provider)
 
 
 def count(stack: Stack, query: str, params=()) -> int:
@@ -230,3 +276,49 @@ def workers_label(stack: Stack) -> str:
         processes = ran[0]["concurrency"]
         return f"{processes} worker process" + ("es" if processes != 1 else "")
     return " + ".join(f"{w['name']} {w['pool']} ×{w['concurrency']}" for w in ran)  # noqa: RUF001
+
+
+# --- What the stand-in provider accepted -------------------------------------------------------
+
+
+def accepted_emails(stack: Stack) -> dict[int, dict]:
+    """Each ledger email the provider accepted, once (its first acceptance: a copy sent again
+    does not count twice), with when its accepted call arrived and was accepted, when its first
+    call arrived (the service handed it over), and how many calls it took."""
+    calls: dict[int, list] = {}
+    for attempt in stack.provider.attempts:
+        if attempt.email_id is not None:
+            calls.setdefault(int(attempt.email_id), []).append(attempt)
+    emails = {}
+    for email_id, attempts in calls.items():
+        attempts.sort(key=lambda a: a.received_at)
+        accepted = [a for a in attempts if a.message_id is not None]
+        if accepted:
+            emails[email_id] = {
+                "first_call_at": attempts[0].received_at,
+                "received_at": accepted[0].received_at,
+                "accepted_at": accepted[0].decided_at,
+                "calls": attempts.index(accepted[0]) + 1,
+                "tag": accepted[0].tag,
+            }
+    return emails
+
+
+def refused_calls(stack: Stack) -> int:
+    """Calls the provider answered with one of its occasional errors."""
+    return sum(attempt.message_id is None for attempt in stack.provider.attempts)
+
+
+def provider_text(stack: Stack) -> str:
+    profile = stack.provider_profile
+    return (
+        f"the stand-in Postmark (harness/provider.py) through anymail's Postmark backend:"
+        f" lognormal latency, median {profile['latency_median_s'] * 1000:.0f} ms, p99"
+        f" {profile['latency_p99_s'] * 1000:.0f} ms, {profile['error_rate']:.0%} of calls answered"
+        f" 429 or 500 (seed {profile['seed']})"
+    )
+
+
+def provider_label(stack: Stack) -> str:
+    """The slow provider for a row's label: `150 ms provider`."""
+    return f"{stack.provider_profile['latency_median_s'] * 1000:.0f} ms provider"
