@@ -8,8 +8,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from bench.benchmarks.common import STACK_SETTINGS
 from bench.stack import running_stack
-from bench.suite import STACK_SETTINGS
 
 ROWS = [
     ("floor", "POST /bench/insert (the floor: one INSERT)"),

@@ -14,14 +14,20 @@ QUICK_RESULTS = RESULTS / "quick"
 PERFORMANCE_MD = ROOT / "docs" / "PERFORMANCE.md"
 DESIGN_NOTES = "## Design notes"
 COLUMNS = ("benchmark", "figure", "floor", "ratio", "target", "met?")
+# The table's order: each slow-provider benchmark right after its instant twin.
 ORDER = (
     "submit",
     "email_pipeline",
+    "email_pipeline_provider",
     "verify_to_welcome",
+    "verify_to_welcome_provider",
+    "verify_during_send",
     "timer_accuracy",
+    "timer_accuracy_provider",
     "recovery",
     "scale",
     "scale_out",
+    "scale_out_provider",
 )
 
 
@@ -177,7 +183,7 @@ def _how_to_reproduce(documents: list[dict]) -> list[str]:
         "",
         "```sh",
         "make bench         # the full run: writes bench/results/*.json and this file",
-        "make bench-quick   # reduced sizes, under 2 minutes: bench/results/quick/*.json",
+        "make bench-quick   # reduced sizes, 2-3 minutes: bench/results/quick/*.json",
         ".venv/bin/python -m bench.run --only submit,email_pipeline   # a subset",
         "```",
         "",
@@ -185,10 +191,18 @@ def _how_to_reproduce(documents: list[dict]) -> list[str]:
         " `python -m bench.run`, which creates a PostgreSQL database `signup_bench_<hex>`"
         " on 127.0.0.1:5432 (user"
         ' `postgres`) and starts a private `redis-server --save "" --appendonly no` on a free'
-        " port, and then the service's processes with `DJANGO_SETTINGS_MODULE=bench.settings`"
+        " port, the stand-in Postmark (harness/provider.py) on another, and then the service's"
+        " processes through harness/service.py with `DJANGO_SETTINGS_MODULE=bench.settings`"
         " (the service's settings plus the floor views, the no-op task and an email backend that"
-        " accepts at once). Everything is stopped and the database dropped at the end. The"
-        " commands it ran, with the environment of `bench/stack.py`:",
+        " accepts at once; the provider benchmarks give the workers anymail's Postmark backend"
+        " pointed at the stand-in instead). The workers and beat run the Procfile's lines, their"
+        " variables filled in (WORKER_CONCURRENCY as each benchmark says) and a `--hostname`"
+        " added to each worker; the web is gunicorn as the image runs it, without its access"
+        " log. The stand-in's latency and error rate are options:"
+        " `python -m bench.run --provider-median-ms 150 --provider-p99-ms 600"
+        " --provider-error-rate 0.01 --provider-seed 1` (the defaults). Everything is stopped"
+        " and the database dropped at the end. The commands it ran, with the environment of"
+        " `bench/stack.py`:",
         "",
         "```sh",
         *(command for command in commands.values()),

@@ -1,8 +1,8 @@
 """Run the benchmark suite: `python -m bench.run [--quick] [--only NAME,...]`.
 
-Starts the stack (bench/stack.py), runs each benchmark (bench/suite.py), writes
+Starts the stack (bench/stack.py), runs each benchmark (bench/benchmarks/), writes
 bench/results/[quick/]<name>.json as each one finishes, prints the table and regenerates
-docs/PERFORMANCE.md.
+docs/PERFORMANCE.md (bench/report.py).
 """
 
 import argparse
@@ -16,9 +16,11 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import report, suite
+from bench import report
+from bench.benchmarks import BENCHMARKS
+from bench.benchmarks.common import FULL, QUICK, STACK_SETTINGS
 from bench.machine import machine_info
-from bench.stack import ROOT, running_stack
+from bench.stack import ROOT, provider_profile, running_stack
 
 
 def _stop_on_sigterm(signum, frame):
@@ -37,15 +39,26 @@ def _keep_logs(tmp: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="reduced sizes, under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, 2-3 minutes")
     parser.add_argument(
         "--only",
-        default=",".join(suite.BENCHMARKS),
-        help=f"comma-separated subset of: {', '.join(suite.BENCHMARKS)}",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of: {', '.join(BENCHMARKS)}",
+    )
+    provider = parser.add_argument_group(
+        "the slow provider", "the stand-in Postmark of the *_provider benchmarks"
+    )
+    provider.add_argument("--provider-median-ms", type=float, default=150)
+    provider.add_argument("--provider-p99-ms", type=float, default=600)
+    provider.add_argument(
+        "--provider-error-rate", type=float, default=0.01, help="share of calls answered 429/500"
+    )
+    provider.add_argument(
+        "--provider-seed", type=int, default=1, help="the same seed draws the same latencies"
     )
     args = parser.parse_args(argv)
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = set(selected) - set(suite.BENCHMARKS)
+    unknown = set(selected) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
     if shutil.which("wrk") is None:
@@ -53,14 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     signal.signal(signal.SIGHUP, _stop_on_sigterm)
 
-    sizes = suite.QUICK if args.quick else suite.FULL
+    sizes = QUICK if args.quick else FULL
+    profile = provider_profile(
+        median_ms=args.provider_median_ms,
+        p99_ms=args.provider_p99_ms,
+        error_rate=args.provider_error_rate,
+        seed=args.provider_seed,
+    )
     mode = "quick" if args.quick else "full"
     run_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     started = time.monotonic()
     failed = []
     with (
         tempfile.TemporaryDirectory(prefix="signup-bench-") as tmp,
-        running_stack(Path(tmp), suite.STACK_SETTINGS) as stack,
+        running_stack(Path(tmp), STACK_SETTINGS, profile) as stack,
     ):
         database = stack.database_url.rsplit("/", 1)[1]
         print(f"bench ({mode}): database {database}, redis on port {stack.broker.port}")
@@ -72,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- {name} ...", flush=True)
             begun = time.monotonic()
             try:
-                if name == "recovery":
-                    result = suite.recovery(stack, sizes, timer=results.get("timer_accuracy"))
-                else:
-                    result = suite.BENCHMARKS[name](stack, sizes)
+                result = BENCHMARKS[name](stack, sizes, results)
             except Exception:
                 traceback.print_exc()
                 logs = _keep_logs(Path(tmp))

@@ -1,35 +1,29 @@
-"""The stack the benchmarks run on: the service's gunicorn, Celery workers and beat (with
-bench.settings) on a fresh PostgreSQL database and a private redis-server, on free ports; every
-process is stopped and the database dropped on the way out, failure and Ctrl-C included."""
+"""The stack the benchmarks run on: the service's processes as harness.service starts them (the
+Procfile's workers and beat, gunicorn), with bench.settings, on a fresh PostgreSQL database and a
+private redis-server, and the stand-in email provider; every process is stopped and the database
+dropped on the way out, failure and Ctrl-C included."""
 
 import http.client
 import json
 import os
-import secrets
-import shlex
-import signal
-import socket
 import subprocess
-import sys
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psutil
 import psycopg
 
-from harness.processes import RedisServer, free_port, fresh_database
+from harness.processes import BIN, ROOT, Process, RedisServer, fresh_database
+from harness.provider import FakePostmark, Latency
+from harness.service import BEAT_STARTED, Service, short_command, worker_banner
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 # The local PostgreSQL server (trust auth); each run creates and drops a database of its own.
 PG_SERVER = urlsplit(os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/"))
 WEB_WORKERS = 2
-STARTUP_TIMEOUT = 60
 # The service's own tables and the floor's, emptied between benchmarks.
 TABLES = ("signup_signupevent", "signup_outboundemail", "signup_signup", "bench_floorrow")
+POSTMARK_TOKEN = "bench-postmark-server-token"
 
 
 def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.05):
@@ -45,190 +39,122 @@ def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
-@dataclass
-class Process:
-    name: str
-    command: list[str]
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def memory(self) -> dict[str, int]:
-        """Memory in bytes: the RSS of the process itself and of it with its children, and
-        their PSS (RSS with each shared page divided among the processes sharing it), which
-        does not count the pages a forked pool shares with its parent twice."""
-        main = psutil.Process(self.popen.pid)
-        processes = [main, *main.children(recursive=True)]
-        infos = [process.memory_full_info() for process in processes]
-        return {
-            "rss_main": infos[0].rss,
-            "rss_total": sum(info.rss for info in infos),
-            "pss_total": sum(info.pss for info in infos),
-        }
-
-    def stop(self, *, kill: bool = False, timeout: float = 60) -> None:
-        """SIGTERM (a warm shutdown) or SIGKILL to the process and its children; wait for it."""
-        if self.popen.poll() is None:
-            # Started in a session of its own: its group is it and its children only.
-            os.killpg(self.popen.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-
-@dataclass
 class Stack:
-    """The service's processes, started from one environment, and what they talk to."""
+    """The service (harness.service), what it talks to, and the benchmarks' ways in."""
 
-    tmp: Path
-    database_url: str
-    broker: RedisServer
-    settings: dict[str, str]
-    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    web_port: int = field(default_factory=free_port)
-    web: Process | None = None
-    beat: Process | None = None
-    workers: dict[str, Process] = field(default_factory=dict)
-    # Every command line run, in order, for the "how to reproduce" section.
-    commands: dict[str, str] = field(default_factory=dict)
+    def __init__(
+        self,
+        *,
+        tmp: Path,
+        database_url: str,
+        broker: RedisServer,
+        provider: FakePostmark,
+        provider_profile: dict,
+        settings: dict[str, str],
+    ):
+        self.tmp = tmp
+        self.database_url = database_url
+        self.broker = broker
+        self.provider = provider
+        # The latency and error rate the provider benchmarks give it (see provider_profile()).
+        self.provider_profile = provider_profile
+        self.service = Service(
+            tmp=tmp,
+            database_url=database_url,
+            broker_url=broker.url(0),
+            web_workers=WEB_WORKERS,
+            env={
+                "DJANGO_SETTINGS_MODULE": "bench.settings",
+                "BENCH_RECORD_URL": broker.url(1),
+                "EMAIL_BACKEND": "bench.mail.EmailBackend",
+                "CONN_MAX_AGE": "60",
+                **settings,
+            },
+        )
+        # Every command line run, in order, for the "how to reproduce" section.
+        self.commands: dict[str, str] = {}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        return self.service.url
+
+    @property
+    def api_key(self) -> str:
+        return self.service.api_key
 
     @property
     def env(self) -> dict[str, str]:
-        return {
-            "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(self.tmp),
-            "TMPDIR": str(self.tmp),
-            "PYTHONUNBUFFERED": "1",
-            "DJANGO_SETTINGS_MODULE": "bench.settings",
-            "DATABASE_URL": self.database_url,
-            "CELERY_BROKER_URL": self.broker.url(0),
-            "BENCH_RECORD_URL": self.broker.url(1),
-            "EMAIL_BACKEND": "bench.mail.EmailBackend",
-            "SITE_URL": self.url,
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "SIGNUP_API_KEY": self.api_key,
-            "CONN_MAX_AGE": "60",
-            "SIGNUP_VAR_DIR": str(self.tmp / "var"),
-            **self.settings,
-        }
+        return self.service.env
+
+    @property
+    def workers(self) -> dict[str, Process]:
+        return self.service.workers
 
     # Processes
 
-    def _start(self, name: str, command: list[str], *, role: str) -> Process:
-        log = self.tmp / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.commands.setdefault(role, shlex.join(_short(command)))
-        return Process(name, command, popen, log)
-
     def start_web(self) -> Process:
-        self.web = self._start(
-            "web",
-            [
-                str(BIN / "gunicorn"),
-                "config.wsgi",
-                "--config",
-                "config/gunicorn.py",
-                "--bind",
-                f"127.0.0.1:{self.web_port}",
-                "--workers",
-                str(WEB_WORKERS),
-            ],
-            role="web",
-        )
-        wait_until(self._web_answers, timeout=STARTUP_TIMEOUT, what="gunicorn")
-        return self.web
-
-    def _web_answers(self) -> bool:
-        if self.web.popen.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{self.web.output()[-3000:]}")
-        try:
-            status, _ = self.post("/bench/insert", {"username": "ping"})
-        except OSError:
-            return False
-        return status == 201
+        web = self.service.start_web()
+        self._note("web", short_command(web.command))
+        return web
 
     def start_beat(self) -> Process:
-        self.beat = self._start(
-            "beat",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "beat",
-                "--loglevel=INFO",
-                "--schedule",
-                str(self.tmp / "beat-schedule"),
-            ],
-            role="beat",
-        )
-        wait_until(
-            lambda: "beat: Starting" in self.beat.output(), timeout=STARTUP_TIMEOUT, what="beat"
-        )
-        return self.beat
+        beat = self.service.start_beat(ready=BEAT_STARTED)
+        self._note("beat", short_command(beat.command))
+        return beat
 
-    def start_worker(self, name: str = "worker", *, concurrency: int = 2) -> Process:
-        """Start a Celery worker (prefork, CONCURRENCY pool processes) and wait until ready."""
-        assert name not in self.workers, f"{name} is running"
-        node = f"{name}-{secrets.token_hex(3)}@{socket.gethostname()}"
-        process = self._start(
-            f"{name}-{concurrency}",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "worker",
-                "--loglevel=INFO",
-                f"--concurrency={concurrency}",
-                f"--hostname={node}",
-                # Mingle only makes a new worker wait a second for others' replies at start-up.
-                "--without-mingle",
-            ],
-            role=f"worker (concurrency {concurrency})",
-        )
-        self.workers[name] = process
-        offset = len(process.output())
+    def start_workers(self, *, concurrency: int = 2, provider: bool = False) -> list[Process]:
+        """Start every worker line of the Procfile with WORKER_CONCURRENCY=`concurrency`,
+        sending through the instant backend or, with `provider`, anymail's Postmark backend
+        to the stand-in provider; wait until they are ready."""
+        env = {"WORKER_CONCURRENCY": str(concurrency)}
+        if provider:
+            env.update(
+                EMAIL_BACKEND="anymail.backends.postmark.EmailBackend",
+                ANYMAIL_POSTMARK_SERVER_TOKEN=POSTMARK_TOKEN,
+                ANYMAIL_POSTMARK_API_URL=self.provider.url,
+            )
+        workers = self.service.start_workers(env=env)
+        for worker in workers:
+            # The node name differs on every start: the rest says what ran.
+            command = [part for part in worker.command if not part.startswith("--hostname=")]
+            name = worker.name.rsplit("-", 1)[0]
+            self._note(f"{name} (WORKER_CONCURRENCY={concurrency})", short_command(command))
+        return workers
 
-        def ready() -> bool:
-            if process.popen.poll() is not None:
-                raise RuntimeError(f"the worker exited:\n{process.output()[-3000:]}")
-            return f"{node} ready." in process.output()[offset:]
+    def stop_workers(self, *, kill: bool = False) -> None:
+        for name in list(self.service.workers):
+            self.service.stop_worker(name, kill=kill)
 
-        wait_until(ready, timeout=STARTUP_TIMEOUT, what=f"worker {node}")
-        return process
+    def workers_ran(self) -> list[dict]:
+        """What each running worker said it runs (its Procfile line, pool, concurrency,
+        queues)."""
+        return [
+            {"name": name, **worker_banner(process)}
+            for name, process in self.service.workers.items()
+        ]
 
-    def stop_worker(self, name: str = "worker", *, kill: bool = False) -> None:
-        self.workers.pop(name).stop(kill=kill)
+    def workers_memory(self) -> dict[str, int]:
+        """The running workers' memory (Process.memory), added up."""
+        total: dict[str, int] = {}
+        for process in self.service.workers.values():
+            for key, value in process.memory().items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def queues(self) -> list[str]:
+        """The queues the running workers consume."""
+        return sorted({queue for worker in self.workers_ran() for queue in worker["queues"]})
 
     def stop_all(self) -> None:
-        for name in list(self.workers):
-            self.stop_worker(name, kill=True)
-        for process in (self.web, self.beat):
-            if process is not None:
-                process.stop()
-        self.web = self.beat = None
+        self.service.stop()
+
+    def _note(self, role: str, command: str) -> None:
+        self.commands.setdefault(role, command)
 
     # Talking to the service
 
     def post(self, path: str, body: dict, *, timeout: float = 30) -> tuple[int, dict]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=timeout)
+        connection = http.client.HTTPConnection("127.0.0.1", self.service.port, timeout=timeout)
         try:
             connection.request(
                 "POST",
@@ -247,7 +173,7 @@ class Stack:
     def manage(self, *args: str, env: dict | None = None, timeout: float = 3600) -> dict:
         """Run `python manage.py ARGS` against the stack and return the JSON it printed last."""
         command = [str(BIN / "python"), "manage.py", *args]
-        self.commands.setdefault(args[0], shlex.join(_short(command)))
+        self._note(args[0], short_command(command))
         done = subprocess.run(
             command,
             cwd=ROOT,
@@ -262,7 +188,7 @@ class Stack:
 
     def manage_in_background(self, *args: str, env: dict | None = None) -> subprocess.Popen:
         command = [str(BIN / "python"), "manage.py", *args]
-        self.commands.setdefault(args[0], shlex.join(_short(command)))
+        self._note(args[0], short_command(command))
         return subprocess.Popen(
             command,
             cwd=ROOT,
@@ -287,7 +213,7 @@ class Stack:
         return busy
 
     def reset(self) -> None:
-        """Empty the tables and the broker (with no worker running)."""
+        """Empty the tables, the broker and the provider's records (with no worker running)."""
         # Requests a load run left in gunicorn's backlog finish first: one committing after the
         # flush would leave a ledger row whose task is gone, re-driven minutes later.
         quiet_since = time.monotonic()
@@ -307,28 +233,54 @@ class Stack:
                 time.sleep(0.5)
         with self.broker.client() as client:
             client.flushall()
+        self.provider.on_request = None
+        self.provider.reset()
 
 
-def _short(command: list[str]) -> list[str]:
-    """The command as a person types it in the repository: venv paths made relative."""
-    return [part.replace(f"{BIN}/", ".venv/bin/") for part in command]
+def provider_profile(*, median_ms: float, p99_ms: float, error_rate: float, seed: int) -> dict:
+    """The stand-in provider's behaviour in the provider benchmarks, as the results record it."""
+    return {
+        "latency_median_s": median_ms / 1000,
+        "latency_p99_s": p99_ms / 1000,
+        "error_rate": error_rate,
+        "seed": seed,
+    }
+
+
+def slow_provider(stack: Stack) -> None:
+    """Give the stand-in provider the run's latency and error rate."""
+    profile = stack.provider_profile
+    stack.provider.latency = Latency(profile["latency_median_s"], profile["latency_p99_s"])
+    stack.provider.error_rate = profile["error_rate"]
+    stack.provider.seed = profile["seed"]
+
+
+def instant_provider(stack: Stack) -> None:
+    """The stand-in provider answering at once and never failing."""
+    stack.provider.latency = None
+    stack.provider.error_rate = 0.0
 
 
 @contextmanager
-def running_stack(tmp: Path, settings: dict[str, str]):
-    """A migrated fresh database and a private Redis; yields a Stack whose processes the
-    caller starts. Everything is stopped and dropped when the block ends, however it ends."""
+def running_stack(tmp: Path, settings: dict[str, str], profile: dict | None = None):
+    """A migrated fresh database, a private Redis and the stand-in provider; yields a Stack
+    whose processes the caller starts. Everything is stopped and dropped when the block ends,
+    however it ends."""
     with ExitStack() as cleanup:
         database_url = cleanup.enter_context(fresh_database("signup_bench", PG_SERVER))
         broker = cleanup.enter_context(RedisServer(tmp).running())
-        stack = Stack(tmp=tmp, database_url=database_url, broker=broker, settings=settings)
-        cleanup.callback(stack.stop_all)
-        subprocess.run(
-            [str(BIN / "python"), "manage.py", "migrate", "--noinput"],
-            cwd=ROOT,
-            env=stack.env,
-            check=True,
-            capture_output=True,
-            timeout=300,
+        provider = FakePostmark(token=POSTMARK_TOKEN, keep_bodies=False)
+        provider.start()
+        cleanup.callback(provider.stop)
+        stack = Stack(
+            tmp=tmp,
+            database_url=database_url,
+            broker=broker,
+            provider=provider,
+            provider_profile=profile
+            or provider_profile(median_ms=150, p99_ms=600, error_rate=0.01, seed=1),
+            settings=settings,
         )
+        cleanup.callback(stack.stop_all)
+        stack.service.migrate()
         yield stack

@@ -1,5 +1,5 @@
-"""The service's processes as an operator runs them, and the outside world they talk to: a local
-SMTP server that records what it is sent, a fresh PostgreSQL database, subprocesses with logs."""
+"""The outside world the service talks to (a local SMTP server that records what it is sent, a
+fresh PostgreSQL database, a private redis-server) and subprocesses with their logs."""
 
 import email
 import email.policy
@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import psycopg
 import redis
 from aiosmtpd.controller import Controller
@@ -165,9 +166,39 @@ class Process:
     name: str
     popen: subprocess.Popen
     log: Path
+    command: list[str] = field(default_factory=list)
+    node: str = ""  # a Celery worker's node name
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def memory(self) -> dict[str, int]:
+        """Memory in bytes: the RSS of the process itself and of it with its children, and
+        their PSS (RSS with each shared page divided among the processes sharing it), which
+        does not count the pages a forked pool shares with its parent twice."""
+        main = psutil.Process(self.popen.pid)
+        processes = [main, *main.children(recursive=True)]
+        infos = [process.memory_full_info() for process in processes]
+        return {
+            "rss_main": infos[0].rss,
+            "rss_total": sum(info.rss for info in infos),
+            "pss_total": sum(info.pss for info in infos),
+        }
+
+    def stop(self, *, kill: bool = False, timeout: float = 60) -> None:
+        """SIGTERM to the process (a warm shutdown: gunicorn and Celery stop their own
+        children), or SIGKILL to it and its children at once; wait until it is gone."""
+        if self.popen.poll() is None:
+            if kill:
+                # Started in a session of its own: its group is it and its children only.
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            else:
+                self.popen.terminate()
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
 
 
 def stop_all(processes: list[Process]) -> None:
@@ -195,4 +226,4 @@ def start_process(name: str, command: list[str], env: dict, log_dir: Path) -> Pr
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Process(name, popen, log)
+    return Process(name, popen, log, command)

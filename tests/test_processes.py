@@ -1,13 +1,11 @@
-"""The service as an operator deploys it: gunicorn, a Celery worker and beat as separate processes
-on their own PostgreSQL database, a real broker and an SMTP server, used over HTTP like a person."""
+"""The service as an operator deploys it: gunicorn, and the Celery worker(s) and beat the Procfile
+names, as separate processes on their own PostgreSQL database, a real broker and an SMTP server,
+used over HTTP like a person."""
 
 import html
 import math
 import os
 import re
-import secrets
-import socket
-import subprocess
 import time
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
@@ -19,17 +17,8 @@ import redis
 import requests
 from kombu import Connection
 
-from harness.processes import (
-    BIN,
-    ROOT,
-    Process,
-    ReceivedEmail,
-    SmtpSink,
-    free_port,
-    fresh_database,
-    start_process,
-    stop_all,
-)
+from harness.processes import ReceivedEmail, SmtpSink, fresh_database
+from harness.service import BEAT_SWEPT, Service
 from tests.helpers import hidden_fields, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.postgres]
@@ -71,7 +60,7 @@ def empty_broker(url: str) -> None:
                 channel.queue_purge(queue)
 
 
-# --- The deployment: web, worker and beat processes --------------------------------------
+# --- The deployment: web, worker(s) and beat processes, as the Procfile starts them -------
 
 
 @dataclass(frozen=True)
@@ -84,15 +73,22 @@ class Deployment:
 
 
 @dataclass
-class Service:
-    url: str
+class Deployed:
+    """The running service (harness.service) and the SMTP server its emails go to."""
+
+    running: Service
     mail: SmtpSink
-    processes: list[Process]
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def processes(self):
+        return self.running.processes
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        kwargs["headers"] = {"Authorization": f"Bearer {API_KEY}", **kwargs.get("headers", {})}
-        kwargs.setdefault("timeout", HTTP_TIMEOUT)
-        return requests.request(method, f"{self.url}{path}", **kwargs)
+        return self.running.api(method, path, **kwargs)
 
     def signup(self, username: str) -> dict:
         response = self.api("GET", f"/api/signups/{username}")
@@ -114,32 +110,10 @@ class Service:
         )
 
     def logs(self, since: dict[str, int] | None = None) -> str:
-        return "\n".join(
-            f"----- {process.name} (exit code {process.popen.poll()}) -----\n"
-            + process.output()[(since or {}).get(process.name, 0) :][-20_000:]
-            for process in self.processes
-        )
+        return self.running.logs(since, tail=20_000)
 
     def log_sizes(self) -> dict[str, int]:
-        return {process.name: len(process.output()) for process in self.processes}
-
-
-def wait_for_startup(check, what: str, service: Service) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not check():
-        exited = [p.name for p in service.processes if p.popen.poll() is not None]
-        if exited or time.monotonic() > deadline:
-            problem = f"{', '.join(exited)} exited" if exited else f"{STARTUP_TIMEOUT}s passed"
-            pytest.fail(f"{problem} before {what}\n{service.logs()}")
-        time.sleep(0.1)
-
-
-def web_answers(service: Service) -> bool:
-    try:
-        # A 404 from the API proves the web process is up and reaches its database.
-        return service.api("GET", "/api/signups/nobody", timeout=2).status_code == 404
-    except (requests.ConnectionError, requests.Timeout):  # not up, or still starting
-        return False
+        return self.running.log_sizes()
 
 
 @pytest.fixture(scope="module")
@@ -149,92 +123,35 @@ def service(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"{deployment.broker}-{deployment.expires_after}s")
     limits = {} if deployment.public else {"SIGNUP_RATE_LIMIT_PAGES": "100000/m"}
     broker_url = BROKER_URLS[deployment.broker]
-    web_url = f"http://127.0.0.1:{free_port()}"
     with ExitStack() as cleanup:
         database_url = cleanup.enter_context(fresh_database())
         mail = cleanup.enter_context(SmtpSink().running())
         empty_broker(broker_url)
         cleanup.callback(empty_broker, broker_url)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            # Per-user state (gunicorn's control socket) stays out of the real home directory.
-            "HOME": str(tmp),
-            "PYTHONUNBUFFERED": "1",
-            "DATABASE_URL": database_url,
-            "CELERY_BROKER_URL": broker_url,
-            "EMAIL_URL": f"smtp://127.0.0.1:{mail.port}",
-            # Set, even empty, these win over a developer's .env (settings read it as defaults).
-            "EMAIL_BACKEND": "",
-            "SIGNUP_MAX_REMINDERS": "6",  # more than fit before EXPIRING: expiry ends them
-            "SITE_URL": web_url,
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "SIGNUP_API_KEY": API_KEY,
-            "SIGNUP_REMINDER_INTERVAL": str(REMINDER_INTERVAL),
-            "SIGNUP_EXPIRES_AFTER": str(deployment.expires_after),
-            "SIGNUP_SWEEP_INTERVAL": "1",
-            "CONN_MAX_AGE": "0",
-            "SIGNUP_VAR_DIR": str(tmp / "var"),
-            **limits,
-        }
-        migrate = subprocess.run(
-            [str(BIN / "python"), "manage.py", "migrate", "--noinput"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        running = Service(
+            tmp=tmp,
+            database_url=database_url,
+            broker_url=broker_url,
+            api_key=API_KEY,
+            startup_timeout=STARTUP_TIMEOUT,
+            env={
+                "EMAIL_URL": f"smtp://127.0.0.1:{mail.port}",
+                # Set, even empty, these win over a developer's .env (settings read it as
+                # defaults).
+                "EMAIL_BACKEND": "",
+                "SIGNUP_MAX_REMINDERS": "6",  # more than fit before EXPIRING: expiry ends them
+                "SIGNUP_REMINDER_INTERVAL": str(REMINDER_INTERVAL),
+                "SIGNUP_EXPIRES_AFTER": str(deployment.expires_after),
+                "SIGNUP_SWEEP_INTERVAL": "1",
+                "CONN_MAX_AGE": "0",
+                "WORKER_CONCURRENCY": "1",
+                **limits,
+            },
         )
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-
-        node_name = f"e2e-{secrets.token_hex(4)}@{socket.gethostname()}"
-        commands = {
-            "web": [
-                str(BIN / "gunicorn"),
-                "config.wsgi",
-                "--config",
-                "config/gunicorn.py",
-                "--bind",
-                web_url.removeprefix("http://"),
-                "--workers",
-                "2",
-            ],
-            "worker": [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "worker",
-                "--loglevel=INFO",
-                "--concurrency=1",
-                # A node name of its own, so an earlier run's node on the broker is no peer.
-                f"--hostname={node_name}",
-            ],
-            "beat": [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "beat",
-                "--loglevel=INFO",
-                "--schedule",
-                str(tmp / "beat-schedule"),
-            ],
-        }
-        running = Service(web_url, mail, [])
-        cleanup.callback(stop_all, running.processes)
-        for name, command in commands.items():
-            running.processes.append(start_process(name, command, env, tmp))
-        worker, beat = running.processes[1:]  # in the order of `commands`
-        wait_for_startup(lambda: web_answers(running), "the web answered", running)
-        wait_for_startup(
-            lambda: f"{node_name} ready." in worker.output(),
-            "the worker was ready",
-            running,
-        )
-        wait_for_startup(
-            lambda: "Sending due task sweep-signups" in beat.output(), "beat sent a sweep", running
-        )
-        yield running
+        running.migrate(timeout=60)
+        cleanup.callback(running.stop)
+        running.start(beat_ready=BEAT_SWEPT)
+        yield Deployed(running, mail)
 
 
 @pytest.fixture(autouse=True)
@@ -279,7 +196,9 @@ def error_fields(page: requests.Response) -> set[str]:
     return set(re.findall(r'class="error" id="id_(\w+)_error"', page.text))
 
 
-def fill_in_signup_form(service: Service, browser: requests.Session, **fields) -> requests.Response:
+def fill_in_signup_form(
+    service: Deployed, browser: requests.Session, **fields
+) -> requests.Response:
     form = browser.get(f"{service.url}/signup/", timeout=HTTP_TIMEOUT)
     assert form.status_code == 200
     return browser.post(
@@ -296,7 +215,7 @@ class Link:
     source: str
 
 
-def verify_link(service: Service, received: ReceivedEmail) -> Link:
+def verify_link(service: Deployed, received: ReceivedEmail) -> Link:
     """The verification link in an email's text part; it must point at SITE_URL."""
     match = re.search(rf"{re.escape(service.url)}/signup/verify/[^/\s]+/\?\S+", received.text)
     assert match, f"no link to {service.url} in:\n{received.text}"

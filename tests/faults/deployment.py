@@ -1,14 +1,10 @@
-"""A deployment the fault tests can break: web, worker and beat as subprocesses on their own
-PostgreSQL database and a private Redis, an SMTP server that can hold an email in mid-send, and
-the tally of the emails that arrived against the emails that were due."""
+"""A deployment the fault tests can break: web, worker(s) and beat as subprocesses (started by
+harness.service) on their own PostgreSQL database and a private Redis, an SMTP server that can
+hold an email in mid-send, and the tally of the emails that arrived against the emails that
+were due."""
 
 import asyncio
-import os
 import re
-import secrets
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -19,23 +15,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import requests
 
 from harness import processes
-from harness.processes import (
-    BIN,
-    ROOT,
-    Process,
-    ReceivedEmail,
-    RedisServer,
-    free_port,
-    start_process,
-    stop_all,
-)
+from harness.processes import ReceivedEmail, RedisServer
+from harness.service import BEAT_SWEPT, Service
 
 API_KEY = "fault-api-key-0123456789"
 STARTUP_TIMEOUT = 40
-HTTP_TIMEOUT = 10
 # After the last due email, how long a copy still in flight is given to arrive.
 QUIET_PERIOD = 1.0
 # The tests' own database connections say who they are, so that killing "every connection"
@@ -100,9 +86,10 @@ class HoldingSmtpSink(processes.SmtpSink):
 # --- The deployment -------------------------------------------------------------------------
 
 
-class Deployment:
-    """Web (gunicorn), beat and one or more Celery workers of the service, started from one
-    environment; workers can be killed, stopped and started again one by one."""
+class Deployment(Service):
+    """The service (harness.service: web, beat and the Procfile's workers) on a private Redis,
+    whose workers the tests kill, stop and start again one by one, and which restarts a worker
+    that exits on its own, as the production supervisor does."""
 
     def __init__(
         self,
@@ -113,39 +100,26 @@ class Deployment:
         broker: RedisServer,
         settings: dict,
     ):
-        self.tmp = tmp
-        self.database_url = database_url
         self.mail = mail
         self.broker = broker
         self.settings = {**BASE_SETTINGS, **settings}
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.web: Process | None = None
-        self.beat: Process | None = None
-        self.workers: dict[str, Process] = {}  # the running incarnation of each worker
-        self.all_workers: list[Process] = []  # every incarnation, for their logs
-        self.nodes: dict[str, str] = {}  # a worker incarnation's Celery node name
         # Workers that exited on their own, restarted as the production supervisor does
         # (docker-compose's `restart: unless-stopped`): (incarnation, exit code).
         self.crashes: list[tuple[str, int]] = []
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp),
-            # A killed worker leaves its pool's temporary directory behind: keep it here.
-            "TMPDIR": str(tmp),
-            "PYTHONUNBUFFERED": "1",
-            "DATABASE_URL": database_url,
-            "CELERY_BROKER_URL": broker.url(),
-            "EMAIL_URL": f"smtp://127.0.0.1:{mail.port}",
-            "EMAIL_BACKEND": "",
-            "SITE_URL": self.url,
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "SIGNUP_API_KEY": API_KEY,
-            "CONN_MAX_AGE": "60",  # the production default: connections are reused
-            "SIGNUP_VAR_DIR": str(tmp / "var"),
-            **{name: str(value) for name, value in self.settings.items()},
-        }
+        super().__init__(
+            tmp=tmp,
+            database_url=database_url,
+            broker_url=broker.url(),
+            api_key=API_KEY,
+            startup_timeout=STARTUP_TIMEOUT,
+            env={
+                "EMAIL_URL": f"smtp://127.0.0.1:{mail.port}",
+                "EMAIL_BACKEND": "",
+                "CONN_MAX_AGE": "60",  # the production default: connections are reused
+                "WORKER_CONCURRENCY": "1",
+                **{name: str(value) for name, value in self.settings.items()},
+            },
+        )
 
     def setting(self, name: str) -> float:
         return float(self.settings[name])
@@ -153,91 +127,12 @@ class Deployment:
     # Processes
 
     def start(self) -> None:
-        self.web = start_process(
-            "web",
-            [
-                str(BIN / "gunicorn"),
-                "config.wsgi",
-                "--config",
-                "config/gunicorn.py",
-                "--bind",
-                self.url.removeprefix("http://"),
-                "--workers",
-                "2",
-            ],
-            self.env,
-            self.tmp,
-        )
-        self.beat = start_process(
-            "beat",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "beat",
-                "--loglevel=INFO",
-                "--schedule",
-                str(self.tmp / "beat-schedule"),
-            ],
-            self.env,
-            self.tmp,
-        )
-        worker = self.start_worker(wait=False)
-        self._wait(self._web_answers, "the web answered")
-        self.wait_until_ready(worker)
-        self._wait(lambda: "Sending due task sweep-signups" in self.beat.output(), "beat swept")
+        super().start(beat_ready=BEAT_SWEPT)
 
-    def stop(self) -> None:
-        # Nothing a worker holds matters once the test is over: no warm shutdown to wait for.
-        for name in list(self.workers):
-            self.kill_worker(name)
-        stop_all([p for p in (self.web, self.beat) if p is not None])
-
-    def start_worker(self, name: str = "worker", *, wait: bool = True) -> Process:
-        """Start (a new incarnation of) the named worker; its log is a file of its own."""
-        assert name not in self.workers, f"{name} is running"
-        incarnation = sum(p.name.startswith(f"{name}-") for p in self.all_workers) + 1
-        node = f"{name}-{secrets.token_hex(3)}-{incarnation}@{socket.gethostname()}"
-        process = start_process(
-            f"{name}-{incarnation}",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "worker",
-                "--loglevel=INFO",
-                "--concurrency=1",
-                f"--hostname={node}",
-            ],
-            self.env,
-            self.tmp,
-        )
-        self.nodes[process.name] = node
-        self.workers[name] = process
-        self.all_workers.append(process)
-        if wait:
-            self.wait_until_ready(process)
-        return process
-
-    def wait_until_ready(self, worker: Process) -> None:
-        node = self.nodes[worker.name]
-        self._wait(lambda: f"{node} ready." in worker.output(), f"{worker.name} was ready")
-
-    def kill_worker(self, name: str = "worker") -> None:
-        """SIGKILL the worker and its pool processes at once, as the kernel's OOM killer or a
-        `docker kill` would: nothing runs its shutdown code."""
-        process = self.workers.pop(name)
-        os.killpg(process.popen.pid, signal.SIGKILL)
-        process.popen.wait(timeout=20)
-
-    def stop_worker(self, name: str = "worker", *, then=None) -> None:
-        """Warm shutdown (SIGTERM): the worker finishes its task and hands back what it holds.
-        `then` runs right after the signal, while the worker is shutting down."""
-        process = self.workers.pop(name)
-        process.popen.terminate()
-        if then is not None:
-            then()
-        process.popen.wait(timeout=60)
+    @property
+    def nodes(self) -> dict[str, str]:
+        """Each worker incarnation's Celery node name."""
+        return {process.name: process.node for process in self.all_workers}
 
     def log_mark(self, name: str = "worker") -> tuple[str, int]:
         """Which incarnation of the worker runs and how far its log goes, to tell later
@@ -257,7 +152,7 @@ class Deployment:
                 return False
             if process.name == incarnation:
                 return "Connected to redis://" in process.output()[offset:]
-            return f"{self.nodes[process.name]} ready." in process.output()
+            return f"{process.node} ready." in process.output()
 
         self.wait_for(consuming, timeout=timeout, what=f"{name} consumed again")
 
@@ -282,31 +177,7 @@ class Deployment:
             time.sleep(0.05)
         return value
 
-    def _wait(self, check, what: str) -> None:
-        self.wait_for(check, timeout=STARTUP_TIMEOUT, what=what)
-
-    def logs(self) -> str:
-        shown = [p for p in (self.web, self.beat, *self.all_workers) if p is not None]
-        return "\n".join(
-            f"----- {p.name} (exit code {p.popen.poll()}) -----\n{p.output()[-15_000:]}"
-            for p in shown
-        )
-
-    def worker_output(self) -> str:
-        return "\n".join(p.output() for p in self.all_workers)
-
     # The API
-
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        kwargs["headers"] = {"Authorization": f"Bearer {API_KEY}", **kwargs.get("headers", {})}
-        kwargs.setdefault("timeout", HTTP_TIMEOUT)
-        return requests.request(method, f"{self.url}{path}", **kwargs)
-
-    def _web_answers(self) -> bool:
-        try:
-            return self.api("GET", "/api/signups/nobody", timeout=2).status_code == 404
-        except (requests.ConnectionError, requests.Timeout):  # not up, or still starting
-            return False
 
     def sign_up(self, username: str, *, tries: int = 1) -> str:
         """Create a signup through the API; return its email address. With tries > 1, a 5xx is
@@ -352,21 +223,8 @@ def deployed(*, tmp: Path, database_url: str, mail: HoldingSmtpSink, **settings)
 
 def migrate(database_url: str, var_dir: Path) -> None:
     """Create the project's tables in the database at this URL."""
-    migrate = subprocess.run(
-        [str(BIN / "python"), "manage.py", "migrate", "--noinput"],
-        cwd=ROOT,
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "DEBUG": "false",
-            "SIGNUP_VAR_DIR": str(var_dir),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    # The quickstart's broker: migrating sends no task.
+    Service(tmp=var_dir, database_url=database_url, broker_url="filesystem://").migrate(timeout=120)
 
 
 @contextmanager

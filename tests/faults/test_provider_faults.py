@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from harness.provider import Answer, FakePostmark
 from signup import workflow
 from signup.models import OutboundEmail, SignupEvent
-from tests.faults.provider import Answer, FakePostmark
 from tests.helpers import signup_data, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.redis]

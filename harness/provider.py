@@ -1,17 +1,23 @@
-"""A stand-in for Postmark's send API (POST /email) on 127.0.0.1, for driving anymail's real
-Postmark backend into the failures a provider really produces: errors, refusals, throttling,
-hangs, slow answers and answers lost after the message was accepted.
+"""A stand-in for Postmark's send API (POST /email) on 127.0.0.1 that anymail's real Postmark
+backend talks to: the fault tests script it into the failures a provider really produces
+(errors, refusals, throttling, hangs, slow answers, answers lost after acceptance), and the
+benchmarks give it a real provider's latency and occasional throttling.
 """
 
+import hashlib
 import json
+import math
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import getaddresses
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from statistics import NormalDist
 
 
 class Answer(StrEnum):
@@ -44,16 +50,54 @@ _ERRORS = {
 }
 
 
+# The errors a provider answers now and then under load (Postmark's throttling and its own
+# failures): both are transient, so the service retries them.
+OCCASIONAL_ERRORS = (Answer.THROTTLED, Answer.SERVER_ERROR)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How long the provider takes to decide on a call: lognormal, given by its median and its
+    99th percentile in seconds (a real API's shape: most calls near the median, a long tail)."""
+
+    median: float = 0.150
+    p99: float = 0.600
+
+    def __post_init__(self) -> None:
+        if not 0 < self.median <= self.p99:
+            raise ValueError(f"need 0 < median <= p99, got {self.median}, {self.p99}")
+
+    @property
+    def sigma(self) -> float:
+        """The standard deviation of the latency's logarithm."""
+        return math.log(self.p99 / self.median) / NormalDist().inv_cdf(0.99)
+
+    def seconds(self, uniform: float) -> float:
+        """The latency at quantile `uniform` (0 < uniform < 1)."""
+        return self.median * math.exp(self.sigma * NormalDist().inv_cdf(uniform))
+
+
+def draws(seed: int, key: str, count: int) -> list[float]:
+    """`count` numbers uniform in (0, 1), fixed by the seed and the key: the same message sent
+    the same number of times before gets the same latency and the same fate in every run,
+    whatever order concurrent calls arrive in."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8 * count).digest()
+    return [(int.from_bytes(digest[8 * n : 8 * n + 8], "big") + 0.5) / 2**64 for n in range(count)]
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One call the stand-in received (accepted or not)."""
 
-    at: float  # time.monotonic() when the request had been read
+    at: float  # time.monotonic() when the call was decided (read, and any latency waited)
     path: str
     to: str
     email_id: str | None  # Metadata["signup_email_id"], the ledger row's id
     answer: Answer
     message_id: str | None  # set when the message was accepted
+    received_at: float = 0.0  # time.time() when the request had been read
+    decided_at: float = 0.0  # time.time() when it was answered (accepted, or refused)
+    tag: str = ""  # Postmark's Tag: the service sends "signup-<kind>"
 
 
 @dataclass(frozen=True)
@@ -67,10 +111,23 @@ class Accepted:
     html_body: str
     metadata: dict
     headers: dict[str, str] = field(default_factory=dict)
+    received_at: float = 0.0  # time.time() when the request had been read
+    accepted_at: float = 0.0  # time.time() when it was accepted, just before the answer
+    tag: str = ""
 
     @property
     def email_id(self) -> str | None:
         return self.metadata.get("signup_email_id")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A call as it arrives, before the provider has decided on it."""
+
+    to: str
+    email_id: str | None
+    tag: str
+    received_at: float  # time.time()
 
 
 class FakePostmark:
@@ -81,17 +138,42 @@ class FakePostmark:
     (`answer`, ACCEPT at first). A request with the wrong server token gets 401, as from
     Postmark. Every call is recorded in `attempts`, every accepted message in `accepted`.
     Safe to use from the test while the worker's calls are being answered.
+
+    With a `latency`, every call waits its draw from that distribution before it is decided,
+    each in its own thread, so that concurrent calls overlap as at a real provider; with an
+    `error_rate`, that share of the calls the standing ACCEPT would take is answered with one
+    of OCCASIONAL_ERRORS instead. Both draws are seeded by `seed` and the message (see draws).
+    `on_request`, if set, is called with each Request as it arrives, in the server's thread.
     """
 
+    # Calls waiting to be accepted by the server thread: a busy service opens many at once.
+    BACKLOG = 1024
+
     def __init__(
-        self, *, token: str, slow_seconds: float = 0.25, hang_seconds: float = 5.0
+        self,
+        *,
+        token: str,
+        slow_seconds: float = 0.25,
+        hang_seconds: float = 5.0,
+        latency: Latency | None = None,
+        error_rate: float = 0.0,
+        seed: int = 0,
+        keep_bodies: bool = True,
     ) -> None:
         self.token = token
         self.retry_after: str | None = None  # the Retry-After header sent with a 429, if set
         self.slow_seconds = slow_seconds
         self.hang_seconds = hang_seconds
+        self.latency = latency
+        self.error_rate = error_rate
+        self.seed = seed
+        # Without bodies, a benchmark's tens of thousands of accepted messages stay small.
+        self.keep_bodies = keep_bodies
+        self.on_request: Callable[[Request], None] | None = None
         self.port = 0
         self._lock = threading.Lock()
+        self._accepted_changed = threading.Condition(self._lock)
+        self._sent_before: Counter = Counter()
         self._standing = Answer.ACCEPT
         self._scripted: list[Answer] = []
         self._by_recipient: dict[str, Answer] = {}
@@ -110,7 +192,8 @@ class FakePostmark:
     def start(self) -> None:
         """Listen (again) on the same port, or on a free one the first time."""
         handler = type("Handler", (_Handler,), {"provider": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": self.BACKLOG})
+        self._server = server(("127.0.0.1", self.port), handler)
         self.port = self._server.server_address[1]
         self._stopping.clear()
         self._thread = threading.Thread(
@@ -166,6 +249,19 @@ class FakePostmark:
     def accepted_for(self, email_id: int) -> list[Accepted]:
         return [m for m in self.accepted if m.email_id == str(email_id)]
 
+    def wait_for_accepted(self, count: int, timeout: float) -> bool:
+        """Wait until `count` messages in all have been accepted; False after `timeout`."""
+        with self._accepted_changed:
+            return self._accepted_changed.wait_for(lambda: len(self._accepted) >= count, timeout)
+
+    def reset(self) -> None:
+        """Forget every call and message, and how often each message was sent: the next
+        calls draw what the first calls of a fresh provider draw."""
+        with self._lock:
+            self._attempts.clear()
+            self._accepted.clear()
+            self._sent_before.clear()
+
     # --- Answering (called from the server's threads) -----------------------------------
 
     def _choose(self, addresses: list[str]) -> Answer:
@@ -176,8 +272,23 @@ class FakePostmark:
             return self._scripted.pop(0)
         return self._standing
 
+    def _draw(self, to: str, subject: str) -> tuple[float, Answer | None]:
+        """This call's latency and the occasional error it gets instead of ACCEPT, if any,
+        from the seeded draws for the message."""
+        with self._lock:
+            latency, error_rate = self.latency, self.error_rate
+            sent_before = self._sent_before[(to, subject)]
+            self._sent_before[(to, subject)] += 1
+        wait, fails, which = draws(self.seed, f"{to}\n{subject}\n{sent_before}", 3)
+        seconds = latency.seconds(wait) if latency is not None else 0.0
+        error = (
+            OCCASIONAL_ERRORS[int(which * len(OCCASIONAL_ERRORS))] if fails < error_rate else None
+        )
+        return seconds, error
+
     def _handle(self, request: "_Handler") -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        received_at = time.time()
         try:
             data = json.loads(body)
         except ValueError:
@@ -187,6 +298,14 @@ class FakePostmark:
         to = data.get("To", "")
         addresses = [addr.lower() for _, addr in getaddresses([to]) if addr]
         metadata = data.get("Metadata") or {}
+        subject, tag = data.get("Subject", ""), data.get("Tag", "")
+
+        if self.on_request is not None:
+            self.on_request(Request(to, metadata.get("signup_email_id"), tag, received_at))
+        latency, error = self._draw(to, subject)
+        if latency:
+            # Each call waits in its own thread: the other calls go on meanwhile.
+            self._stopping.wait(latency)
 
         with self._lock:
             if request.headers.get("X-Postmark-Server-Token") != self.token:
@@ -195,20 +314,30 @@ class FakePostmark:
                 answer = Answer.BAD_REQUEST
             else:
                 answer = self._choose(addresses)
+                if answer is Answer.ACCEPT and error is not None:
+                    answer = error
+            decided_at = time.time()
             message_id = None
             if answer in (Answer.ACCEPT, Answer.SLOW, Answer.ACCEPT_THEN_DROP):
                 message_id = str(uuid.uuid4())
+                keep = self.keep_bodies
                 self._accepted.append(
                     Accepted(
                         message_id=message_id,
                         to=to,
-                        subject=data.get("Subject", ""),
-                        text_body=data.get("TextBody", ""),
-                        html_body=data.get("HtmlBody", ""),
+                        subject=subject,
+                        text_body=data.get("TextBody", "") if keep else "",
+                        html_body=data.get("HtmlBody", "") if keep else "",
                         metadata=dict(metadata),
-                        headers={h["Name"]: h["Value"] for h in data.get("Headers", [])},
+                        headers={h["Name"]: h["Value"] for h in data.get("Headers", [])}
+                        if keep
+                        else {},
+                        received_at=received_at,
+                        accepted_at=decided_at,
+                        tag=tag,
                     )
                 )
+                self._accepted_changed.notify_all()
             self._attempts.append(
                 Attempt(
                     at=time.monotonic(),
@@ -217,6 +346,9 @@ class FakePostmark:
                     email_id=metadata.get("signup_email_id"),
                     answer=answer,
                     message_id=message_id,
+                    received_at=received_at,
+                    decided_at=decided_at,
+                    tag=tag,
                 )
             )
 
@@ -269,8 +401,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller is gone (a killed worker, or one whose timeout passed): the call
+            # stays recorded as decided, like a provider's whose answer found no one.
+            self.close_connection = True
 
     def log_message(self, format, *args) -> None:
         pass  # the attempts list is the log

@@ -1,0 +1,15 @@
+"""7. Scale-out: benchmark 2 with WORKER_CONCURRENCY=2, the workers' side scaled out on this
+host; 11. the same through the slow stand-in provider (benchmark 8 with two)."""
+
+from bench.benchmarks.common import Sizes
+from bench.benchmarks.email_pipeline import email_pipeline, email_pipeline_provider
+from bench.report import Result
+from bench.stack import Stack
+
+
+def scale_out(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
+    return email_pipeline(stack, sizes, earlier, processes=2)
+
+
+def scale_out_provider(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
+    return email_pipeline_provider(stack, sizes, earlier, processes=2)
