@@ -247,11 +247,15 @@ def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(deploy, fault_round
     for index in range(max(fault_rounds, len(POINTS))):
         point = POINTS[index % len(POINTS)]
         addresses = sign_up_round(deployment, f"kill{index}")
+        # Every worker of the Procfile at once, as when their machine dies: the email worker
+        # holds the sends and the reminders' countdowns, the other one the sweep.
         with chain_at(point, deployment, addresses, finished) as release:
             killed_at = time.monotonic()
-            deployment.kill_worker()
+            for name in deployment.worker_entries:
+                deployment.kill_worker(name)
             release()
-        deployment.start_worker()
+        for name in deployment.worker_entries:
+            deployment.start_worker(name)
         bound = repair_bound(deployment, time.monotonic() - killed_at)
 
         tally, lateness = settle(deployment, addresses, bound)
@@ -279,8 +283,10 @@ def test_a_worker_restarted_mid_chain_loses_and_doubles_nothing(deploy, fault_ro
         with chain_at(point, deployment, addresses, finished) as release:
             stopped_at = time.monotonic()
             # The warm shutdown waits for the running task: let it finish meanwhile.
-            deployment.stop_worker(then=release)
-        deployment.start_worker()
+            for name in deployment.worker_entries:
+                deployment.stop_worker(name, then=release)
+        for name in deployment.worker_entries:
+            deployment.start_worker(name)
         bound = repair_bound(deployment, time.monotonic() - stopped_at)
 
         tally, lateness = settle(deployment, addresses, bound)
@@ -295,7 +301,8 @@ def test_a_worker_restarted_mid_chain_loses_and_doubles_nothing(deploy, fault_ro
 
 @_timeout(per_round=20)
 def test_a_flushed_broker_loses_and_doubles_nothing(deploy, fault_rounds, fault_report):
-    deployment = deploy()
+    # One sending thread, so that holding one send makes the others wait in Redis.
+    deployment = deploy(EMAIL_CONCURRENCY=1)
     fault_report["fault"] = "Redis FLUSHALL while chains count down"
     found: list[str] = []
     for index in range(fault_rounds):
