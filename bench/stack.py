@@ -22,7 +22,13 @@ from harness.service import BEAT_STARTED, Service, short_command, worker_banner
 PG_SERVER = urlsplit(os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/"))
 WEB_WORKERS = 2
 # The service's own tables and the floor's, emptied between benchmarks.
-TABLES = ("signup_signupevent", "signup_outboundemail", "signup_signup", "bench_floorrow")
+TABLES = (
+    "signup_signupevent",
+    "signup_outboundemail",
+    "signup_address",  # each address's budget: a benchmark reuses the addresses of the last
+    "signup_signup",
+    "bench_floorrow",
+)
 POSTMARK_TOKEN = "bench-postmark-server-token"
 
 

@@ -54,7 +54,7 @@ def empty_broker(url: str) -> None:
             connection.connect()  # once: kombu would otherwise retry forever
         except OSError as exc:
             pytest.fail(f"RabbitMQ is not reachable at {url}: {exc}")
-        for queue in ("celery", "email"):
+        for queue in ("celery",):
             # A queue that was never declared has nothing to drop (and closes the channel).
             with connection.channel() as channel, suppress(*connection.channel_errors):
                 channel.queue_purge(queue)

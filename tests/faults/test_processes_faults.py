@@ -247,8 +247,7 @@ def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(deploy, fault_round
     for index in range(max(fault_rounds, len(POINTS))):
         point = POINTS[index % len(POINTS)]
         addresses = sign_up_round(deployment, f"kill{index}")
-        # Every worker of the Procfile at once, as when their machine dies: the email worker
-        # holds the sends and the reminders' countdowns, the other one the sweep.
+        # Every worker of the Procfile at once, as when their machine dies.
         with chain_at(point, deployment, addresses, finished) as release:
             killed_at = time.monotonic()
             for name in deployment.worker_entries:
@@ -301,8 +300,7 @@ def test_a_worker_restarted_mid_chain_loses_and_doubles_nothing(deploy, fault_ro
 
 @_timeout(per_round=20)
 def test_a_flushed_broker_loses_and_doubles_nothing(deploy, fault_rounds, fault_report):
-    # One sending thread, so that holding one send makes the others wait in Redis.
-    deployment = deploy(EMAIL_CONCURRENCY=1)
+    deployment = deploy()
     fault_report["fault"] = "Redis FLUSHALL while chains count down"
     found: list[str] = []
     for index in range(fault_rounds):
