@@ -312,7 +312,7 @@ def refused_calls(stack: Stack) -> int:
 def provider_text(stack: Stack) -> str:
     profile = stack.provider_profile
     return (
-        f"the stand-in Postmark (harness/provider.py) through anymail's Postmark backend:"
+        f"anymail's Postmark backend to the stand-in Postmark (harness/provider.py):"
         f" lognormal latency, median {profile['latency_median_s'] * 1000:.0f} ms, p99"
         f" {profile['latency_p99_s'] * 1000:.0f} ms, {profile['error_rate']:.0%} of calls answered"
         f" 429 or 500 (seed {profile['seed']})"
