@@ -40,7 +40,7 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/nul
 browser:  ## Debian's chromium, for the browser tests
 	@command -v chromium >/dev/null || { echo "installing chromium for the browser tests"; $(call APT_INSTALL,chromium); }
 
-# Every test, on the real services (about 6 minutes).
+# Every test, on the real services (about 9 minutes).
 test: install browser
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 

@@ -127,8 +127,8 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 # A process keeps each thread's connection between requests and tasks for CONN_MAX_AGE
-# seconds, health-checked before use: one connection per gunicorn worker, per prefork child
-# and per thread of the email worker (docs/OPERATIONS.md has the budget). The development
+# seconds, health-checked before use: one connection per gunicorn worker, per prefork child,
+# per thread of a threaded process (docs/OPERATIONS.md has the budget). The development
 # server starts a thread per request, so the Procfile runs it with CONN_MAX_AGE=0: kept
 # connections would pile up with the threads that made them.
 # DATABASE_POOL_SIZE > 0 (PostgreSQL) shares a pool of that many per process instead; a

@@ -164,7 +164,8 @@ class OutboundEmail(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     # While an attempt is with the provider: until when it may be (EMAIL_TIMEOUT after the
-    # claim). No row lock is held meanwhile; a verification waits for a reminder's lease.
+    # claim). No row lock is held meanwhile; a verification or a cancellation waits for a
+    # reminder's lease.
     in_flight_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
