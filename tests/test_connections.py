@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from harness.processes import BIN, ROOT, RedisServer, free_port, fresh_database, pg_url
+from harness.procfile import read_procfile
 
 pytestmark = [pytest.mark.processes, pytest.mark.postgres, pytest.mark.redis]
 
@@ -23,15 +24,6 @@ API_KEY = "load-api-key-0123456789"
 SIGNUPS = 300
 CLIENTS = 16
 POOL_SIZE = 4
-
-
-def procfile_command(name: str) -> str:
-    """The command the Procfile gives the process `name`, as honcho runs it."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        process, _, command = line.partition(":")
-        if process.strip() == name:
-            return command.strip()
-    raise AssertionError(f"no {name} in the Procfile")
 
 
 class ConnectionCounter:
@@ -91,7 +83,7 @@ def test_a_burst_of_api_signups_keeps_the_quickstart_web_within_its_connections(
         )  # fmt: skip
         log = (tmp_path / "web.log").open("wb")
         web = subprocess.Popen(
-            ["sh", "-c", procfile_command("web")],
+            ["sh", "-c", read_procfile()["web"].line],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:

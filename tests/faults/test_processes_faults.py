@@ -36,7 +36,6 @@ from tests.faults.deployment import (
     wait_for_all_due,
 )
 from tests.faults.postgres import PostgresServer
-from tests.helpers import queued
 
 pytestmark = [pytest.mark.faults, pytest.mark.processes, pytest.mark.postgres, pytest.mark.redis]
 
@@ -310,7 +309,7 @@ def test_a_flushed_broker_loses_and_doubles_nothing(deploy, fault_rounds, fault_
         addresses = sign_up_round(deployment, f"flush{index}")
         deployment.wait_for(hold.held.is_set, timeout=10, what="a verification email sent")
         with deployment.broker.client() as broker:
-            waiting = queued(broker)
+            waiting = broker.llen("celery")
             broker.flushall()
         flushed_at = time.monotonic()
         deployment.mail.release()
