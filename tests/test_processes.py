@@ -54,10 +54,9 @@ def empty_broker(url: str) -> None:
             connection.connect()  # once: kombu would otherwise retry forever
         except OSError as exc:
             pytest.fail(f"RabbitMQ is not reachable at {url}: {exc}")
-        for queue in ("celery",):
-            # A queue that was never declared has nothing to drop (and closes the channel).
-            with connection.channel() as channel, suppress(*connection.channel_errors):
-                channel.queue_purge(queue)
+        # A queue that was never declared has nothing to drop.
+        with suppress(*connection.channel_errors):
+            connection.default_channel.queue_purge("celery")
 
 
 # --- The deployment: web, worker(s) and beat processes, as the Procfile starts them -------
@@ -270,8 +269,10 @@ def test_a_new_user_signs_up_verifies_by_email_and_is_welcomed(service):
 
     # Reminders were planned at signup; after verifying, one more interval passes in silence.
     time.sleep(max(verified_at + REMINDER_INTERVAL + 1 - time.monotonic(), 0))
+    # (The welcome may arrive before the POST's answer does: it is left out of the count.)
     late = [e.subject for e in service.emails("ada@example.com") if e.received_at > verified_at]
-    assert late == [welcome.subject]
+    assert [subject for subject in late if subject != welcome.subject] == []
+    assert len(service.emails("ada@example.com", "Welcome")) == 1
 
 
 @deployed(expires_after=EXPIRING)
