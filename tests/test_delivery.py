@@ -1,5 +1,6 @@
 """Sending without holding the database: no lock or transaction while the provider answers,
-and the guarantees kept all the same (no reminder after a verification, nothing twice)."""
+and the guarantees kept all the same (no verification email or reminder after a verification
+or a cancellation, nothing twice)."""
 
 import threading
 import time
@@ -80,25 +81,46 @@ def test_no_row_is_locked_while_the_provider_takes_its_time(gated):
     assert (email.status, email.in_flight_until) == ("sent", None)
 
 
-def test_a_verification_waits_for_a_reminder_that_is_with_the_provider(gated):
-    signup = workflow.start_signup(**signup_data())
+def _verification_email(signup: Signup) -> tuple[OutboundEmail, object]:
+    """The first verification email, and how to send it."""
+    email = signup.emails.get(kind="verification")
+    return email, lambda: workflow.deliver_email(email_id=email.pk)
+
+
+def _reminder(signup: Signup) -> tuple[OutboundEmail, object]:
+    """Reminder 1, taken and claimed, and how its task sends it."""
     reminder = _reminder_taken(signup)
-    sender, sent = in_thread(lambda: workflow.send_claimed_email(email_id=reminder.pk))
-    assert gated.entered.wait(10)
+    return reminder, lambda: workflow.send_claimed_email(email_id=reminder.pk)
+
+
+def _verify(signup: Signup):
     token = tokens.make_token(signup)
-    verifier, verified = in_thread(
-        lambda: workflow.verify_signup(token=token, source="verification")
-    )
+    return lambda: workflow.verify_signup(token=token, source="verification")
+
+
+def _cancel(signup: Signup):
+    return lambda: workflow.cancel_signup(signup_id=signup.pk, reason="test")
+
+
+@pytest.mark.parametrize("closing", [_verify, _cancel], ids=["verification", "cancellation"])
+@pytest.mark.parametrize("out", [_verification_email, _reminder], ids=["verify-email", "reminder"])
+def test_closing_a_signup_waits_for_its_email_that_is_with_the_provider(gated, out, closing):
+    signup = workflow.start_signup(**signup_data())
+    email, send = out(signup)
+    sender, sent = in_thread(send)
+    assert gated.entered.wait(10)
+    closer, closed = in_thread(closing(signup))
     time.sleep(0.3)
-    assert verifier.is_alive(), "the verification did not wait for the reminder"
+    assert closer.is_alive(), "the signup was closed while its email was with the provider"
     gated.release.set()
     sender.join(15)
-    verifier.join(15)
+    closer.join(15)
     assert sent == {"value": True}
-    assert verified["value"].signup.status == "verified"
-    reminder.refresh_from_db()
+    assert "error" not in closed, closed
+    email.refresh_from_db()
     signup.refresh_from_db()
-    assert reminder.sent_at <= signup.verified_at
+    assert signup.status in ("verified", "cancelled")
+    assert email.sent_at <= (signup.verified_at or signup.updated_at)
 
 
 def test_the_wait_ends_with_the_lease_even_if_the_provider_never_answers(gated, settings):

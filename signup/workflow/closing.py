@@ -15,21 +15,22 @@ from signup.workflow.common import (
     _lock,
     _lock_signup_and_email,
 )
-from signup.workflow.ledger import _number, _reminder_out_until, _skip_unsent, _wait_for_lease
+from signup.workflow.ledger import _number, _pending_email_out_until, _skip_unsent, _wait_for_lease
 
 
 def cancel_signup(*, signup_id: int, reason: str = "") -> bool:
     """Cancel a pending signup (an operator's decision); its username is free again.
 
-    Like a verification, it waits (outside the transaction) for a reminder of the signup
-    that is with the provider, so nothing is sent after the cancellation commits.
+    Like a verification, it waits (outside the transaction) for a verification email or a
+    reminder of the signup that is with the provider, so nothing is sent after the
+    cancellation commits.
     """
     while True:
         with transaction.atomic():
             signup = _lock(signup_id)
             if signup is None or signup.status != Status.PENDING:
                 return False
-            out_until = _reminder_out_until(signup)
+            out_until = _pending_email_out_until(signup)
             if out_until is None:
                 _close(signup, Status.CANCELLED, Event.CANCELLED, detail=reason)
                 return True

@@ -53,10 +53,10 @@ def deliver_email(*, email_id: int) -> bool:
 
     Three short steps, so that no transaction or row lock is held while the provider takes
     its time: claim the email under its signup's lock (count the attempt, set its lease),
-    call the provider, record what it answered. A verification waits for a reminder of its
-    signup whose lease runs, so no reminder leaves after a verification commits. Provider
-    errors propagate to the caller (the task's retry policy) with the row still "sending";
-    EmailInFlight says another attempt holds the lease.
+    call the provider, record what it answered. A verification waits for a verification email
+    or a reminder of its signup whose lease runs, so neither leaves after a verification
+    commits. Provider errors propagate to the caller (the task's retry policy) with the row
+    still "sending"; EmailInFlight says another attempt holds the lease.
     """
     claimed = _claim(email_id)
     if claimed is None:
@@ -258,13 +258,18 @@ def redrive_email(*, email_id: int) -> bool:
     return True
 
 
-def _reminder_out_until(signup: Signup):
-    """When the lease of a reminder of this pending signup that is with the provider ends."""
+# The emails only a pending signup wants: none of them may leave once it is closed.
+_PENDING_KINDS = [kind for kind, status in _WANTED_WHILE.items() if status == Status.PENDING]
+
+
+def _pending_email_out_until(signup: Signup):
+    """When the lease ends of an email of this pending signup (a verification email or a
+    reminder) that is with the provider."""
     if signup.status != Status.PENDING:
         return None
     return (
         signup.emails.filter(
-            kind=EmailKind.REMINDER,
+            kind__in=_PENDING_KINDS,
             status=EmailStatus.SENDING,
             in_flight_until__gt=timezone.now(),
         )

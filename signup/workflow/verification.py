@@ -17,7 +17,12 @@ from signup.workflow.common import (
     _add_event,
     _lock,
 )
-from signup.workflow.ledger import _queue_email, _reminder_out_until, _skip_unsent, _wait_for_lease
+from signup.workflow.ledger import (
+    _pending_email_out_until,
+    _queue_email,
+    _skip_unsent,
+    _wait_for_lease,
+)
 from signup.workflow.reminders import _expire
 
 
@@ -35,7 +40,7 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
         if signup is None or int(signup.created_at.timestamp()) != created_ts:
             raise tokens.InvalidToken("no such signup")
 
-    return _verify_when_no_reminder_is_out(signup_id, source=source, check=genuine)
+    return _verify_when_no_email_is_out(signup_id, source=source, check=genuine)
 
 
 def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
@@ -45,18 +50,18 @@ def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
         if signup is None:
             raise Signup.DoesNotExist(signup_id)
 
-    return _verify_when_no_reminder_is_out(signup_id, source="operator", check=exists)
+    return _verify_when_no_email_is_out(signup_id, source="operator", check=exists)
 
 
-def _verify_when_no_reminder_is_out(signup_id: int, *, source: str, check) -> VerifyResult:
-    """Verify under the address's and the signup's locks, once no reminder of the signup is
-    with the provider.
+def _verify_when_no_email_is_out(signup_id: int, *, source: str, check) -> VerifyResult:
+    """Verify under the address's and the signup's locks, once no verification email or
+    reminder of the signup is with the provider.
 
-    A reminder claimed before the verification is out until its lease ends (the provider's
-    own time limit): wait for it outside the transaction, so that it can record itself, and
-    look again. A claim made after the verification commits sees it and skips the reminder.
-    So no reminder leaves after a verification commits, and the wait is at most one lease;
-    usually it is none, or one provider call.
+    Such an email claimed before the verification is out until its lease ends (the
+    provider's own time limit): wait for it outside the transaction, so that it can record
+    itself, and look again. A claim made after the verification commits sees it and skips
+    the email. So neither leaves after a verification commits, and the wait is at most one
+    lease; usually it is none, or one provider call.
     """
     while True:
         with transaction.atomic():
@@ -65,7 +70,7 @@ def _verify_when_no_reminder_is_out(signup_id: int, *, source: str, check) -> Ve
             check(signup)
             if _expire_if_due(signup):
                 break
-            out_until = _reminder_out_until(signup)
+            out_until = _pending_email_out_until(signup)
             if out_until is None:
                 return _verify(signup, address, source=source)
         _wait_for_lease(out_until)
