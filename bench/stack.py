@@ -108,10 +108,13 @@ class Stack:
         self._note("beat", short_command(beat.command))
         return beat
 
-    def start_workers(self, *, concurrency: int = 2, provider: bool = False) -> list[Process]:
+    def start_workers(
+        self, *, concurrency: int = 2, provider: bool = False, email_processes: int = 1
+    ) -> list[Process]:
         """Start every worker line of the Procfile with WORKER_CONCURRENCY=`concurrency`,
-        sending through the instant backend or, with `provider`, anymail's Postmark backend
-        to the stand-in provider; wait until they are ready."""
+        and `email_processes` - 1 more copies of its email line (as `honcho start -c
+        email=N` would), sending through the instant backend or, with `provider`, anymail's
+        Postmark backend to the stand-in provider; wait until they are ready."""
         env = {"WORKER_CONCURRENCY": str(concurrency)}
         if provider:
             env.update(
@@ -120,6 +123,13 @@ class Stack:
                 ANYMAIL_POSTMARK_API_URL=self.provider.url,
             )
         workers = self.service.start_workers(env=env)
+        copies = [
+            self.service.start_worker(f"email{number}", entry="email", env=env, wait=False)
+            for number in range(2, email_processes + 1)
+        ]
+        for copy in copies:
+            self.service.wait_until_ready(copy)
+        workers += copies
         for worker in workers:
             # The node name differs on every start: the rest says what ran.
             command = [part for part in worker.command if not part.startswith("--hostname=")]

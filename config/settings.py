@@ -15,6 +15,7 @@ import environ
 from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SIGNUP_VAR_DIR", BASE_DIR / "var"))
@@ -330,6 +331,16 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
             "store_processed": False,
         }
     )
+# Sending email waits on the provider's network: deliver_email and send_reminder (which sends
+# its email itself) go to the "email" queue, which the Procfile's email worker serves from a
+# pool of threads, so a slow provider stalls neither the timers nor the sweeper. A worker
+# started without -Q serves both queues.
+CELERY_TASK_QUEUES = [Queue("celery"), Queue("email")]
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "signup.tasks.deliver_email": {"queue": "email"},
+    "signup.tasks.send_reminder": {"queue": "email"},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -7,11 +7,13 @@ benchmarks give it a real provider's latency and occasional throttling.
 import hashlib
 import json
 import math
+import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import getaddresses
@@ -98,6 +100,7 @@ class Attempt:
     received_at: float = 0.0  # time.time() when the request had been read
     decided_at: float = 0.0  # time.time() when it was answered (accepted, or refused)
     tag: str = ""  # Postmark's Tag: the service sends "signup-<kind>"
+    client: tuple[str, int] = ("", 0)  # the caller's address and port: its TCP connection
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class FakePostmark:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._open: set[socket.socket] = set()  # the callers' kept-alive connections
 
     @property
     def url(self) -> str:
@@ -208,6 +212,12 @@ class FakePostmark:
         self._stopping.set()  # releases hanging calls
         self._server.shutdown()
         self._server.server_close()
+        # A provider that goes away drops the connections its callers keep alive too.
+        with self._lock:
+            kept, self._open = list(self._open), set()
+        for connection in kept:
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
         self._server = self._thread = None
 
@@ -349,6 +359,7 @@ class FakePostmark:
                     received_at=received_at,
                     decided_at=decided_at,
                     tag=tag,
+                    client=tuple(request.client_address[:2]),
                 )
             )
 
@@ -390,6 +401,19 @@ class FakePostmark:
 
 class _Handler(BaseHTTPRequestHandler):
     provider: FakePostmark
+    # Keep-alive, as an ESP's API answers: a sender that keeps its connection reuses it.
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        with self.provider._lock:
+            self.provider._open.add(self.connection)
+
+    def finish(self) -> None:
+        with self.provider._lock:
+            self.provider._open.discard(self.connection)
+        with suppress(OSError):  # the provider stopped under this connection
+            super().finish()
 
     def do_POST(self) -> None:
         self.provider._handle(self)

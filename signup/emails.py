@@ -1,9 +1,14 @@
 """Rendering and sending the workflow's emails through Django's mail API (any anymail ESP)."""
 
+import threading
+import time
+from contextlib import suppress
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.template.loader import render_to_string
 
 from signup import tokens
@@ -53,8 +58,58 @@ def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternative
 def send(email: OutboundEmail, signup: Signup) -> str:
     """Send one ledger email now and return the provider's message id (or our Message-ID)."""
     message = build_message(email, signup)
-    message.send(fail_silently=False)
+    message.connection = _connection()
+    try:
+        message.send(fail_silently=False)
+    except BaseException:
+        _drop_connection()  # whatever went wrong, the next email starts on a fresh one
+        raise
     status = getattr(message, "anymail_status", None)
     if status is not None and status.message_id:
         return str(status.message_id)
     return message.extra_headers["Message-ID"]
+
+
+# Each sending thread keeps its backend connection open between emails: an ESP's HTTP API is
+# then one request on a kept-alive (TLS) connection, not a new session, TCP connect and
+# handshake per email. One left idle this long is closed and opened again, before the far
+# end (an ESP's load balancer, an SMTP server) is likely to have dropped it.
+CONNECTION_IDLE_SECONDS = 20
+_thread = threading.local()
+# Bumped when the email settings change (tests, override_settings): every thread then opens
+# a connection configured by the new ones.
+_settings_version = 0
+
+
+@receiver(setting_changed)
+def _email_settings_changed(*, setting: str, **kwargs) -> None:
+    global _settings_version
+    if setting.startswith(("EMAIL_", "ANYMAIL")):
+        _settings_version += 1
+
+
+def _connection():
+    """This thread's open connection to the configured email backend."""
+    now = time.monotonic()
+    kept = getattr(_thread, "connection", None)
+    if kept is not None and (
+        _thread.version != _settings_version or now - _thread.used > CONNECTION_IDLE_SECONDS
+    ):
+        _drop_connection()
+        kept = None
+    if kept is None:
+        _thread.version = _settings_version
+        kept = get_connection(fail_silently=False)
+        kept.open()
+        _thread.connection = kept
+    _thread.used = now
+    return kept
+
+
+def _drop_connection() -> None:
+    kept = getattr(_thread, "connection", None)
+    _thread.connection = None
+    if kept is not None:
+        # A broken connection is being thrown away: its close may fail as well.
+        with suppress(Exception):
+            kept.close()

@@ -28,6 +28,14 @@ def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message:
         time.sleep(interval)
 
 
+QUEUES = ("celery", "email")  # config.settings.CELERY_TASK_QUEUES
+
+
+def queued(broker) -> int:
+    """How many task messages wait in the Redis broker, on every queue the service uses."""
+    return sum(broker.llen(queue) for queue in QUEUES)
+
+
 def sent_to(address: str, subject_word: str = "") -> list:
     """The emails in the outbox to this address whose subject contains subject_word."""
     return [m for m in list(mail.outbox) if address in m.to and subject_word in m.subject]

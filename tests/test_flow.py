@@ -15,6 +15,7 @@ from signup import tasks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
 from tests.helpers import (
     kill_own_connection,
+    queued,
     sent_to,
     signup_data,
     verify_link,
@@ -86,7 +87,7 @@ def test_reminders_out_of_reach_wait_in_the_database_and_are_handed_over_on_time
     for address in addresses:
         wait_for_emails(address, "Verify")
     # Nothing of the pending signups is in the broker: no queued task, none held by the worker.
-    wait_for(lambda: broker.llen("celery") == 0 and broker.hlen("unacked") == 0, timeout=5)
+    wait_for(lambda: queued(broker) == 0 and broker.hlen("unacked") == 0, timeout=5)
     assert not Signup.objects.filter(reminder_enqueued_at__isnull=False).exists()
 
     def reminded() -> bool:
@@ -158,7 +159,7 @@ def test_sweeper_restores_a_chain_whose_task_was_deleted(worker_factory, broker,
     settings.SIGNUP_EMAIL_REDRIVE_AFTER = 0
     signup = workflow.start_signup(**signup_data())
     # No worker yet: the verification email and reminder 1 wait in Redis. Then they are lost.
-    wait_for(lambda: broker.llen("celery") >= 2, message="two tasks queued")
+    wait_for(lambda: queued(broker) >= 2, message="two tasks queued")
     broker.flushdb()
     time.sleep(2.5)  # reminder 1 is now overdue by more than the grace
 
@@ -184,7 +185,7 @@ def test_rolled_back_signup_sends_nothing(worker, broker):
     time.sleep(1.5)
     assert mail.outbox == []
     assert not Signup.objects.exists()
-    assert broker.llen("celery") == 0
+    assert queued(broker) == 0
 
 
 def test_duplicated_tasks_send_each_email_once(worker, settings):

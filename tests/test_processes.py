@@ -54,9 +54,10 @@ def empty_broker(url: str) -> None:
             connection.connect()  # once: kombu would otherwise retry forever
         except OSError as exc:
             pytest.fail(f"RabbitMQ is not reachable at {url}: {exc}")
-        # A queue that was never declared has nothing to drop.
-        with suppress(*connection.channel_errors):
-            connection.default_channel.queue_purge("celery")
+        for queue in ("celery", "email"):
+            # A queue that was never declared has nothing to drop (and closes the channel).
+            with connection.channel() as channel, suppress(*connection.channel_errors):
+                channel.queue_purge(queue)
 
 
 # --- The deployment: web, worker(s) and beat processes, as the Procfile starts them -------

@@ -1,7 +1,7 @@
 """2. The email pipeline: verification emails per second through the Procfile's workers, beside
 no-op tasks through the same workers; 8. the same through the slow stand-in provider, beside the
 instant backend (how much of the provider's latency the service hides). Benchmarks 7 and 11
-(scale_out.py) are these with WORKER_CONCURRENCY=2."""
+(scale_out.py) are these with two email worker processes."""
 
 import time
 from contextlib import suppress
@@ -23,6 +23,11 @@ from bench.benchmarks.common import (
 from bench.report import Result, Row
 from bench.stack import Stack, instant_provider, wait_until
 
+
+def processes_text(processes: int) -> str:
+    return "once" if processes == 1 else f"{processes} times"
+
+
 # The share of the instant backend's rate the pipeline keeps with the slow provider.
 PROVIDER_TARGET = 0.9
 
@@ -30,8 +35,8 @@ PROVIDER_TARGET = 0.9
 def email_pipeline(
     stack: Stack, sizes: Sizes, earlier: dict[str, Result], *, processes: int = 1
 ) -> Result:
-    """Verification emails per second from the workers with WORKER_CONCURRENCY=`processes`,
-    beside no-op tasks through the same workers."""
+    """Verification emails per second from the Procfile's workers with `processes` copies of
+    its email line, beside no-op tasks through the same workers."""
     fresh(stack, worker=None)
     records = stack.broker.client(1)
     # Queued while no worker runs, no-op tasks first: the worker then works through the no-ops
@@ -39,7 +44,7 @@ def email_pipeline(
     stack.manage("bench_noop", "--count", str(sizes.noop_count), "--record", "ends")
     populate(stack, sizes.email_count, prefix="e", skip_verification_emails=False)
     started = time.monotonic()
-    stack.start_workers(concurrency=processes)
+    stack.start_workers(email_processes=processes)
     workers, label = workers_text(stack), workers_label(stack)
     unsent = "SELECT count(*) FROM signup_outboundemail WHERE status <> 'sent'"
     timeout = 60 + sizes.email_count + sizes.noop_count / 10
@@ -67,9 +72,9 @@ def email_pipeline(
         name="email_pipeline" if processes == 1 else "scale_out",
         number=2 if processes == 1 else 7,
         title=(
-            "Email pipeline: verification emails per second per worker process"
+            "Email pipeline: verification emails per second through the Procfile's workers"
             if processes == 1
-            else f"Scale-out: the email pipeline with {processes} worker processes"
+            else f"Scale-out: the email pipeline with {processes} email worker processes"
         ),
         figures={
             "emails_per_second": email_rate,
@@ -105,9 +110,11 @@ def email_pipeline(
         notes=[
             f"{sizes.email_count} signups were started with the workers stopped (so their"
             f" verification emails waited in Redis), behind {sizes.noop_count} no-op tasks;"
-            f" then the Procfile's workers were started with WORKER_CONCURRENCY={processes}"
-            f" ({workers}). Rates run from the first to the last completion: the ledger's"
-            " sent_at for the emails, the time the first and last no-op noted for the floor.",
+            " then the Procfile's workers were started, its email line"
+            f" {processes_text(processes)} ({workers}). The no-op tasks go to the email queue"
+            " (bench/settings.py), so that both run through the same worker. Rates run from the"
+            " first to the last completion: the ledger's sent_at for the emails, the time the"
+            " first and last no-op noted for the floor.",
             "The email backend accepts each message at once after rendering it to MIME"
             " (bench/mail.py): the provider is not measured (benchmark"
             f" {8 if processes == 1 else 11} is this through a slow one).",
@@ -124,7 +131,7 @@ def send_through_provider(stack: Stack, sizes: Sizes, *, processes: int, slow: b
         instant_provider(stack)
     populate(stack, sizes.email_count, prefix="e", skip_verification_emails=False)
     started = time.monotonic()
-    stack.start_workers(concurrency=processes, provider=True)
+    stack.start_workers(email_processes=processes, provider=True)
     workers, label = workers_text(stack), workers_label(stack)
 
     def accepted() -> int:
@@ -175,8 +182,8 @@ def email_pipeline_provider(
     number = 8 if processes == 1 else 11
     notes = [
         f"Benchmark {2 if processes == 1 else 7} (without its no-op tasks) sending through"
-        f" {provider_text(stack)}. Workers: the Procfile's, WORKER_CONCURRENCY={processes}"
-        f" ({slow['workers']}).",
+        f" {provider_text(stack)}. Workers: the Procfile's, its email line"
+        f" {processes_text(processes)} ({slow['workers']}).",
         "Each verification email counts once, when the provider accepted it (a call refused"
         " with 429 or 500 is retried by the service and counts when the retry is accepted):"
         f" {slow['emails_accepted']} of {sizes.email_count} accepted,"
@@ -203,7 +210,7 @@ def email_pipeline_provider(
         title=(
             "Email pipeline through a slow provider: how much of its latency the service hides"
             if processes == 1
-            else f"Scale-out through a slow provider: {processes} worker processes"
+            else f"Scale-out through a slow provider: {processes} email worker processes"
         ),
         figures={"slow_provider": slow, "instant_provider": at_once},
         floor={

@@ -1,5 +1,5 @@
-"""7. Scale-out: benchmark 2 with WORKER_CONCURRENCY=2, the workers' side scaled out on this
-host; 11. the same through the slow stand-in provider (benchmark 8 with two)."""
+"""7. Scale-out: benchmark 2 with two processes of the Procfile's email line (one per core of
+this host); 11. the same through the slow stand-in provider (benchmark 8 with two)."""
 
 from bench.benchmarks.common import Sizes
 from bench.benchmarks.email_pipeline import email_pipeline, email_pipeline_provider

@@ -224,6 +224,26 @@ def test_a_throttled_send_waits_at_least_as_long_as_retry_after_asks(postmark, w
     assert len(postmark.accepted_for(email.pk)) == 1
 
 
+def test_a_sending_thread_keeps_its_connection_and_opens_a_new_one_after_an_error(
+    postmark, worker, broker
+):
+    """One kept-alive connection per sending thread (no TCP/TLS handshake per email), given
+    up when a call fails, so that a retry never rides a connection in an unknown state."""
+    for username in ("kept1", "kept2"):
+        assert _wait_for_status(_start(username), "sent").status == "sent"
+    postmark.answer_next(Answer.SERVER_ERROR, times=1)
+    assert _wait_for_status(_start("kept3"), "sent", "failed").status == "sent"
+    _wait_until_idle(broker)
+    calls = postmark.attempts
+    assert [call.answer for call in calls] == [Answer.ACCEPT] * 2 + [
+        Answer.SERVER_ERROR,
+        Answer.ACCEPT,
+    ]
+    first, second, failed, retried = (call.client for call in calls)
+    assert first == second == failed, "the worker's thread opened a connection per email"
+    assert retried != failed, "the retry reused the connection of the failed call"
+
+
 def test_an_unreachable_provider_is_retried_until_it_is_back(
     postmark, worker, broker, fault_rounds, fault_report
 ):

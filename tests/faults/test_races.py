@@ -22,7 +22,7 @@ from django.utils import timezone
 from config.celery import app as celery_app
 from signup import tasks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import API_KEY, hidden_fields, signup_data, verify_link, wait_for
+from tests.helpers import API_KEY, hidden_fields, queued, signup_data, verify_link, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -132,7 +132,7 @@ def wait_until_settled(broker, *, timeout: float = 30) -> None:
     """Wait until the worker has taken every message and no ledger email is still unsent."""
     wait_for(
         lambda: (
-            broker.llen("celery") == 0
+            queued(broker) == 0
             and not OutboundEmail.objects.filter(status__in=("queued", "sending")).exists()
         ),
         timeout=timeout,

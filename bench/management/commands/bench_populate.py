@@ -35,8 +35,12 @@ class Command(BaseCommand):
 
     def handle(self, *, count, prefix, spread, skip_verification_emails, tokens_file, **options):
         if skip_verification_emails:
-            # Set before the first task is sent: the router is built from it then.
-            celery_app.conf.task_routes = {"signup.tasks.deliver_email": {"queue": DISCARD_QUEUE}}
+            # Set before the first task is sent: the router is built from it then. Under its
+            # Django name: the app reads its settings with the CELERY_ namespace.
+            celery_app.conf.CELERY_TASK_ROUTES = {
+                **celery_app.conf.task_routes,
+                "signup.tasks.deliver_email": {"queue": DISCARD_QUEUE},
+            }
         started = time.monotonic()
         signups = []
         for index in range(count):
