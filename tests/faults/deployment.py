@@ -49,21 +49,22 @@ BASE_SETTINGS = {
 
 @dataclass
 class Hold:
-    """An SMTP conversation stopped after MAIL FROM: the worker is inside its send, and the
-    server has accepted nothing yet."""
+    """SMTP conversations stopped after MAIL FROM: the worker is inside its send, and the
+    server has accepted nothing yet. `held` is set by the first; every one that comes before
+    the release waits too, so that no send the worker has in flight ends accepted."""
 
     held: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
 
 
 class HoldingSmtpSink(processes.SmtpSink):
-    """The recording SMTP server, which can also hold the next conversation in mid-send."""
+    """The recording SMTP server, which can also hold conversations in mid-send."""
 
     def __init__(self):
         super().__init__()
         self._hold: Hold | None = None
 
-    def hold_next(self) -> Hold:
+    def hold(self) -> Hold:
         self._hold = Hold()
         return self._hold
 
@@ -74,7 +75,7 @@ class HoldingSmtpSink(processes.SmtpSink):
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         hold = self._hold
-        if hold is not None and not hold.held.is_set():
+        if hold is not None:
             hold.held.set()
             while not hold.released.is_set():
                 await asyncio.sleep(0.02)

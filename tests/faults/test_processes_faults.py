@@ -122,8 +122,8 @@ def chain_at(point: str, deployment: Deployment, addresses: list[str], finished:
     if point == "counting down":
         yield lambda: None
     elif point == "sending an email":
-        # Held after MAIL FROM: the worker is inside its send and nothing was accepted yet.
-        hold = deployment.mail.hold_next()
+        # Held after MAIL FROM: the worker is inside its sends and none was accepted yet.
+        hold = deployment.mail.hold()
         try:
             deployment.wait_for(
                 hold.held.is_set,
@@ -308,7 +308,7 @@ def test_a_flushed_broker_loses_and_doubles_nothing(deploy, fault_rounds, fault_
     for index in range(fault_rounds):
         # The worker is held sending the first verification email, so the other signups'
         # tasks (their verification emails and first countdowns) wait in Redis.
-        hold = deployment.mail.hold_next()
+        hold = deployment.mail.hold()
         addresses = sign_up_round(deployment, f"flush{index}")
         deployment.wait_for(hold.held.is_set, timeout=10, what="a verification email sent")
         with deployment.broker.client() as broker:
@@ -467,9 +467,9 @@ def test_killed_database_connections_lose_and_double_nothing(deploy, fault_round
     for index in range(fault_rounds):
         with ConnectionKiller(deployment, every=KILL_EVERY) as killer:
             started_at = time.monotonic()
-            # The verification email of the first signup is held in mid-send, with the
-            # worker's transaction open, until the killer has struck.
-            hold = deployment.mail.hold_next()
+            # The verification emails are held in mid-send (no transaction open: a send
+            # holds a lease) until the killer has killed the sending threads' connections.
+            hold = deployment.mail.hold()
             addresses = sign_up_round(deployment, f"pg{index}", tries=20)
             deployment.wait_for(hold.held.is_set, timeout=10, what="a verification email sent")
             deployment.wait_for(
