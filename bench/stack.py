@@ -109,12 +109,12 @@ class Stack:
         return beat
 
     def start_workers(
-        self, *, concurrency: int = 2, provider: bool = False, email_processes: int = 1
+        self, *, concurrency: int = 2, provider: bool = False, extra_email: int = 0
     ) -> list[Process]:
         """Start every worker line of the Procfile with WORKER_CONCURRENCY=`concurrency`,
-        and `email_processes` - 1 more copies of its email line (as `honcho start -c
-        email=N` would), sending through the instant backend or, with `provider`, anymail's
-        Postmark backend to the stand-in provider; wait until they are ready."""
+        and `extra_email` more copies of its email line, sending through the instant backend
+        or, with `provider`, anymail's Postmark backend to the stand-in provider; wait until
+        they are ready."""
         env = {"WORKER_CONCURRENCY": str(concurrency)}
         if provider:
             env.update(
@@ -124,8 +124,8 @@ class Stack:
             )
         workers = self.service.start_workers(env=env)
         copies = [
-            self.service.start_worker(f"email{number}", entry="email", env=env, wait=False)
-            for number in range(2, email_processes + 1)
+            self.service.start_worker(f"email-copy{number}", entry="email", env=env, wait=False)
+            for number in range(1, extra_email + 1)
         ]
         for copy in copies:
             self.service.wait_until_ready(copy)
