@@ -2,13 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from signup import api, webhooks
+from signup import api, health, webhooks
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="signup:form", permanent=False)),
     path("signup/", include("signup.urls")),
     path("api/", include(api.urlpatterns)),
     path("admin/", admin.site.urls),
+    # Liveness and readiness probes (docs/OPERATIONS.md#health).
+    path("", include(health.urlpatterns)),
     # Email-provider tracking webhooks, e.g. /anymail/postmark/tracking/ (basic auth).
     path("anymail/", include(webhooks.urlpatterns)),
 ]

@@ -214,3 +214,15 @@ class Address(models.Model):
 
     def __str__(self) -> str:
         return f"address {self.digest[:12]}…"
+
+
+class Heartbeat(models.Model):
+    """When a periodic job last finished (the sweeper: "sweep"). Read by /readyz and
+    `manage.py signup_doctor`: with production intervals every reminder reaches the broker
+    through the sweeper, so a stopped beat stops reminders, and this is how it shows."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -11,7 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from signup import tasks
-from signup.models import OutboundEmail, Signup, SignupEvent
+from signup.models import Heartbeat, OutboundEmail, Signup, SignupEvent
 from signup.workflow.common import (
     EmailStatus,
     Event,
@@ -21,6 +21,8 @@ from signup.workflow.common import (
 from signup.workflow.reminders import _horizon, expire_signup
 
 logger = logging.getLogger("signup.workflow")
+
+SWEEP_HEARTBEAT = "sweep"
 
 
 def sweep(*, batch_size: int = 1000) -> dict[str, int]:
@@ -50,6 +52,8 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     in_batches(_expire_overdue)
     in_batches(_enqueue_due_reminders)
     in_batches(_requeue_stuck_emails)
+    # Only a sweep that got through its work counts as one: /readyz and signup_doctor read it.
+    Heartbeat.objects.update_or_create(name=SWEEP_HEARTBEAT, defaults={"at": timezone.now()})
     if any(counts.values()):
         logger.info("sweep: %s", counts)
     return counts

@@ -1,0 +1,127 @@
+"""Is the service well: the checks behind GET /readyz and `manage.py signup_doctor`.
+
+Each check answers None when its part is well, else a sentence saying what is wrong. They
+only read: a probe that runs every few seconds must not change anything.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from signup.models import Heartbeat, OutboundEmail, Signup
+from signup.workflow.sweeper import SWEEP_HEARTBEAT
+
+# How long a check may wait for the database or the broker before it says it is down.
+CHECK_TIMEOUT = 2.0
+# The sweeper is late once its last completed run is this many intervals old.
+SWEEP_INTERVALS_LATE = 3
+
+
+def check_database() -> str | None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:  # any failure means "not ready"
+        return _down(exc)
+    return None
+
+
+def check_broker() -> str | None:
+    from config.celery import app
+
+    try:
+        with app.connection_for_write() as broker:
+            broker.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
+    except Exception as exc:  # as above
+        return _down(exc)
+    return None
+
+
+def check_sweeper() -> str | None:
+    """The last completed sweep is recent: beat is running and a worker runs its sweeps."""
+    try:
+        last = Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).values_list("at", flat=True).first()
+    except Exception as exc:  # the database check says why
+        return f"unknown: the database did not answer ({type(exc).__name__})"
+    limit = SWEEP_INTERVALS_LATE * settings.SIGNUP_SWEEP_INTERVAL
+    if last is None:
+        return "no sweep has completed yet: is beat running?"
+    age = (timezone.now() - last).total_seconds()
+    if age > limit:
+        return (
+            f"the last sweep completed {age:.0f} s ago (more than {SWEEP_INTERVALS_LATE} x"
+            f" SIGNUP_SWEEP_INTERVAL = {limit} s): is beat running, and a worker on the"
+            " default queue?"
+        )
+    return None
+
+
+CHECKS = {"database": check_database, "broker": check_broker, "sweeper": check_sweeper}
+
+
+def readiness() -> dict[str, str]:
+    """Each part, "ok" or what is wrong with it."""
+    return {name: check() or "ok" for name, check in CHECKS.items()}
+
+
+def stuck_work(now=None) -> dict[str, int]:
+    """Work the sweeper should have repaired by now, and the dead letters.
+
+    A reminder overdue past SIGNUP_REMINDER_GRACE, or an email unsent SIGNUP_EMAIL_REDRIVE_AFTER
+    after it was (re-)enqueued, is repaired at the next sweep; still there two sweep intervals
+    later, it is stuck. Dead letters wait for an operator (docs/OPERATIONS.md).
+    """
+    now = now or timezone.now()
+    sweeps = timedelta(seconds=2 * settings.SIGNUP_SWEEP_INTERVAL)
+    reminder_late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE) - sweeps
+    email_late = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER) - sweeps
+    return {
+        "reminders_overdue": Signup.objects.filter(
+            status=Signup.Status.PENDING,
+            next_reminder_at__lt=reminder_late,
+            expires_at__gt=now,
+        ).count(),
+        "emails_unsent": OutboundEmail.objects.filter(
+            status__in=(OutboundEmail.Status.QUEUED, OutboundEmail.Status.SENDING),
+            enqueued_at__lt=email_late,
+        ).count(),
+        "dead_letters": OutboundEmail.objects.filter(status=OutboundEmail.Status.FAILED).count(),
+    }
+
+
+def _down(exc: Exception) -> str:
+    # The kind of error only: /readyz is public, and a driver's message names hosts and ports.
+    return f"not answering ({type(exc).__name__})"
+
+
+# --- The probes ----------------------------------------------------------------------------
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the web process answers. Touches nothing, so a database or broker outage
+    does not make an orchestrator restart healthy web processes."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: 200 with every part "ok", else 503 naming the part that is not and why."""
+    parts = readiness()
+    well = all(answer == "ok" for answer in parts.values())
+    return JsonResponse(parts, status=200 if well else 503)
+
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+]
