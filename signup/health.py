@@ -37,7 +37,8 @@ def check_broker() -> str | None:
     from config.celery import app
 
     try:
-        with app.connection_for_write() as broker:
+        # The URL the settings hold, read each time (the app's own copy is fixed at start).
+        with app.connection_for_write(url=settings.CELERY_BROKER_URL) as broker:
             broker.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
     except Exception as exc:  # as above
         return _down(exc)
