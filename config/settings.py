@@ -251,6 +251,8 @@ SIGNUP_EMAIL_RETRY_DELAY = env.float("SIGNUP_EMAIL_RETRY_DELAY", default=5.0)
 SIGNUP_EMAIL_RETRY_MAX_DELAY = env.float("SIGNUP_EMAIL_RETRY_MAX_DELAY", default=15 * 60.0)
 SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
+# Bearer token of GET /metrics (Prometheus); while empty, /metrics answers 404.
+SIGNUP_METRICS_TOKEN = env.str("SIGNUP_METRICS_TOKEN", default="")
 
 # --- Abuse limits -------------------------------------------------------------------------
 # However many signups name one address, it is sent at most one verification (or "you

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from signup import api, health, webhooks
+from signup import api, health, metrics, webhooks
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="signup:form", permanent=False)),
@@ -11,6 +11,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Liveness and readiness probes (docs/OPERATIONS.md#health).
     path("", include(health.urlpatterns)),
+    # Prometheus, with a bearer token (docs/OPERATIONS.md#metrics).
+    path("", include(metrics.urlpatterns)),
     # Email-provider tracking webhooks, e.g. /anymail/postmark/tracking/ (basic auth).
     path("anymail/", include(webhooks.urlpatterns)),
 ]

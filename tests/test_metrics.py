@@ -1,0 +1,88 @@
+"""GET /metrics: the token, and the figures after a known sequence of signups, verifications,
+an expiry, a bounce, a dead letter and a sweep (read back with prometheus-client's parser)."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from signup import tokens, workflow
+from signup.models import Heartbeat, OutboundEmail, Signup
+from tests.helpers import signup_data
+
+TOKEN = "metrics-token-for-tests"
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def metrics_on(settings):
+    settings.SIGNUP_METRICS_TOKEN = TOKEN
+
+
+def scrape(client) -> dict[tuple, float]:
+    answer = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200, answer.content
+    assert answer["Content-Type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.content.decode())
+        for sample in family.samples
+    }
+
+
+def test_metrics_do_not_exist_without_a_token(client, settings):
+    settings.SIGNUP_METRICS_TOKEN = ""
+    assert client.get("/metrics", headers={"Authorization": "Bearer x"}).status_code == 404
+
+
+def test_metrics_want_the_bearer_token(client, metrics_on):
+    missing = client.get("/metrics")
+    assert missing.status_code == 401
+    assert missing["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/metrics", headers={"Authorization": "Basic eDp5"}).status_code == 401
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 403
+    assert b"signup_" not in wrong.content
+
+
+def test_metrics_count_what_the_workflow_did(client, metrics_on):
+    started = [
+        workflow.start_signup(**signup_data(username=f"m{n}", email=f"m{n}@example.com"))
+        for n in range(5)
+    ]
+    OutboundEmail.objects.filter(kind="verification").update(status="sent", sent_at=timezone.now())
+    verified, by_operator, expiring, bounced, _still_pending = started
+    workflow.verify_signup(token=tokens.make_token(verified), source="reminder-1")
+    workflow.verify_signup_by_operator(signup_id=by_operator.pk)
+    Signup.objects.filter(pk=expiring.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    workflow.expire_signup(signup_id=expiring.pk)
+    workflow.mark_undeliverable(signup_id=bounced.pk, reason="hard bounce")
+    welcome = OutboundEmail.objects.get(signup=verified, kind="welcome")
+    workflow.record_email_failure(email_id=welcome.pk, error="rejected")
+    workflow.sweep()
+
+    figures = scrape(client)
+
+    def signups(status: str) -> float:
+        return figures[("signup_signups", (("status", status),))]
+
+    assert [signups(s) for s in ("pending", "verified", "expired", "cancelled")] == [1, 2, 1, 0]
+    assert signups("undeliverable") == 1
+    assert figures[("signup_verified", (("source", "reminder-1"),))] == 1
+    assert figures[("signup_verified", (("source", "operator"),))] == 1
+    assert figures[("signup_emails", (("kind", "verification"), ("status", "sent")))] == 5
+    assert figures[("signup_emails", (("kind", "welcome"), ("status", "failed")))] == 1
+    assert figures[("signup_emails", (("kind", "welcome"), ("status", "queued")))] == 1
+    assert figures[("signup_dead_letters", ())] == 1
+    assert figures[("signup_emails_waiting", ())] == 1
+    assert figures[("signup_stuck_reminders", ())] == 0
+    assert figures[("signup_stuck_emails", ())] == 0
+    assert 0 <= figures[("signup_seconds_since_last_sweep", ())] < 5
+
+
+def test_seconds_since_the_last_sweep_grow_when_beat_stops(client, metrics_on):
+    assert scrape(client)[("signup_seconds_since_last_sweep", ())] == float("inf")
+    Heartbeat.objects.create(name="sweep", at=timezone.now() - timedelta(minutes=10))
+    assert 599 < scrape(client)[("signup_seconds_since_last_sweep", ())] < 605
