@@ -336,8 +336,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         }
     )
 # Sending email waits on the provider's network: deliver_email and send_reminder (which sends
-# its email itself) go to the "email" queue, which the Procfile's email worker serves from a
-# pool of threads, so a slow provider stalls neither the timers nor the sweeper. A worker
+# its email itself) go to the "email" queue, which the Procfile's two email workers serve
+# from pools of threads, so a slow provider stalls neither the timers nor the sweeper. A worker
 # started without -Q serves both queues.
 CELERY_TASK_QUEUES = [Queue("celery"), Queue("email")]
 CELERY_TASK_DEFAULT_QUEUE = "celery"

@@ -4,8 +4,6 @@ Each check answers None when its part is well, else a sentence saying what is wr
 only read: a probe that runs every few seconds must not change anything.
 """
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -14,8 +12,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from signup.models import Heartbeat, OutboundEmail, Signup
-from signup.workflow.sweeper import SWEEP_HEARTBEAT
+from signup import workflow
 
 # How long a check may wait for the database or the broker before it says it is down.
 CHECK_TIMEOUT = 2.0
@@ -48,7 +45,7 @@ def check_broker() -> str | None:
 def check_sweeper() -> str | None:
     """The last completed sweep is recent: beat is running and a worker runs its sweeps."""
     try:
-        last = Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).values_list("at", flat=True).first()
+        last = workflow.last_sweep_at()
     except Exception as exc:  # the database check says why
         return f"unknown: the database did not answer ({type(exc).__name__})"
     limit = SWEEP_INTERVALS_LATE * settings.SIGNUP_SWEEP_INTERVAL
@@ -70,31 +67,6 @@ CHECKS = {"database": check_database, "broker": check_broker, "sweeper": check_s
 def readiness() -> dict[str, str]:
     """Each part, "ok" or what is wrong with it."""
     return {name: check() or "ok" for name, check in CHECKS.items()}
-
-
-def stuck_work(now=None) -> dict[str, int]:
-    """Work the sweeper should have repaired by now, and the dead letters.
-
-    A reminder overdue past SIGNUP_REMINDER_GRACE, or an email unsent SIGNUP_EMAIL_REDRIVE_AFTER
-    after it was (re-)enqueued, is repaired at the next sweep; still there two sweep intervals
-    later, it is stuck. Dead letters wait for an operator (docs/OPERATIONS.md).
-    """
-    now = now or timezone.now()
-    sweeps = timedelta(seconds=2 * settings.SIGNUP_SWEEP_INTERVAL)
-    reminder_late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE) - sweeps
-    email_late = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER) - sweeps
-    return {
-        "reminders_overdue": Signup.objects.filter(
-            status=Signup.Status.PENDING,
-            next_reminder_at__lt=reminder_late,
-            expires_at__gt=now,
-        ).count(),
-        "emails_unsent": OutboundEmail.objects.filter(
-            status__in=(OutboundEmail.Status.QUEUED, OutboundEmail.Status.SENDING),
-            enqueued_at__lt=email_late,
-        ).count(),
-        "dead_letters": OutboundEmail.objects.filter(status=OutboundEmail.Status.FAILED).count(),
-    }
 
 
 def _down(exc: Exception) -> str:

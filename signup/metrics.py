@@ -18,9 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from signup import health
-from signup.models import Heartbeat, OutboundEmail, Signup
-from signup.workflow.sweeper import SWEEP_HEARTBEAT
+from signup import workflow
+from signup.models import OutboundEmail, Signup
 
 
 class SignupCollector(Collector):
@@ -76,12 +75,12 @@ class SignupCollector(Collector):
         yield GaugeMetricFamily(
             "signup_emails_waiting", "Emails not sent yet (queued or with the provider).", waiting
         )
-        dead = sum(n for (_, status), n in by_kind.items() if status == OutboundEmail.Status.FAILED)
+        stuck = workflow.stuck_work()
         yield GaugeMetricFamily(
-            "signup_dead_letters", "Failed emails, waiting for an operator to re-drive them.", dead
+            "signup_dead_letters",
+            "Failed emails, waiting for an operator to re-drive them.",
+            stuck["dead_letters"],
         )
-
-        stuck = health.stuck_work()
         yield GaugeMetricFamily(
             "signup_stuck_reminders",
             "Pending signups whose next reminder is overdue past the grace and two sweeps.",
@@ -93,7 +92,7 @@ class SignupCollector(Collector):
             stuck["emails_unsent"],
         )
 
-        last = Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).values_list("at", flat=True).first()
+        last = workflow.last_sweep_at()
         since = (timezone.now() - last).total_seconds() if last else float("inf")
         yield GaugeMetricFamily(
             "signup_seconds_since_last_sweep",

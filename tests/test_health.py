@@ -17,16 +17,15 @@ from harness.processes import BIN, ROOT, fresh_database
 from harness.service import BEAT_SWEPT, Service
 from signup import workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
+from signup.workflow.sweeper import SWEEP_HEARTBEAT
 from tests.helpers import API_KEY, signup_data, wait_for
-
-SWEEP = "sweep"
 
 
 @pytest.fixture
 def swept(db):
     """A sweep has just completed."""
     workflow.sweep()
-    return Heartbeat.objects.get(name=SWEEP)
+    return Heartbeat.objects.get(name=SWEEP_HEARTBEAT)
 
 
 def test_healthz_answers_without_touching_anything(client):
@@ -46,7 +45,9 @@ def test_readyz_is_ready_when_every_part_answers(client, broker, swept):
 @pytest.mark.redis
 def test_readyz_names_a_late_sweeper(client, broker, swept, settings):
     limit = 3 * settings.SIGNUP_SWEEP_INTERVAL
-    Heartbeat.objects.filter(name=SWEEP).update(at=timezone.now() - timedelta(seconds=limit + 5))
+    Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).update(
+        at=timezone.now() - timedelta(seconds=limit + 5)
+    )
     answer = client.get("/readyz")
     assert answer.status_code == 503
     body = answer.json()

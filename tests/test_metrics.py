@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from signup import tokens, workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
+from signup.workflow.sweeper import SWEEP_HEARTBEAT
 from tests.helpers import signup_data
 
 TOKEN = "metrics-token-for-tests"
@@ -84,5 +85,5 @@ def test_metrics_count_what_the_workflow_did(client, metrics_on):
 
 def test_seconds_since_the_last_sweep_grow_when_beat_stops(client, metrics_on):
     assert scrape(client)[("signup_seconds_since_last_sweep", ())] == float("inf")
-    Heartbeat.objects.create(name="sweep", at=timezone.now() - timedelta(minutes=10))
+    Heartbeat.objects.create(name=SWEEP_HEARTBEAT, at=timezone.now() - timedelta(minutes=10))
     assert 599 < scrape(client)[("signup_seconds_since_last_sweep", ())] < 605

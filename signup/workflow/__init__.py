@@ -12,7 +12,8 @@ a signup themselves. The modules follow a signup's life:
     closing        cancelled, or undeliverable by what the email provider reports
     personal_data  anonymising closed signups, erasing one now, forgetting idle addresses
     ledger         sending emails through the ledger, once each, with retries and dead letters
-    sweeper        the periodic repair: expiries, timer handovers, lost tasks
+    sweeper        the periodic repair: expiries, timer handovers, lost tasks; what it
+                   has not repaired yet (stuck_work)
     common         the states, exceptions and helpers every stage shares
 
 A transition is one transaction that holds the signup's row lock; the ledger's functions
@@ -47,7 +48,7 @@ from signup.workflow.personal_data import (
 )
 from signup.workflow.reminders import expire_signup, take_reminder
 from signup.workflow.start import start_signup
-from signup.workflow.sweeper import sweep
+from signup.workflow.sweeper import last_sweep_at, stuck_work, sweep
 from signup.workflow.verification import (
     resend_verification,
     verify_signup,
@@ -67,6 +68,7 @@ __all__ = [
     "erase_personal_data",
     "expire_signup",
     "forget_idle_addresses",
+    "last_sweep_at",
     "mark_undeliverable",
     "record_email_error",
     "record_email_failure",
@@ -77,6 +79,7 @@ __all__ = [
     "resend_verification",
     "send_claimed_email",
     "start_signup",
+    "stuck_work",
     "sweep",
     "take_reminder",
     "verify_signup",

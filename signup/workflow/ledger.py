@@ -211,22 +211,14 @@ def _queue_email(
     used yet; the unique constraint backs that up. A `claimed` email starts with its first
     attempt counted and its lease running, for the caller to send (send_claimed_email)."""
     now = timezone.now()
-    email = OutboundEmail.objects.create(
-        signup=signup,
-        kind=kind,
-        sequence=sequence,
-        to_email=signup.email,
-        enqueued_at=now,
-        **(
-            {
-                "status": EmailStatus.SENDING,
-                "attempts": 1,
-                "in_flight_until": now + timedelta(seconds=lease_seconds()),
-            }
-            if claimed
-            else {}
-        ),
+    email = OutboundEmail(
+        signup=signup, kind=kind, sequence=sequence, to_email=signup.email, enqueued_at=now
     )
+    if claimed:
+        email.status = EmailStatus.SENDING
+        email.attempts = 1
+        email.in_flight_until = now + timedelta(seconds=lease_seconds())
+    email.save(force_insert=True)
     if deliver:
         _after_commit(lambda: tasks.deliver_email.delay(email.pk))
     return email

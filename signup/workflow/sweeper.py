@@ -110,16 +110,22 @@ def _enqueue_due_reminders(*, now, batch_size: int) -> tuple[int, dict[str, int]
     return len(due), counts
 
 
+def _unsent_emails(*, now, stale):
+    """Emails still to be sent whose (re-)enqueueing is older than `stale` and whose last
+    attempt's lease has ended: their tasks were lost, or are about to be."""
+    return OutboundEmail.objects.filter(
+        Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
+        Q(in_flight_until__isnull=True) | Q(in_flight_until__lte=now),
+        status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
+    )
+
+
 def _requeue_stuck_emails(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
     stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
     with transaction.atomic():
         stuck = list(
-            OutboundEmail.objects.select_for_update(skip_locked=True, no_key=True)
-            .filter(
-                Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
-                Q(in_flight_until__isnull=True) | Q(in_flight_until__lte=now),
-                status__in=(EmailStatus.QUEUED, EmailStatus.SENDING),
-            )
+            _unsent_emails(now=now, stale=stale)
+            .select_for_update(skip_locked=True, no_key=True)
             .order_by("enqueued_at")
             .values_list("id", "signup_id", "kind", "sequence")[:batch_size]
         )
@@ -143,3 +149,31 @@ def _requeue_stuck_emails(*, now, batch_size: int) -> tuple[int, dict[str, int]]
 
         _after_commit(enqueue)
     return len(stuck), {"emails_requeued": len(stuck)}
+
+
+# --- What the sweeper has not repaired -------------------------------------------------------
+
+
+def last_sweep_at():
+    """When the last sweep completed (None: never)."""
+    return Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).values_list("at", flat=True).first()
+
+
+def stuck_work(*, now=None) -> dict[str, int]:
+    """Work the sweeper should have repaired by now, and the dead letters.
+
+    A reminder overdue past SIGNUP_REMINDER_GRACE, or an email unsent SIGNUP_EMAIL_REDRIVE_AFTER
+    after it was (re-)enqueued, is repaired at the next sweep; still there two sweep intervals
+    later, it is stuck. Dead letters wait for an operator.
+    """
+    now = now or timezone.now()
+    sweeps = timedelta(seconds=2 * settings.SIGNUP_SWEEP_INTERVAL)
+    reminder_late = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE) - sweeps
+    email_late = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER) - sweeps
+    return {
+        "reminders_overdue": Signup.objects.filter(
+            status=Status.PENDING, next_reminder_at__lt=reminder_late, expires_at__gt=now
+        ).count(),
+        "emails_unsent": _unsent_emails(now=now, stale=email_late).count(),
+        "dead_letters": OutboundEmail.objects.filter(status=EmailStatus.FAILED).count(),
+    }

@@ -5,7 +5,7 @@ import json as json_module
 
 from django.core.management.base import BaseCommand
 
-from signup import health
+from signup import health, workflow
 
 
 class Command(BaseCommand):
@@ -20,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *, json: bool = False, **options):
         parts = health.readiness()
-        stuck = health.stuck_work() if parts["database"] == "ok" else {}
+        stuck = workflow.stuck_work() if parts["database"] == "ok" else {}
         problems = [f"{name}: {answer}" for name, answer in parts.items() if answer != "ok"]
         problems += [
             f"{name.replace('_', ' ')}: {count}"
