@@ -20,10 +20,12 @@ migrate: install
 
 # Quickstart: web on 127.0.0.1:8000, worker, beat and Flower (127.0.0.1:5555), emails on the console.
 # Unless FLOWER_BASIC_AUTH is set, Flower gets a fresh password, printed here, on every run.
+# The processes add up their metrics in var/metrics (signup.metrics), emptied on every run.
 run: migrate
+	@rm -rf var/metrics
 	@auth="$${FLOWER_BASIC_AUTH:-admin:$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(12))')}"; \
 	[ -n "$$FLOWER_BASIC_AUTH" ] || echo "Flower: http://127.0.0.1:$${FLOWER_PORT:-5555} as $$auth"; \
-	$(QUICKSTART_ENV) FLOWER_BASIC_AUTH="$$auth" PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start
+	$(QUICKSTART_ENV) FLOWER_BASIC_AUTH="$$auth" PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/var/metrics PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start
 
 # The tests run against PostgreSQL and Redis on their usual local ports (see README).
 TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/signup} \

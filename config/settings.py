@@ -253,6 +253,10 @@ SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
 # Bearer token of GET /metrics (Prometheus); while empty, /metrics answers 404.
 SIGNUP_METRICS_TOKEN = env.str("SIGNUP_METRICS_TOKEN", default="")
+# prometheus-client's own variable: the directory the processes of a host share their counters
+# and histograms in (signup.metrics). It must exist before the first metric is written.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 # --- Abuse limits -------------------------------------------------------------------------
 # However many signups name one address, it is sent at most one verification (or "you

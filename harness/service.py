@@ -6,6 +6,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -81,6 +82,8 @@ class Service:
             "SIGNUP_API_KEY": self.api_key,
             # Beat's schedule file lives here too.
             "SIGNUP_VAR_DIR": str(tmp / "var"),
+            # As production runs: one scrape adds up every web and worker process.
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
             **(env or {}),
         }
 
@@ -115,6 +118,8 @@ class Service:
 
     def start(self, *, beat_ready: str = BEAT_STARTED) -> None:
         """Start web, beat and every worker of the Procfile; wait until all are ready."""
+        # The metrics of an earlier run of this deployment are gone, as on a restarted host.
+        shutil.rmtree(self.env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
         self.start_web(wait=False)
         self.start_beat(wait=False)
         workers = self.start_workers(wait=False)

@@ -1,10 +1,19 @@
-"""Prometheus metrics at GET /metrics, read from the database when scraped.
+"""Prometheus metrics at GET /metrics: the workflow's state, counted in the database at each
+scrape, and what the processes measured as they worked.
 
-The database holds every signup, email and sweep, so figures read from it at scrape time are
-the same whichever web process answers, survive restarts, and need no shared state between
-processes. Every name starts with `signup_`. The endpoint wants `Authorization: Bearer
+The database holds every signup, email and sweep, so the gauges read from it at scrape time
+are the same whichever web process answers and survive restarts. Latencies and attempts are
+only seen by the process that made them: the counters and histograms below are kept by
+prometheus-client, in multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (a directory
+every web and worker process of a host shares, emptied when the service starts), so that
+one scrape adds up the gunicorn workers and the Celery pool processes. Without it each
+process answers for itself only, which is right for the quickstart's single web process.
+
+Every name starts with `signup_`. The endpoint wants `Authorization: Bearer
 $SIGNUP_METRICS_TOKEN`, and does not exist (404) while that setting is empty.
 """
+
+import os
 
 from django.conf import settings
 from django.db.models import Count
@@ -14,18 +23,80 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from signup import workflow
 from signup.models import OutboundEmail, Signup
+
+# --- Measured in the processes ----------------------------------------------------------------
+
+# This process's own figures (used when there is no multiprocess directory).
+_PROCESS = CollectorRegistry(auto_describe=True)
+
+# From a fast provider's tens of milliseconds to a timeout (EMAIL_TIMEOUT, 10 s by default).
+_PROVIDER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# From a timer that fires on time to one an hour late (a sweeper that stopped for an hour).
+_LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+email_attempts = Counter(
+    "signup_email_attempts",
+    "Ledger email attempts by kind and result: sent, retried (a temporary error, tried again"
+    " later), failed (dead-lettered), skipped (the signup had moved on).",
+    ["kind", "result"],
+    registry=_PROCESS,
+)
+provider_call = Histogram(
+    "signup_provider_call_seconds",
+    "How long the email provider took to accept (ok) or refuse (error) an email.",
+    ["outcome"],
+    buckets=_PROVIDER_BUCKETS,
+    registry=_PROCESS,
+)
+reminder_lateness = Histogram(
+    "signup_reminder_lateness_seconds",
+    "How late a reminder was taken for sending: the time it was taken minus the time it was"
+    " planned for.",
+    buckets=_LATENESS_BUCKETS,
+    registry=_PROCESS,
+)
+verify_to_welcome = Histogram(
+    "signup_verify_to_welcome_seconds",
+    "From a verification to the provider's acceptance of its welcome email.",
+    buckets=_LATENESS_BUCKETS,
+    registry=_PROCESS,
+)
+sweep_duration = Histogram(
+    "signup_sweep_duration_seconds",
+    "How long each completed sweep took (its count is the number of sweeps).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=_PROCESS,
+)
+sweep_repairs = Counter(
+    "signup_sweep_repairs",
+    "Lost work the sweeper put back in the broker: a reminder whose task was lost, or an"
+    " email left unsent.",
+    ["kind"],
+    registry=_PROCESS,
+)
+
+
+# --- Counted in the database at each scrape ---------------------------------------------------
 
 
 class SignupCollector(Collector):
     """The workflow's state, counted in the database at each scrape."""
 
     def collect(self):
+        from signup import workflow  # the workflow records into this module's metrics
+
         signups = GaugeMetricFamily(
             "signup_signups", "Signups by status (started = the sum).", labels=["status"]
         )
@@ -101,6 +172,9 @@ class SignupCollector(Collector):
         )
 
 
+# --- The endpoint ----------------------------------------------------------------------------
+
+
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -116,6 +190,10 @@ def metrics(request: HttpRequest) -> HttpResponse:
         return HttpResponse("The token is not valid.\n", status=403)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SignupCollector())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)  # every process's files, this one's included
+    else:
+        registry.register(_PROCESS)
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 

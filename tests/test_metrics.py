@@ -1,5 +1,6 @@
-"""GET /metrics: the token, and the figures after a known sequence of signups, verifications,
-an expiry, a bounce, a dead letter and a sweep (read back with prometheus-client's parser)."""
+"""GET /metrics: the token, the figures counted in the database after a known sequence of
+signups, verifications, an expiry, a bounce, a dead letter and a sweep, and what a real worker
+measured while it sent, retried and gave up (read back with prometheus-client's parser)."""
 
 from datetime import timedelta
 
@@ -7,10 +8,10 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from signup import tokens, workflow
+from signup import tasks, tokens, workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
 from signup.workflow.sweeper import SWEEP_HEARTBEAT
-from tests.helpers import signup_data
+from tests.helpers import signup_data, wait_for
 
 TOKEN = "metrics-token-for-tests"
 
@@ -87,3 +88,66 @@ def test_seconds_since_the_last_sweep_grow_when_beat_stops(client, metrics_on):
     assert scrape(client)[("signup_seconds_since_last_sweep", ())] == float("inf")
     Heartbeat.objects.create(name=SWEEP_HEARTBEAT, at=timezone.now() - timedelta(minutes=10))
     assert 599 < scrape(client)[("signup_seconds_since_last_sweep", ())] < 605
+
+
+def test_a_worker_measures_provider_calls_retries_lateness_welcomes_and_sweeps(
+    client, metrics_on, worker, settings
+):
+    before = scrape(client)
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return scrape(client).get(key, 0) - before.get(key, 0)
+
+    def sent(kind: str, count: int) -> None:
+        wait_for(
+            lambda: OutboundEmail.objects.filter(kind=kind, status="sent").count() == count,
+            timeout=15,
+            message=f"{count} {kind} email(s) sent",
+        )
+
+    welcomed, reminded = (
+        workflow.start_signup(**signup_data(username=f"w{n}", email=f"w{n}@example.com"))
+        for n in range(2)
+    )
+    sent("verification", 2)
+    workflow.verify_signup_by_operator(signup_id=welcomed.pk)
+    sent("welcome", 1)
+    # Reminder 1, taken about 3 s after it was planned.
+    Signup.objects.filter(pk=reminded.pk).update(
+        next_reminder_at=timezone.now() - timedelta(seconds=3)
+    )
+    tasks.send_reminder.delay(reminded.pk, 1)
+    sent("reminder", 1)
+
+    assert grew("signup_email_attempts_total", kind="verification", result="sent") == 2
+    assert grew("signup_email_attempts_total", kind="welcome", result="sent") == 1
+    assert grew("signup_email_attempts_total", kind="reminder", result="sent") == 1
+    assert grew("signup_provider_call_seconds_count", outcome="ok") == 4
+    assert grew("signup_verify_to_welcome_seconds_count") == 1
+    assert 0 < grew("signup_verify_to_welcome_seconds_sum") < 15
+    assert grew("signup_reminder_lateness_seconds_count") == 1
+    assert 3 <= grew("signup_reminder_lateness_seconds_sum") < 15
+    assert grew("signup_reminder_lateness_seconds_bucket", le="2.5") == 0
+    assert grew("signup_reminder_lateness_seconds_bucket", le="30.0") == 1
+
+    # A provider that says "later" (retried, not before the test ends), then one that refuses
+    # for good (dead letter).
+    settings.SIGNUP_EMAIL_RETRY_DELAY = 600
+    settings.EMAIL_BACKEND = "tests.helpers.TemporarilyRefusingBackend"
+    workflow.start_signup(**signup_data(username="later", email="later@example.com"))
+    wait_for(lambda: grew("signup_email_attempts_total", kind="verification", result="retried"))
+    settings.EMAIL_BACKEND = "tests.helpers.RefusingBackend"
+    workflow.start_signup(**signup_data(username="never", email="never@example.com"))
+    wait_for(lambda: grew("signup_email_attempts_total", kind="verification", result="failed"))
+    assert grew("signup_provider_call_seconds_count", outcome="error") == 2
+
+    # A sweep that finds the next reminder's task lost and puts it back.
+    Signup.objects.filter(pk=reminded.pk).update(
+        next_reminder_at=timezone.now() - timedelta(minutes=5),
+        reminder_enqueued_at=timezone.now() - timedelta(minutes=5),
+    )
+    workflow.sweep()
+    assert grew("signup_sweep_duration_seconds_count") == 1
+    assert grew("signup_sweep_repairs_total", kind="reminder") == 1
+    assert grew("signup_sweep_repairs_total", kind="email") == 0

@@ -16,6 +16,7 @@ import pytest
 import redis
 import requests
 from kombu import Connection
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.processes import ReceivedEmail, SmtpSink, fresh_database
 from harness.service import BEAT_SWEPT, Service
@@ -24,6 +25,7 @@ from tests.helpers import hidden_fields, wait_for
 pytestmark = [pytest.mark.processes, pytest.mark.postgres]
 
 API_KEY = "e2e-api-key-0123456789"
+METRICS_TOKEN = "e2e-metrics-token-0123456789"
 REMINDER_INTERVAL = 2  # seconds, in every deployment here
 LASTING = 3600  # SIGNUP_EXPIRES_AFTER for tests that must not see a signup expire
 EXPIRING = 7  # and for the one that must: reminders at 2, 4 and 6 s, expiry at 7 s
@@ -145,6 +147,7 @@ def service(request, tmp_path_factory):
                 "SIGNUP_SWEEP_INTERVAL": "1",
                 "CONN_MAX_AGE": "0",
                 "WORKER_CONCURRENCY": "1",
+                "SIGNUP_METRICS_TOKEN": METRICS_TOKEN,
                 **limits,
             },
         )
@@ -592,3 +595,48 @@ def test_forty_signups_naming_one_address_send_it_one_signups_worth_of_mail(serv
     assert len(service.emails("victim@example.com", "Reminder")) == len(reminders) == 6
     assert len(received) == 7
     print(f"40 signups naming one address in {seconds:.1f} s: {len(received)} emails")
+
+
+@deployed(expires_after=LASTING, brokers=("redis",))
+def test_one_scrape_adds_up_every_web_and_worker_process(service):
+    """gunicorn's workers, the email workers' threads, the prefork worker's pool processes
+    and beat each count for themselves; whichever web process answers the scrape, it adds
+    them all up (PROMETHEUS_MULTIPROC_DIR, as the harness and compose set it)."""
+
+    def scrape() -> dict[tuple, float]:
+        page = requests.get(
+            f"{service.url}/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+            timeout=HTTP_TIMEOUT,
+        )
+        assert page.status_code == 200, page.text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(page.text)
+            for sample in family.samples
+        }
+
+    before = scrape()
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return scrape().get(key, 0) - before.get(key, 0)
+
+    for n in range(3):
+        body = {"username": f"gauge{n}", "email": f"gauge{n}@example.com", "first_name": "Gus"}
+        assert service.api("POST", "/api/signups", json=body).status_code == 201
+    for n in range(3):
+        service.wait_for_emails(f"gauge{n}@example.com", "Reminder")
+    sent = ("signup_email_attempts_total", (("kind", "verification"), ("result", "sent")))
+    wait_for(
+        lambda: scrape()[sent] - before.get(sent, 0) == 3,
+        timeout=10,
+        message="3 verification emails counted",
+    )
+    # Two web processes answer in turn: every answer has the same count.
+    assert {scrape()[sent] for _ in range(8)} == {before.get(sent, 0) + 3}
+    assert grew("signup_provider_call_seconds_count", outcome="ok") >= 6
+    assert grew("signup_reminder_lateness_seconds_count") >= 3
+    # The sweeps ran in the prefork worker's pool processes, once a second.
+    assert grew("signup_sweep_duration_seconds_count") >= 2
+    assert scrape()[("signup_seconds_since_last_sweep", ())] < 5

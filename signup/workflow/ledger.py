@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from signup import emails, tasks
+from signup import emails, metrics, tasks
 from signup.models import OutboundEmail, Signup
 from signup.redaction import redact
 from signup.workflow.common import (
@@ -85,11 +85,20 @@ def _send_and_record(email: OutboundEmail, signup: Signup) -> None:
     # The provider may take seconds: give the connection back (to the pool, when there is
     # one) rather than hold it idle.
     close_if_pooled()
-    provider_message_id = emails.send(email, signup)
+    started = time.perf_counter()
     try:
-        _record_sent(email, provider_message_id)
+        provider_message_id = emails.send(email, signup)
+    except Exception:
+        metrics.provider_call.labels("error").observe(time.perf_counter() - started)
+        raise
+    metrics.provider_call.labels("ok").observe(time.perf_counter() - started)
+    try:
+        recorded = _record_sent(email, provider_message_id)
     except DatabaseError as exc:
         raise SentButNotRecorded(email.pk, provider_message_id) from exc
+    if recorded and email.kind == EmailKind.WELCOME and signup.verified_at is not None:
+        waited = (timezone.now() - signup.verified_at).total_seconds()
+        metrics.verify_to_welcome.observe(max(waited, 0.0))
 
 
 def _claim(email_id: int) -> tuple[Signup, OutboundEmail] | None:
@@ -116,6 +125,7 @@ def _claim(email_id: int) -> tuple[Signup, OutboundEmail] | None:
             why = "anonymised" if signup.anonymised_at is not None else signup.status
             detail = f"{email.kind} #{email.sequence}: the signup is {why}"
             _add_event(signup, Event.EMAIL_SKIPPED, number=_number(email), detail=detail)
+            metrics.email_attempts.labels(email.kind, "skipped").inc()
             return None
         email.status = EmailStatus.SENDING
         email.attempts += 1
@@ -152,6 +162,8 @@ def _record_sent(email: OutboundEmail, provider_message_id: str) -> bool:
             event = _SENT_EVENT[email.kind]
             detail = f"email {email.pk}"
             _add_event_for(email.signup_id, event, number=_number(email), detail=detail)
+    if recorded:
+        metrics.email_attempts.labels(email.kind, "sent").inc()
     return bool(recorded)
 
 
@@ -177,6 +189,7 @@ def record_email_error(*, email_id: int, error: str, retry_in: float) -> bool:
         email.enqueued_at = timezone.now() + timedelta(seconds=retry_in)
         email.in_flight_until = None
         email.save(update_fields=["last_error", "enqueued_at", "in_flight_until", "updated_at"])
+    metrics.email_attempts.labels(email.kind, "retried").inc()
     return True
 
 
@@ -200,6 +213,7 @@ def _fail(email: OutboundEmail, error: str) -> None:
         number=_number(email),
         detail=f"{email.kind}: {error}"[:500],
     )
+    metrics.email_attempts.labels(email.kind, "failed").inc()
     logger.error("email %s (%s #%s) failed: %s", email.pk, email.kind, email.sequence, error)
 
 

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from signup import tasks
+from signup import metrics, tasks
 from signup.models import Signup
 from signup.workflow.closing import _close
 from signup.workflow.common import (
@@ -48,6 +48,7 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
             return None
         if number > settings.SIGNUP_MAX_REMINDERS:
             return _drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
+        planned = signup.next_reminder_at
         signup.reminders_sent = number
         # Claimed here, under the signup's lock: the task sends it next, without a second
         # transaction to claim it.
@@ -57,6 +58,7 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
         _plan_next_step(signup, now=now)
         signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
         _schedule_next_step(signup, now=now)
+    metrics.reminder_lateness.observe(max((now - planned).total_seconds(), 0.0))
     return email.pk
 
 

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from signup import tasks
+from signup import metrics, tasks
 from signup.models import Heartbeat, OutboundEmail, Signup, SignupEvent
 from signup.workflow.common import (
     EmailStatus,
@@ -38,7 +38,8 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     works in batches until it is done or half the sweep interval has passed.
     """
     now = timezone.now()
-    deadline = time.monotonic() + settings.SIGNUP_SWEEP_INTERVAL / 2
+    started = time.monotonic()
+    deadline = started + settings.SIGNUP_SWEEP_INTERVAL / 2
     counts = {"expired": 0, "reminders_enqueued": 0, "reminders_requeued": 0, "emails_requeued": 0}
 
     def in_batches(step) -> None:
@@ -54,6 +55,9 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     in_batches(_requeue_stuck_emails)
     # Only a sweep that got through its work counts as one: /readyz and signup_doctor read it.
     Heartbeat.objects.update_or_create(name=SWEEP_HEARTBEAT, defaults={"at": timezone.now()})
+    metrics.sweep_duration.observe(time.monotonic() - started)
+    metrics.sweep_repairs.labels("reminder").inc(counts["reminders_requeued"])
+    metrics.sweep_repairs.labels("email").inc(counts["emails_requeued"])
     if any(counts.values()):
         logger.info("sweep: %s", counts)
     return counts
