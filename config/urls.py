@@ -3,11 +3,14 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from signup import api, health, metrics, webhooks
+from signup.admin import funnel_urlpatterns
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="signup:form", permanent=False)),
     path("signup/", include("signup.urls")),
     path("api/", include(api.urlpatterns)),
+    # The funnel page, /admin/signup/funnel/ (staff with the view-signup permission).
+    *funnel_urlpatterns,
     path("admin/", admin.site.urls),
     # Liveness and readiness probes (docs/OPERATIONS.md#health).
     path("", include(health.urlpatterns)),

@@ -150,6 +150,11 @@ def _record_sent(email: OutboundEmail, provider_message_id: str) -> bool:
     """Mark the email sent (unless another delivery did) and put it on the timeline."""
     now = timezone.now()
     with transaction.atomic():
+        if email.kind == EmailKind.VERIFICATION:
+            # The signup's row before the email's, the order every lock here is taken in.
+            Signup.objects.filter(pk=email.signup_id, verification_sent_at__isnull=True).update(
+                verification_sent_at=now
+            )
         recorded = OutboundEmail.objects.filter(pk=email.pk, status=EmailStatus.SENDING).update(
             provider_message_id=provider_message_id,
             status=EmailStatus.SENT,
