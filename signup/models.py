@@ -93,6 +93,7 @@ class Signup(models.Model):
             models.Index(
                 fields=["created_at"],
                 include=[
+                    "id",
                     "status",
                     "verified_source",
                     "reminders_sent",

@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from signup import tasks, tokens, workflow
+from signup import funnel, tasks, tokens, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
 from tests.helpers import signup_data, wait_for
 
@@ -158,6 +158,24 @@ def test_the_range_and_the_times_to_verify(admin_client):
     assert rows["started"] == ["11", "1.0000"]
     assert rows["verified:operator"] == ["10", f"{10 / 11:.4f}"]
     assert rows["seconds_to_verify:median"] == ["3300", ""]
+
+
+@pytest.mark.django_db
+def test_times_to_verify_of_a_big_range_come_from_a_sample(admin_client, monkeypatch):
+    created = timezone.now() - timedelta(days=1)
+    for n in range(12):
+        signup = sign_up(f"s{n}")
+        workflow.verify_signup_by_operator(signup_id=signup.pk)
+        Signup.objects.filter(pk=signup.pk).update(
+            created_at=created, verified_at=created + timedelta(minutes=signup.pk % 3 + 1)
+        )
+    exact = admin_client.get(URL).content.decode()
+    assert 'id="median-to-verify">2 min<' in exact and 'id="sampled"' not in exact
+    monkeypatch.setattr(funnel, "PERCENTILE_SAMPLE", 4)
+    # Every third by id: the ones whose id is a multiple of 3, each 1 minute to verify.
+    sampled = admin_client.get(URL).content.decode()
+    assert 'id="median-to-verify">1 min<' in sampled
+    assert "(estimated from a sample: one verified signup in 3)" in sampled
 
 
 @pytest.mark.django_db

@@ -6,6 +6,7 @@ twin's figure, measured again if it is not there)."""
 from collections.abc import Callable
 
 from bench.benchmarks.email_pipeline import email_pipeline, email_pipeline_provider
+from bench.benchmarks.funnel import funnel_page
 from bench.benchmarks.recovery import recovery
 from bench.benchmarks.scale import scale
 from bench.benchmarks.scale_out import scale_out, scale_out_provider
@@ -29,4 +30,5 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "scale": scale,
     "scale_out": scale_out,
     "scale_out_provider": scale_out_provider,
+    "funnel_page": funnel_page,
 }

@@ -30,6 +30,7 @@ class Migration(migrations.Migration):
             index=models.Index(
                 fields=["created_at"],
                 include=(
+                    "id",
                     "status",
                     "verified_source",
                     "reminders_sent",
