@@ -52,9 +52,9 @@ prometheus:
 test: install browser prometheus
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
-# The tests that need no service (no PostgreSQL, Redis, RabbitMQ or browser), in seconds.
+# The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser or Prometheus), in seconds.
 test-fast: install
-	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or processes)" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or prometheus or processes)" $(PYTEST_ARGS)
 
 # The fault suite's long variants (FAULT_ROUNDS rounds each); prints the outcome table.
 faults: install
