@@ -262,8 +262,20 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_dashboard_query_and_
             assert prometheus.value('signup_emails{kind="verification", status="sent"}') == 3
             assert prometheus.value("signup_seconds_since_last_sweep") < 180
 
-            # Every query of the dashboard parses and evaluates (a series of the in-process
-            # metrics may be empty: these run before any reminder is due, for example).
+            # The figures the email worker measured reach the web's /metrics (multiprocess
+            # mode): 3 verification emails and a welcome, each one provider call. The worker
+            # counts some just after the ledger says sent: a scrape or two later.
+            for expr, expected in (
+                ('sum(signup_provider_call_seconds_count{outcome="ok"})', 4),
+                ('sum(signup_email_attempts_total{result="sent"})', 4),
+                ("sum(signup_verify_to_welcome_seconds_count)", 1),
+            ):
+                settle(lambda e=expr, n=expected: prometheus.value(e) == n, timeout=10)
+                assert prometheus.value(expr) == expected, expr
+            assert prometheus.value("sum(signup_sweep_duration_seconds_count)") > 0
+
+            # Every query of the dashboard parses and evaluates (some may be empty: these run
+            # before any reminder is due, for example).
             broken = [
                 f"{title}: {expr}: {error}"
                 for title, expr in dashboard_queries()
