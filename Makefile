@@ -3,7 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install browser run migrate test test-fast faults bench bench-quick lint format lock clean
+.PHONY: install browser prometheus run migrate test test-fast faults bench bench-quick lint format lock clean \
+	observability-check
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,13 +43,18 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/nul
 browser:  ## Debian's chromium, for the browser tests
 	@command -v chromium >/dev/null || { echo "installing chromium for the browser tests"; $(call APT_INSTALL,chromium); }
 
+# Debian's prometheus (with promtool), for the observability tests. Where systemd runs, the
+# package also starts a Prometheus service of its own on :9090; the tests start theirs.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { echo "installing prometheus for the observability tests"; $(call APT_INSTALL,prometheus); }
+
 # Every test, on the real services (about 9 minutes).
-test: install browser
+test: install browser prometheus
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
-# The tests that need no service (no PostgreSQL, Redis, RabbitMQ or browser), in seconds.
+# The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser or Prometheus), in seconds.
 test-fast: install
-	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or processes)" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or prometheus or processes)" $(PYTEST_ARGS)
 
 # The fault suite's long variants (FAULT_ROUNDS rounds each); prints the outcome table.
 faults: install
@@ -65,6 +71,13 @@ bench: install
 bench-quick: install  ## the same with reduced sizes, 2-3 minutes
 	@command -v wrk >/dev/null || $(call APT_INSTALL,wrk)
 	$(PY) -m bench.run --quick
+
+# Prometheus's own checks of deploy/observability: its configuration, the alert rules and
+# their unit tests (alerts.test.yml).
+observability-check: prometheus
+	promtool check config --syntax-only deploy/observability/prometheus.yml
+	promtool check rules deploy/observability/alerts.yml
+	promtool test rules deploy/observability/alerts.test.yml
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

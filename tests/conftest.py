@@ -2,10 +2,10 @@
 Celery worker consuming it in a thread of the test process, emails in Django's locmem outbox.
 
 Tiers: a test that needs a service says so with a marker (postgres, redis, rabbitmq,
-chromium; processes for the slow ones that start the service's own processes). A test that
-uses the database or a worker is marked from its fixtures as well, so it can't slip into the
-fast tier (`make test-fast`: no marker). Before such a test runs, the service is probed once;
-a missing one fails the test with what to start, never skips it.
+chromium, prometheus; processes for the slow ones that start the service's own processes). A
+test that uses the database or a worker is marked from its fixtures as well, so it can't slip
+into the fast tier (`make test-fast`: no marker). Before such a test runs, the service is
+probed once; a missing one fails the test with what to start, never skips it.
 """
 
 import os
@@ -35,7 +35,7 @@ _FIXTURE_SERVICES = {
     "worker": "redis",
     "worker_factory": "redis",
 }
-SERVICES = ("postgres", "redis", "rabbitmq", "chromium")
+SERVICES = ("postgres", "redis", "rabbitmq", "chromium", "prometheus")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
@@ -119,7 +119,23 @@ def _chromium() -> str | None:
     return "Debian's chromium: `make test` installs it (apt-get install chromium)."
 
 
-_PROBES = {"postgres": _postgres, "redis": _redis, "rabbitmq": _rabbitmq, "chromium": _chromium}
+def _prometheus() -> str | None:
+    missing = [program for program in ("prometheus", "promtool") if not shutil.which(program)]
+    if missing:
+        return (
+            f"Debian's prometheus ({' and '.join(missing)} not found): `make test` installs it"
+            " (apt-get install prometheus)."
+        )
+    return None
+
+
+_PROBES = {
+    "postgres": _postgres,
+    "redis": _redis,
+    "rabbitmq": _rabbitmq,
+    "chromium": _chromium,
+    "prometheus": _prometheus,
+}
 
 
 @pytest.fixture(autouse=True)
