@@ -13,7 +13,8 @@ COPY . .
 # throwaway one lives only for this step.
 RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" DEBUG=false \
     python manage.py collectstatic --noinput \
-    && useradd --create-home --uid 1000 app && mkdir -p /app/var && chown -R app /app/var
+    && useradd --create-home --uid 1000 app && mkdir -p /app/var /app/metrics \
+    && chown -R app /app/var /app/metrics
 USER app
 
 EXPOSE 8000

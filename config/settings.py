@@ -184,8 +184,10 @@ STORAGES = {
 # and cookies that never travel over plain HTTP. Each can be overridden.
 _https = _site.scheme == "https" and not DEBUG
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_https)
-# Probes speak plain HTTP to the process itself, behind whatever terminates TLS.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Probes and Prometheus speak plain HTTP to the process itself, behind whatever terminates
+# TLS. (A redirect would not keep /metrics' token off plain HTTP anyway: it is in the first
+# request.)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if _https else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)

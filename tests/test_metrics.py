@@ -151,3 +151,12 @@ def test_a_worker_measures_provider_calls_retries_lateness_welcomes_and_sweeps(
     assert grew("signup_sweep_duration_seconds_count") == 1
     assert grew("signup_sweep_repairs_total", kind="reminder") == 1
     assert grew("signup_sweep_repairs_total", kind="email") == 0
+
+
+def test_metrics_answer_plain_http_inside_the_network_when_the_site_redirects_to_https(
+    client, metrics_on, settings
+):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/signup/").status_code == 301
+    answer = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200
