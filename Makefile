@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install browser prometheus run migrate test test-fast faults bench bench-quick lint format lock clean \
+.PHONY: install browser prometheus run migrate test test-fast screenshots faults bench bench-quick lint format lock clean \
 	observability-check
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock
@@ -55,6 +55,10 @@ test: install browser prometheus
 # The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser or Prometheus), in seconds.
 test-fast: install
 	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or prometheus or processes)" $(PYTEST_ARGS)
+
+# The README's pictures of the admin (funnel, timeline), taken again by headless Chromium.
+screenshots: install browser
+	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(BIN)/pytest tests/test_screenshots.py $(PYTEST_ARGS)
 
 # The fault suite's long variants (FAULT_ROUNDS rounds each); prints the outcome table.
 faults: install

@@ -94,6 +94,7 @@ class SignupAdmin(admin.ModelAdmin):
         "next_reminder_at",
         "reminder_enqueued_at",
         "expires_at",
+        "verification_sent_at",
         "verified_at",
         "verified_source",
         "closed_at",
@@ -245,6 +246,8 @@ def funnel_view(request: HttpRequest) -> HttpResponse:
     if request.GET.get("format") == "csv":
         return _funnel_csv(counted)
     context.update(
+        # The range shown, defaults filled in, in the inputs.
+        form=FunnelRangeForm(initial={"start": counted.start, "end": counted.end}),
         funnel=counted,
         median=_duration(counted.median_to_verify),
         p90=_duration(counted.p90_to_verify),

@@ -20,6 +20,7 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings
+from playwright.sync_api import sync_playwright
 
 from config.celery import app as celery_app
 from tests.helpers import API_KEY
@@ -34,6 +35,7 @@ _FIXTURE_SERVICES = {
     "broker": "redis",
     "worker": "redis",
     "worker_factory": "redis",
+    "page": "chromium",
 }
 SERVICES = ("postgres", "redis", "rabbitmq", "chromium", "prometheus")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -223,3 +225,32 @@ def api(client):
             return client.get(path, headers={"Authorization": f"Bearer {API_KEY}", **headers})
 
     return Api()
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def page(live_server, monkeypatch, settings):
+    """A headless Chromium page (Debian's chromium, driven by Playwright) on the live server."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "The browser tests need Debian's chromium (apt-get install chromium)."
+    settings.SITE_URL = live_server.url
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are
+    # still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        context = browser.new_context(base_url=live_server.url)
+        yield context.new_page()
+        context.close()
+        browser.close()

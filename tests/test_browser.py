@@ -1,41 +1,12 @@
 """The pages as a person uses them: headless Chromium against a live server and a real worker."""
 
-import shutil
-
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from signup import workflow
 from tests.helpers import sent_to, signup_data, verify_link, wait_for_emails
 
 pytestmark = [pytest.mark.browser, pytest.mark.chromium, pytest.mark.postgres, pytest.mark.redis]
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def page(live_server, monkeypatch, settings):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "The browser tests need Debian's chromium (apt-get install chromium)."
-    settings.SITE_URL = live_server.url
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are
-    # still synchronous.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        context = browser.new_context(base_url=live_server.url)
-        yield context.new_page()
-        context.close()
-        browser.close()
 
 
 def test_a_person_signs_up_verifies_and_is_welcomed(page, worker, live_server):
