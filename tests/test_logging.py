@@ -286,7 +286,7 @@ def test_a_worker_and_beat_write_every_line_as_json(tmp_path):
         "signup.tasks.request_verification_email",
     }
     succeeded = [line for line in worker_lines if line["logger"] == "celery.app.trace"]
-    assert all(line["task_id"] == line["data"]["id"] for line in succeeded)
+    assert succeeded and all(line["task_id"] == line["data"]["id"] for line in succeeded)
     assert "quinn@example.com" not in worker.read_text() + beat.read_text()
     assert any(line["logger"] == "celery.beat" for line in beat_lines)
 
