@@ -4,8 +4,10 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
+from celery.utils.log import get_multiprocessing_logger
 
+from signup.logs import JsonFormatter, TaskContextFilter
 from signup.redaction import redacting_filter
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -20,6 +22,42 @@ app.autodiscover_tasks()
 # address, and what a worker prints is the quickstart's console emails, links included.
 for _name in ("celery.app.trace", "celery.worker.request"):
     logging.getLogger(_name).addFilter(redacting_filter)
+
+
+def _not_the_projects(record: logging.LogRecord) -> bool:
+    return record.name != "signup" and not record.name.startswith("signup.")
+
+
+@after_setup_logger.connect
+def format_celery_logs(logger: logging.Logger, **kwargs) -> None:
+    """Write Celery's lines in LOG_FORMAT, once each.
+
+    A worker or beat takes the root logger over (worker_hijack_root_logger) with a handler of
+    its own, and gives billiard's logger (its pool's lines) another: they get the JSON
+    formatter and the task's id here. A worker has set up settings.LOGGING by then (Celery's
+    Django fixup), and the project's lines are written by their own handler: they would
+    reach Celery's too, so Celery's leaves them out.
+    """
+    handlers = [*logger.handlers, *get_multiprocessing_logger().handlers]
+    if logging.getLogger("signup").handlers:
+        for handler in handlers:
+            handler.addFilter(_not_the_projects)
+    _use_log_format(handlers)
+
+
+@after_setup_task_logger.connect
+def format_celery_task_logs(logger: logging.Logger, **kwargs) -> None:
+    """The same for the handler of Celery's task logger (get_task_logger)."""
+    _use_log_format(logger.handlers)
+
+
+def _use_log_format(handlers: list[logging.Handler]) -> None:
+    from django.conf import settings
+
+    if settings.LOG_FORMAT == "json":
+        for handler in handlers:
+            handler.setFormatter(JsonFormatter())
+            handler.addFilter(TaskContextFilter())
 
 
 @task_prerun.connect

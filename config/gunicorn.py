@@ -6,19 +6,29 @@ shipped far more widely than the database. Options on the command line apply on 
 `--access-logfile -` to turn the access log on.
 """
 
+import os
+
+from django.conf import settings
 from gunicorn.glogging import Logger
 
+from signup.logs import JsonFormatter
 from signup.redaction import redacting_filter
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
 class RedactingLogger(Logger):
     """gunicorn's logger with verification tokens and email addresses masked in the access
-    log and in the error log (which names the request when a worker fails one)."""
+    log and in the error log (which names the request when a worker fails one), both in
+    the settings' LOG_FORMAT."""
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
         for log in (self.access_log, self.error_log):
             log.addFilter(redacting_filter)
+            if settings.LOG_FORMAT == "json":
+                for handler in log.handlers:
+                    handler.setFormatter(JsonFormatter())
 
 
 logger_class = RedactingLogger

@@ -385,17 +385,29 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Plain text for people (the quickstart), or one JSON object a line for a log shipper:
+# signup/logs.py. JSON lines carry the ids a line is about and the Celery task that wrote it.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}.")
+
 # Log lines carry ids, not personal data: signup.redaction masks email addresses and
 # verification tokens in what these write. runserver's request lines (django.server) and
 # Django's reports of 4xx and 5xx answers (django.request) name the link's path, token
 # included. Celery's lines about task outcomes get the same filter in config/celery.py,
-# gunicorn's logs in config/gunicorn.py.
+# which also puts Celery's own lines in LOG_FORMAT; gunicorn's logs are in config/gunicorn.py.
+LOGGING_CONFIG = "signup.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "signup.redaction.RedactingFilter"}},
+    "filters": {
+        "redact": {"()": "signup.redaction.RedactingFilter"},
+        "task": {"()": "signup.logs.TaskContextFilter"},
+        "require_debug_true": {"()": "django.utils.log.RequireDebugTrue"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "signup.logs.JsonFormatter"},
         # Django's own format for runserver's request lines.
         "django.server": {
             "()": "django.utils.log.ServerFormatter",
@@ -404,16 +416,31 @@ LOGGING = {
         },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["redact", "task"],
+        },
         "django.server": {
             "class": "logging.StreamHandler",
-            "formatter": "django.server",
+            "formatter": "django.server" if LOG_FORMAT == "plain" else "json",
             "filters": ["redact"],
+        },
+        # Django's own lines (4xx and 5xx answers, security warnings) are printed with DEBUG
+        # on only, as Django's default logging does, but in LOG_FORMAT. This replaces its
+        # mail_admins handler too, which sends nothing here: no ADMINS are configured.
+        "django.console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["require_debug_true", "redact", "task"],
         },
     },
     "loggers": {
         "signup": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "django": {"handlers": ["django.console"], "level": "INFO"},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
         "django.request": {"filters": ["redact"]},
+        # Python's warnings, logged by signup.logs.configure.
+        "py.warnings": {"handlers": ["console"], "propagate": False},
     },
 }

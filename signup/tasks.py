@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from signup.logs import ids
 from signup.redaction import redact
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def attempt_delivery(
         # Soon and often: once the database is back, the sweeper would take a row still
         # "sending" after SIGNUP_EMAIL_REDRIVE_AFTER for a lost task and send it again.
         countdown = min(retry_delay(retries), settings.SIGNUP_EMAIL_REDRIVE_AFTER / 10)
-        logger.warning("%s; recording it in %.1fs", sent, countdown)
+        logger.warning("%s; recording it in %.1fs", sent, countdown, extra=ids(email_id=email_id))
         return NextAttempt(countdown, sent, sent.provider_message_id)
     except Exception as exc:
         # A provider's error often names the recipient: the ledger and the log get it without.
@@ -118,7 +119,13 @@ def attempt_delivery(
             retrying = True  # the database is away too: the next attempt finds out more
         if not retrying:
             return None  # dead-lettered, or finished by another delivery
-        logger.warning("email %s failed (%s); retrying in %.1fs", email_id, error, countdown)
+        logger.warning(
+            "email %s failed (%s); retrying in %.1fs",
+            email_id,
+            error,
+            countdown,
+            extra=ids(email_id=email_id),
+        )
         # An email already accepted stays so: the next attempt only records it.
         return NextAttempt(countdown, exc, provider_message_id)
     return None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
+from signup.logs import ids
 from signup.models import OutboundEmail, Signup, SignupEvent
 from signup.redaction import redact
 
@@ -99,7 +100,14 @@ def _add_event_for(
 
 
 def _drop(what: str, signup_id: int, number: int | None, why: str) -> None:
-    logger.info("dropped stale %s task: signup %s, number %s (%s)", what, signup_id, number, why)
+    logger.info(
+        "dropped stale %s task: signup %s, number %s (%s)",
+        what,
+        signup_id,
+        number,
+        why,
+        extra=ids(signup_id=signup_id, reminder=number if what == "reminder" else None),
+    )
 
 
 def close_if_pooled() -> None:

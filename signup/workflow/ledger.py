@@ -10,6 +10,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from signup import emails, metrics, tasks
+from signup.logs import ids
 from signup.models import OutboundEmail, Signup
 from signup.redaction import redact
 from signup.workflow.common import (
@@ -219,7 +220,14 @@ def _fail(email: OutboundEmail, error: str) -> None:
         detail=f"{email.kind}: {error}"[:500],
     )
     metrics.email_attempts.labels(email.kind, "failed").inc()
-    logger.error("email %s (%s #%s) failed: %s", email.pk, email.kind, email.sequence, error)
+    logger.error(
+        "email %s (%s #%s) failed: %s",
+        email.pk,
+        email.kind,
+        email.sequence,
+        error,
+        extra=ids(signup_id=email.signup_id, email_id=email.pk, reminder=_number(email)),
+    )
 
 
 def _queue_email(
