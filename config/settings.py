@@ -404,6 +404,7 @@ LOGGING = {
         "redact": {"()": "signup.redaction.RedactingFilter"},
         "task": {"()": "signup.logs.TaskContextFilter"},
         "require_debug_true": {"()": "django.utils.log.RequireDebugTrue"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
@@ -434,12 +435,19 @@ LOGGING = {
             "formatter": LOG_FORMAT,
             "filters": ["require_debug_true", "redact", "task"],
         },
+        # A 500's traceback, with DEBUG off too (with it on, django.console prints it).
+        "server_errors": {
+            "class": "logging.StreamHandler",
+            "level": "ERROR",
+            "formatter": LOG_FORMAT,
+            "filters": ["require_debug_false", "redact", "task"],
+        },
     },
     "loggers": {
         "signup": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         "django": {"handlers": ["django.console"], "level": "INFO"},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
-        "django.request": {"filters": ["redact"]},
+        "django.request": {"handlers": ["server_errors"], "filters": ["redact"]},
         # Python's warnings, logged by signup.logs.configure.
         "py.warnings": {"handlers": ["console"], "propagate": False},
     },

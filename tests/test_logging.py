@@ -315,6 +315,32 @@ def test_gunicorn_writes_its_error_and_access_logs_as_json(tmp_path):
     assert token not in access.read_text() + stderr.read_text()
 
 
+@pytest.mark.processes
+def test_a_server_error_is_logged_with_its_traceback_when_debug_is_off(tmp_path):
+    """An answer of 500 leaves its traceback in the web's log in production (the database
+    here has no tables: every query fails)."""
+    env = production_env(tmp_path, LOG_FORMAT="json", SIGNUP_API_KEY="logging-test-key")
+    port = free_port()
+    command = [
+        str(BIN / "gunicorn"),
+        *("config.wsgi", "--config", "config/gunicorn.py", "--bind", f"127.0.0.1:{port}"),
+        *("--workers", "1"),
+    ]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/signups/someone",
+        headers={"Authorization": "Bearer logging-test-key"},
+    )
+    with started(command, env, tmp_path, "web") as stderr:
+        wait_for_line(stderr, lambda line: line["message"].startswith("Booting worker"), "boot")
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=10)
+        assert answer.value.code == 500
+        error = wait_for_line(stderr, lambda line: line["logger"] == "django.request", "500")
+    assert error["level"] == "ERROR"
+    assert error["message"] == "Internal Server Error: /api/signups/someone"
+    assert "OperationalError" in error["exc_info"]
+
+
 def test_runserver_writes_its_request_lines_as_json(tmp_path):
     """The quickstart's web process (the Procfile's), with LOG_FORMAT=json."""
     env = production_env(tmp_path, LOG_FORMAT="json", DEBUG="true")
