@@ -5,6 +5,7 @@ quickstart: SQLite and a server-free filesystem broker under ./var/, emails prin
 console. Production sets the URLs and a SECRET_KEY; DEBUG is off unless turned on.
 """
 
+import base64
 import os
 import re
 from datetime import timedelta
@@ -239,6 +240,9 @@ if isinstance(ANYMAIL["REQUESTS_TIMEOUT"], str):
 # --- The signup workflow (intervals in seconds) ------------------------------------------
 SIGNUP_REMINDER_INTERVAL = env.int("SIGNUP_REMINDER_INTERVAL", default=24 * 3600)
 SIGNUP_EXPIRES_AFTER = env.int("SIGNUP_EXPIRES_AFTER", default=7 * 24 * 3600)
+# How much later than SIGNUP_EXPIRES_AFTER an operator may extend a signup's expiry at most;
+# its links are signed to last that long too.
+SIGNUP_MAX_EXTENSION = env.int("SIGNUP_MAX_EXTENSION", default=30 * 24 * 3600)
 SIGNUP_MAX_REMINDERS = env.int("SIGNUP_MAX_REMINDERS", default=6)
 SIGNUP_SWEEP_INTERVAL = env.int("SIGNUP_SWEEP_INTERVAL", default=60)
 # A pending signup whose next reminder is this late lost its countdown task: the sweeper
@@ -257,6 +261,33 @@ SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
 # Bearer token of GET /metrics (Prometheus); while empty, /metrics answers 404.
 SIGNUP_METRICS_TOKEN = env.str("SIGNUP_METRICS_TOKEN", default="")
+# --- Signed webhooks out (Standard Webhooks) -------------------------------------------------
+# Each transition (signup.started, .verified, .expired, .cancelled, .undeliverable) is POSTed
+# to every one of these URLs, signed with the secret (whsec_ and base64, as the spec has it).
+SIGNUP_WEBHOOK_URLS = env.list("SIGNUP_WEBHOOK_URLS", default=[])
+SIGNUP_WEBHOOK_SECRET = env.str("SIGNUP_WEBHOOK_SECRET", default="")
+# Addresses and names stay out of the events unless this is on.
+SIGNUP_WEBHOOK_INCLUDE_PII = env.bool("SIGNUP_WEBHOOK_INCLUDE_PII", default=False)
+SIGNUP_WEBHOOK_TIMEOUT = env.float("SIGNUP_WEBHOOK_TIMEOUT", default=15.0)
+SIGNUP_WEBHOOK_RETRY_DELAY = env.float("SIGNUP_WEBHOOK_RETRY_DELAY", default=5.0)
+SIGNUP_WEBHOOK_RETRY_MAX_DELAY = env.float("SIGNUP_WEBHOOK_RETRY_MAX_DELAY", default=15 * 60.0)
+# 20 attempts with that backoff span about four hours: a receiver down for an hour loses none.
+SIGNUP_WEBHOOK_MAX_ATTEMPTS = env.int("SIGNUP_WEBHOOK_MAX_ATTEMPTS", default=20)
+for _url in SIGNUP_WEBHOOK_URLS:
+    if urlsplit(_url).scheme not in ("http", "https") or not urlsplit(_url).hostname:
+        raise ImproperlyConfigured(f"SIGNUP_WEBHOOK_URLS: {_url!r} is not an http(s) URL.")
+if SIGNUP_WEBHOOK_URLS:
+    try:
+        _webhook_key = base64.b64decode(SIGNUP_WEBHOOK_SECRET.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        _webhook_key = b""
+    if not SIGNUP_WEBHOOK_SECRET.startswith("whsec_") or len(_webhook_key) < 24:
+        raise ImproperlyConfigured(
+            "SIGNUP_WEBHOOK_URLS needs SIGNUP_WEBHOOK_SECRET: 'whsec_' and the base64 of 24 or"
+            ' more random bytes, e.g. python -c "import base64, secrets;'
+            " print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
+        )
+
 # prometheus-client's own variable: the directory the processes of a host share their counters
 # and histograms in (signup.metrics). It must exist before the first metric is written.
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -347,11 +378,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 # its email itself) go to the "email" queue, which the Procfile's two email workers serve
 # from pools of threads, so a slow provider stalls neither the timers nor the sweeper. A worker
 # started without -Q serves both queues.
-CELERY_TASK_QUEUES = [Queue("celery"), Queue("email")]
+CELERY_TASK_QUEUES = [Queue("celery"), Queue("email"), Queue("webhooks")]
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {
     "signup.tasks.deliver_email": {"queue": "email"},
     "signup.tasks.send_reminder": {"queue": "email"},
+    # A slow or absent receiver waits on its own queue and workers, never before an email.
+    "signup.tasks.deliver_webhook": {"queue": "webhooks"},
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -5,6 +5,7 @@ import csv
 from datetime import timedelta
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -13,8 +14,8 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
 
-from signup import funnel, workflow
-from signup.models import OutboundEmail, Signup, SignupEvent
+from signup import funnel, selectors, workflow
+from signup.models import OutboundEmail, Signup, SignupEvent, WebhookDelivery
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -51,6 +52,25 @@ class OutboundEmailInline(ReadOnlyInline):
     verbose_name_plural = "emails"
 
 
+class WebhookDeliveryInline(ReadOnlyInline):
+    model = WebhookDelivery
+    fields = readonly_fields = (
+        "event_type",
+        "endpoint",
+        "status",
+        "attempts",
+        "response_status",
+        "sent_at",
+        "last_error",
+    )
+    ordering = ("created_at", "id")
+    verbose_name_plural = "webhooks"
+
+
+class ExtendForm(forms.Form):
+    days = forms.IntegerField(min_value=1, max_value=365, initial=7)
+
+
 def _report(modeladmin, request, done: int, total: int, verb: str) -> None:
     level = messages.SUCCESS if done == total else messages.WARNING
     skipped = total - done
@@ -82,9 +102,17 @@ class SignupAdmin(admin.ModelAdmin):
     search_fields = ("username__iexact", "username", "email")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    inlines = (SignupEventInline, OutboundEmailInline)
-    actions = ("resend_verification", "mark_verified", "cancel", "erase_personal_data")
+    inlines = (SignupEventInline, OutboundEmailInline, WebhookDeliveryInline)
+    actions = (
+        "resend_verification",
+        "send_next_reminder_now",
+        "extend_expiry",
+        "mark_verified",
+        "cancel",
+        "erase_personal_data",
+    )
     readonly_fields = (
+        "what_happens_next",
         "username",
         "email",
         "first_name",
@@ -114,6 +142,57 @@ class SignupAdmin(admin.ModelAdmin):
         ids = list(queryset.values_list("id", flat=True))
         done = sum(workflow.resend_verification(signup_id=i) for i in ids)
         _report(self, request, done, len(ids), "sent a new verification email")
+
+    @admin.display(description="what happens next")
+    def what_happens_next(self, signup: Signup) -> str:
+        step = selectors.next_step(signup)
+        if step is None:
+            plan = f"nothing: the signup is {signup.status}"
+        elif step["step"] == "reminder":
+            plan = f"reminder {step['number']} at {step['at']:%Y-%m-%d %H:%M:%S} UTC"
+        else:
+            plan = f"expiry at {step['at']:%Y-%m-%d %H:%M:%S} UTC"
+
+        def counts(by_status: dict[str, int]) -> str:
+            return ", ".join(f"{n} {status}" for status, n in by_status.items() if n) or "none"
+
+        emails, hooks = selectors.email_counts(signup), selectors.webhook_counts(signup)
+        return f"{plan}. Emails: {counts(emails)}. Webhooks: {counts(hooks)}."
+
+    @admin.action(description="Send the next reminder now")
+    def send_next_reminder_now(self, request, queryset):
+        operator = request.user.get_username()
+        ids = list(queryset.values_list("id", flat=True))
+        outcomes = [workflow.send_next_reminder_now(signup_id=i, operator=operator) for i in ids]
+        done = outcomes.count(workflow.RUSHED)
+        due = outcomes.count(workflow.ALREADY_DUE)
+        level = messages.SUCCESS if done + due == len(ids) else messages.WARNING
+        note = f", {due} already due" if due else ""
+        none = len(ids) - done - due
+        note += f", {none} not sent (not pending, none planned, or one just left)" if none else ""
+        self.message_user(request, f"{done} of {len(ids)} reminder(s) sent now{note}.", level)
+
+    @admin.action(description="Extend the expiry")
+    def extend_expiry(self, request, queryset):
+        form = ExtendForm(request.POST if "extend" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Extend the expiry",
+                "opts": self.model._meta,
+                "signups": queryset.order_by("id"),
+                "form": form,
+                "max_extension_days": settings.SIGNUP_MAX_EXTENSION // 86400,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            }
+            template = "admin/signup/signup/extend_expiry.html"
+            return TemplateResponse(request, template, context)
+        by = timedelta(days=form.cleaned_data["days"])
+        operator = request.user.get_username()
+        ids = list(queryset.values_list("id", flat=True))
+        extended = [workflow.extend_expiry(signup_id=i, by=by, operator=operator) for i in ids]
+        done = sum(expiry is not None for expiry in extended)
+        _report(self, request, done, len(ids), "extended")
 
     @admin.action(description="Mark verified (operator)")
     def mark_verified(self, request, queryset):
@@ -155,6 +234,64 @@ class SignupAdmin(admin.ModelAdmin):
         skipped = len(ids) - done
         note = f" ({skipped} skipped: already anonymised)" if skipped else ""
         self.message_user(request, f"{done} of {len(ids)} signup(s) erased{note}.", level)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """The events ledger: deliveries to the SIGNUP_WEBHOOK_URLS receivers; the failed ones
+    are its dead letters, re-driven here with the same webhook-id."""
+
+    list_display = (
+        "signup",
+        "event_type",
+        "endpoint",
+        "status",
+        "attempts",
+        "response_status",
+        "created_at",
+        "sent_at",
+        "short_error",
+    )
+    list_filter = ("status", "event_type", "endpoint", "created_at")
+    search_fields = ("signup__username", "event_id")
+    list_select_related = ("signup",)
+    ordering = ("-created_at",)
+    actions = ("redrive",)
+    readonly_fields = (
+        "signup",
+        "event_id",
+        "event_type",
+        "endpoint",
+        "payload",
+        "occurred_at",
+        "status",
+        "attempts",
+        "response_status",
+        "last_error",
+        "created_at",
+        "enqueued_at",
+        "sent_at",
+        "updated_at",
+    )
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="last error")
+    def short_error(self, delivery: WebhookDelivery) -> str:
+        return delivery.last_error[:80]
+
+    @admin.action(description="Re-drive failed deliveries")
+    def redrive(self, request, queryset):
+        ids = list(queryset.values_list("id", flat=True))
+        done = sum(workflow.redrive_webhook(delivery_id=i) for i in ids)
+        level = messages.SUCCESS if done == len(ids) else messages.WARNING
+        self.message_user(
+            request, f"{done} of {len(ids)} delivery(ies) re-driven (only failed ones are).", level
+        )
 
 
 @admin.register(OutboundEmail)

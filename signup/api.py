@@ -1,10 +1,12 @@
-"""The server-to-server JSON API: create a signup, read its status, verify by token.
+"""The server-to-server JSON API: create a signup, read its status and what happens next,
+verify by token, and the operator actions (send the next reminder now, extend, cancel).
 
 Every call needs `Authorization: Bearer $SIGNUP_API_KEY`. Errors are JSON with a message
 (and field errors where a field is at fault); bad input never gets a 500.
 """
 
 import json
+from datetime import timedelta
 from functools import wraps
 
 from django.conf import settings
@@ -92,8 +94,8 @@ def _field_errors(body: dict, allowed: set[str]) -> dict[str, list[str]]:
     return errors
 
 
-def signup_json(signup: Signup) -> dict:
-    return {
+def signup_json(signup: Signup, *, described: bool = False) -> dict:
+    document = {
         "username": signup.username,
         "status": signup.status,
         "reminders_sent": signup.reminders_sent,
@@ -102,6 +104,12 @@ def signup_json(signup: Signup) -> dict:
         "verified_at": signup.verified_at.isoformat() if signup.verified_at else None,
         "expires_at": signup.expires_at.isoformat(),
     }
+    if described:
+        step = selectors.next_step(signup)
+        document["next_step"] = step and {**step, "at": step["at"].isoformat()}
+        document["emails"] = selectors.email_counts(signup)
+        document["webhooks"] = selectors.webhook_counts(signup)
+    return document
 
 
 @api_view("POST")
@@ -129,7 +137,76 @@ def read_signup(request, username):
     signup = selectors.signup_by_username(username) if valid else None
     if signup is None:
         return _error(404, "No signup has this username.")
-    return JsonResponse(signup_json(signup))
+    return JsonResponse(signup_json(signup, described=True))
+
+
+# The operator actions: POST /api/signups/<username>/<action> with a JSON object body.
+MAX_EXTENSION_SECONDS = 365 * 24 * 3600
+
+
+@api_view("POST")
+def act_on_signup(request, username, action, body):
+    valid = len(username) <= USERNAME_MAX_LENGTH and USERNAME_PATTERN.match(username)
+    signup = selectors.signup_by_username(username) if valid else None
+    if action not in _ACTIONS:
+        return _error(404, f"No action {action!r}: use {', '.join(_ACTIONS)}.")
+    if signup is None:
+        return _error(404, "No signup has this username.")
+    return _ACTIONS[action](signup, body)
+
+
+def _remind_now(signup: Signup, body: dict) -> JsonResponse:
+    number = body.get("reminder")
+    unknown = {name: ["Unknown field."] for name in body if name != "reminder"}
+    if unknown or (number is not None and (type(number) is not int or number < 1)):
+        errors = unknown or {"reminder": ["The number of the reminder meant: 1 or more."]}
+        return _error(400, "Some fields are not valid.", errors=errors)
+    outcome = workflow.send_next_reminder_now(signup_id=signup.pk, operator="api", number=number)
+    signup.refresh_from_db()
+    if outcome in (workflow.RUSHED, workflow.ALREADY_DUE):
+        status = 202 if outcome == workflow.RUSHED else 200
+        return JsonResponse(
+            {"result": outcome, **signup_json(signup, described=True)}, status=status
+        )
+    reasons = {
+        workflow.NOT_PENDING: f"This signup is {signup.status}: it gets no reminder.",
+        workflow.NO_REMINDER: "No reminder is planned for this signup.",
+        workflow.NOT_NEXT: f"Reminder {number} is not the next one.",
+        workflow.TOO_SOON: "A reminder was sent moments ago; the next one can't follow yet.",
+    }
+    return _error(409, reasons[outcome], result=outcome, **signup_json(signup, described=True))
+
+
+def _extend(signup: Signup, body: dict) -> JsonResponse:
+    seconds = body.get("seconds")
+    unknown = {name: ["Unknown field."] for name in body if name != "seconds"}
+    if unknown or type(seconds) is not int or not 0 < seconds <= MAX_EXTENSION_SECONDS:
+        errors = unknown or {"seconds": ["How long from now, in seconds: 1 or more."]}
+        return _error(400, "Some fields are not valid.", errors=errors)
+    expires_at = workflow.extend_expiry(
+        signup_id=signup.pk, by=timedelta(seconds=seconds), operator="api"
+    )
+    signup.refresh_from_db()
+    if expires_at is None:
+        return _error(409, f"This signup is {signup.status}: it has no expiry to extend.")
+    return JsonResponse(signup_json(signup, described=True))
+
+
+def _cancel(signup: Signup, body: dict) -> JsonResponse:
+    errors = _field_errors(body, {"reason"})
+    if errors:
+        return _error(400, "Some fields are not valid.", errors=errors)
+    reason = body.get("reason", "").strip()[:200]
+    cancelled = workflow.cancel_signup(
+        signup_id=signup.pk, reason=f"by api: {reason}" if reason else "by api"
+    )
+    signup.refresh_from_db()
+    if not cancelled and signup.status != Signup.Status.CANCELLED:
+        return _error(409, f"This signup is {signup.status}: it can't be cancelled.")
+    return JsonResponse(signup_json(signup, described=True))
+
+
+_ACTIONS = {"remind-now": _remind_now, "extend": _extend, "cancel": _cancel}
 
 
 @api_view("POST")
@@ -172,4 +249,5 @@ urlpatterns = [
     path("signups", create_signup, name="api-signup-create"),
     path("signups/verify", verify_signup, name="api-signup-verify"),
     path("signups/<str:username>", read_signup, name="api-signup-read"),
+    path("signups/<str:username>/<str:action>", act_on_signup, name="api-signup-act"),
 ]

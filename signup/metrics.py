@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from signup.models import OutboundEmail, Signup
+from signup.models import OutboundEmail, Signup, WebhookDelivery
 
 # --- Measured in the processes ----------------------------------------------------------------
 
@@ -137,6 +137,21 @@ class SignupCollector(Collector):
             for status in OutboundEmail.Status.values:
                 emails.add_metric([kind, status], by_kind.get((kind, status), 0))
         yield emails
+
+        webhooks = GaugeMetricFamily(
+            "signup_webhook_deliveries",
+            "Webhook deliveries (one per event and receiver) by status (queued, sending, sent,"
+            " failed: dead letters).",
+            labels=["status"],
+        )
+        by_status = dict(
+            WebhookDelivery.objects.values_list("status")
+            .annotate(n=Count("id"))
+            .values_list("status", "n")
+        )
+        for status in WebhookDelivery.Status.values:
+            webhooks.add_metric([status], by_status.get(status, 0))
+        yield webhooks
 
         waiting = sum(
             number

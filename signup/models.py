@@ -136,6 +136,10 @@ class SignupEvent(models.Model):
         EMAIL_BOUNCED = "email_bounced", "Email bounced"
         EMAIL_COMPLAINED = "email_complained", "Spam complaint"
         ANONYMISED = "anonymised", "Personal data anonymised"
+        WEBHOOK_FAILED = "webhook_failed", "Webhook delivery failed"
+        WEBHOOK_REDRIVEN = "webhook_redriven", "Webhook delivery re-enqueued"
+        REMINDER_RUSHED = "reminder_rushed", "Next reminder sent now (operator)"
+        EXPIRY_EXTENDED = "expiry_extended", "Expiry extended (operator)"
 
     signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=32, choices=Kind.choices)
@@ -201,6 +205,55 @@ class OutboundEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.sequence} to {self.to_email} ({self.status})"
+
+
+class WebhookDelivery(models.Model):
+    """The events ledger: one row per (event, endpoint), so that each receiver gets each event
+    once, under the same webhook-id however often it is tried (Standard Webhooks)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="webhooks")
+    # The webhook-id header: one per event, the same for every endpoint and every attempt.
+    event_id = models.CharField(max_length=40)
+    event_type = models.CharField(max_length=32)
+    endpoint = models.URLField(max_length=500)
+    # The body's "data" as the event left it, without personal data (added when sent, if
+    # SIGNUP_WEBHOOK_INCLUDE_PII is on and the signup still has it).
+    payload = models.JSONField()
+    occurred_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    # While an attempt is with the receiver: until when it may be (its timeout and a second).
+    in_flight_until = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event_id", "endpoint"], name="webhook_once_per_event_and_endpoint"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["enqueued_at"],
+                condition=models.Q(status__in=["queued", "sending"]),
+                name="webhook_unsent_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} to {self.endpoint} ({self.status})"
 
 
 class Address(models.Model):

@@ -1,7 +1,9 @@
 """Named reads for views, the API and the admin."""
 
+from django.db.models import Count
+
 from signup import tokens
-from signup.models import Signup
+from signup.models import OutboundEmail, Signup, WebhookDelivery
 
 
 def signup_by_username(username: str) -> Signup | None:
@@ -20,3 +22,32 @@ def signup_for_token(token: str) -> Signup:
     if signup is None or int(signup.created_at.timestamp()) != created_ts:
         raise tokens.InvalidToken("no such signup")
     return signup
+
+
+def next_step(signup: Signup) -> dict | None:
+    """What happens next to a pending signup if nobody acts: reminder n at a time, or the
+    expiry; None once it is closed or verified."""
+    if signup.status != Signup.Status.PENDING:
+        return None
+    if signup.next_reminder_at is not None and signup.next_reminder_at < signup.expires_at:
+        return {
+            "step": "reminder",
+            "number": signup.reminders_sent + 1,
+            "at": signup.next_reminder_at,
+        }
+    return {"step": "expiry", "number": None, "at": signup.expires_at}
+
+
+def _by_status(rows, statuses) -> dict[str, int]:
+    counted = dict(rows.order_by().values_list("status").annotate(n=Count("id")))
+    return {status: counted.get(status, 0) for status in statuses}
+
+
+def email_counts(signup: Signup) -> dict[str, int]:
+    """The signup's ledger emails by state (queued, sending, sent, failed, skipped)."""
+    return _by_status(signup.emails, OutboundEmail.Status.values)
+
+
+def webhook_counts(signup: Signup) -> dict[str, int]:
+    """The signup's webhook deliveries by state (queued, sending, sent, failed)."""
+    return _by_status(signup.webhooks, WebhookDelivery.Status.values)

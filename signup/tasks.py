@@ -10,6 +10,7 @@ import random
 import smtplib
 from dataclasses import dataclass
 
+import requests
 from anymail.exceptions import AnymailAPIError, AnymailError
 from celery import shared_task
 from django.conf import settings
@@ -187,3 +188,56 @@ def anonymise_closed_signups() -> int:
     anonymised = workflow.anonymise_closed_signups()
     workflow.forget_idle_addresses()
     return anonymised
+
+
+# --- Webhooks out ---------------------------------------------------------------------------
+
+
+def webhook_retry_delay(retries: int, retry_after: str = "") -> float:
+    """Exponential backoff with equal jitter, never sooner than the receiver's Retry-After."""
+    delay = min(
+        settings.SIGNUP_WEBHOOK_RETRY_MAX_DELAY, settings.SIGNUP_WEBHOOK_RETRY_DELAY * 2**retries
+    )
+    delay = delay / 2 + random.uniform(0, delay / 2)
+    try:
+        asked = max(float(retry_after), 0.0)
+    except ValueError:
+        asked = 0.0  # absent, or an HTTP date: the backoff alone decides
+    return min(max(delay, asked), settings.SIGNUP_WEBHOOK_RETRY_MAX_DELAY)
+
+
+@shared_task(bind=True, max_retries=None)
+def deliver_webhook(self, delivery_id: int) -> None:
+    """POST one event to one receiver; the ledger's attempts count is the retry budget.
+
+    Timeouts, connection errors, 5xx, 408 and 429 are retried with backoff (honouring
+    Retry-After); any other answer below 200 or from 300 up is the receiver's final word and
+    dead-letters the delivery at once.
+    """
+    from signup import hooks, workflow
+
+    try:
+        workflow.deliver_webhook(delivery_id=delivery_id)
+    except workflow.WebhookInFlight as in_flight:
+        countdown = max((in_flight.until - timezone.now()).total_seconds(), 0) + 0.5
+        raise self.retry(countdown=countdown) from in_flight
+    except hooks.ReceiverRefused as refused:
+        status = refused.status
+        if status not in (408, 429) and status < 500:
+            error = f"the receiver answered {status}"
+            workflow.record_webhook_failure(delivery_id=delivery_id, error=error, status=status)
+            return
+        countdown = webhook_retry_delay(self.request.retries, refused.retry_after)
+        retrying = workflow.record_webhook_error(
+            delivery_id=delivery_id, error=str(refused), retry_in=countdown, status=status
+        )
+        if retrying:
+            raise self.retry(countdown=countdown) from refused
+    except (OSError, requests.RequestException) as exc:
+        countdown = webhook_retry_delay(self.request.retries)
+        error = redact(f"{type(exc).__name__}: {exc}")
+        retrying = workflow.record_webhook_error(
+            delivery_id=delivery_id, error=error, retry_in=countdown
+        )
+        if retrying:
+            raise self.retry(countdown=countdown) from exc

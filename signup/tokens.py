@@ -39,7 +39,10 @@ def read_token(token: str) -> tuple[int, int]:
     if not isinstance(token, str) or not token or len(token) > TOKEN_MAX_LENGTH:
         raise InvalidToken("malformed token")
     try:
-        value = signing.loads(token, salt=SALT, max_age=settings.SIGNUP_EXPIRES_AFTER)
+        # As long as the signup may be pending: an operator may extend it (workflow.extend_expiry).
+        # Whether it still is, is the signup's to say.
+        max_age = settings.SIGNUP_EXPIRES_AFTER + settings.SIGNUP_MAX_EXTENSION
+        value = signing.loads(token, salt=SALT, max_age=max_age)
     except signing.SignatureExpired as exc:
         raise ExpiredToken("token expired") from exc
     except (signing.BadSignature, ValueError) as exc:

@@ -190,7 +190,7 @@ def worker_factory(transactional_db, broker):
     def run_worker():
         with start_worker(
             celery_app,
-            queues=["celery", "email"],
+            queues=["celery", "email", "webhooks"],
             pool="solo",
             concurrency=1,
             perform_ping_check=False,

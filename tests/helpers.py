@@ -28,7 +28,7 @@ def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message:
         time.sleep(interval)
 
 
-QUEUES = ("celery", "email")  # config.settings.CELERY_TASK_QUEUES
+QUEUES = ("celery", "email", "webhooks")  # config.settings.CELERY_TASK_QUEUES
 
 
 def queued(broker) -> int:

@@ -53,6 +53,9 @@ def test_read_answers_the_status_and_404(api):
         "created_at",
         "verified_at",
         "expires_at",
+        "next_step",
+        "emails",
+        "webhooks",
     }
     assert body["status"] == "pending"
     missing = api.get("/api/signups/nobody")

@@ -111,7 +111,9 @@ def test_doctor_is_well_and_exits_0_when_nothing_is_wrong(doctor_env, broker, sw
         "sweeper": "ok",
         "reminders_overdue": 0,
         "emails_unsent": 0,
+        "webhooks_unsent": 0,
         "dead_letters": 0,
+        "webhook_dead_letters": 0,
         "ok": True,
     }
 

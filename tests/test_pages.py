@@ -102,10 +102,12 @@ def test_expired_and_cancelled_signups_get_their_own_page(client, settings):
     assert b"cancelled" in response.content
 
 
-def test_a_link_older_than_the_expiry_window_is_expired(client, settings):
+def test_a_link_older_than_any_signup_could_be_pending_is_expired(client, settings):
     signup = workflow.start_signup(**signup_data())
     link = _link(signup)
-    settings.SIGNUP_EXPIRES_AFTER = -1  # every signed timestamp is now too old
+    # Past the expiry and the longest extension: every signed timestamp is now too old.
+    settings.SIGNUP_EXPIRES_AFTER = -1
+    settings.SIGNUP_MAX_EXTENSION = 0
     response = client.get(link)
     assert response.status_code == 410
     assert b"expired" in response.content

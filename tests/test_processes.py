@@ -2,6 +2,7 @@
 names, as separate processes on their own PostgreSQL database, a real broker and an SMTP server,
 used over HTTP like a person."""
 
+import base64
 import html
 import math
 import os
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.processes import ReceivedEmail, SmtpSink, fresh_database
 from harness.service import BEAT_SWEPT, Service
 from tests.helpers import hidden_fields, wait_for
+from tests.receiver import Receiver
 
 pytestmark = [pytest.mark.processes, pytest.mark.postgres]
 
@@ -118,8 +120,19 @@ class Deployed:
         return self.running.log_sizes()
 
 
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"e2e-webhook-secret-0123456789abcdef").decode()
+
+
 @pytest.fixture(scope="module")
-def service(request, tmp_path_factory):
+def hook_receiver():
+    """Where every deployment here sends its webhooks (answering at once unless told)."""
+    running = Receiver().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def service(request, tmp_path_factory, hook_receiver):
     """The whole service deployed on fresh resources for one Deployment (the param)."""
     deployment: Deployment = request.param
     tmp = tmp_path_factory.mktemp(f"{deployment.broker}-{deployment.expires_after}s")
@@ -148,6 +161,8 @@ def service(request, tmp_path_factory):
                 "CONN_MAX_AGE": "0",
                 "WORKER_CONCURRENCY": "1",
                 "SIGNUP_METRICS_TOKEN": METRICS_TOKEN,
+                "SIGNUP_WEBHOOK_URLS": hook_receiver.url,
+                "SIGNUP_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 **limits,
             },
         )
@@ -640,3 +655,31 @@ def test_one_scrape_adds_up_every_web_and_worker_process(service):
     # The sweeps ran in the prefork worker's pool processes, once a second.
     assert grew("signup_sweep_duration_seconds_count") >= 2
     assert scrape()[("signup_seconds_since_last_sweep", ())] < 5
+
+
+@deployed(expires_after=LASTING, brokers=("redis",))
+def test_a_receiver_answering_10_s_late_does_not_delay_the_welcome_email(service, hook_receiver):
+    """Webhooks have their own queue and worker (the Procfile's webhooks line): while one
+    waits on a slow receiver, the emails go out as before."""
+    body = {"username": "slowhook", "email": "slowhook@example.com", "first_name": "Sam"}
+    assert service.api("POST", "/api/signups", json=body).status_code == 201
+    (verification,) = service.wait_for_emails("slowhook@example.com", "Verify")
+    token = urlsplit(verify_link(service, verification).url).path.split("/")[-2]
+    hook_receiver.delay = 10
+    try:
+        verified_at = time.monotonic()
+        answer = service.api("POST", "/api/signups/verify", json={"token": token})
+        assert answer.status_code == 200, answer.text
+        (welcome,) = service.wait_for_emails("slowhook@example.com", "Welcome")
+        assert welcome.received_at - verified_at < 3
+        events = wait_for(
+            lambda: [r for r in hook_receiver.of_type("signup.verified") if "slowhook" in r.body],
+            timeout=20,
+            message="the verified event at the slow receiver",
+        )
+        assert events[0].at - verified_at < 3  # it was sent at once, and answered late
+    finally:
+        hook_receiver.delay = 0
+    time.sleep(1)
+    # Answered within the webhook timeout: delivered once, not retried.
+    assert len([r for r in hook_receiver.of_type("signup.verified") if "slowhook" in r.body]) == 1

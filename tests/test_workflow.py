@@ -35,7 +35,8 @@ def test_start_enqueues_only_after_commit(django_capture_on_commit_callbacks, se
     settings.SIGNUP_REMINDER_INTERVAL = settings.SIGNUP_SCHEDULE_AHEAD
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         signup = workflow.start_signup(**signup_data())
-    assert len(callbacks) == 2  # the verification email and the first reminder
+    # The signup.started announcement, the verification email and the first reminder.
+    assert len(callbacks) == 3
     assert signup.reminder_enqueued_at is not None
 
 
@@ -46,7 +47,7 @@ def test_a_reminder_out_of_reach_waits_in_the_database_until_the_sweep_hands_it_
     settings.SIGNUP_SCHEDULE_AHEAD = 300
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         signup = workflow.start_signup(**signup_data())
-    assert len(callbacks) == 1  # the verification email only
+    assert len(callbacks) == 2  # the announcement and the verification email only
     assert signup.reminder_enqueued_at is None
     assert workflow.sweep()["reminders_enqueued"] == 0  # still out of reach
 
@@ -71,11 +72,11 @@ def test_the_last_step_enqueues_the_expiry_only_when_it_is_within_reach(
     settings.SIGNUP_EXPIRES_AFTER = 3600
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         workflow.start_signup(**signup_data())
-    assert len(callbacks) == 1  # the verification email; the sweeper expires it later
+    assert len(callbacks) == 2  # the announcement, the verification email; no expiry yet
     settings.SIGNUP_EXPIRES_AFTER = 300
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
-    assert len(callbacks) == 2  # and the expiry
+    assert len(callbacks) == 3  # and the expiry
 
 
 def test_username_is_unique_among_pending_and_verified_in_any_case():

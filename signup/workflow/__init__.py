@@ -7,11 +7,13 @@ a signup themselves. The modules follow a signup's life:
     start          start_signup: a new pending signup, and what its address may be sent
     addresses      one address, one signup's worth of mail: the budget, the reminder chain
                    one address has, the resend page's request
-    reminders      the self-rescheduling reminder chain and the expiry at its end
+    reminders      the self-rescheduling reminder chain and the expiry at its end; an
+                   operator sending the next reminder now or extending the expiry
     verification   verifying by link or by an operator; another verification email
     closing        cancelled, or undeliverable by what the email provider reports
     personal_data  anonymising closed signups, erasing one now, forgetting idle addresses
     ledger         sending emails through the ledger, once each, with retries and dead letters
+    events         telling others: signals after commit, signed webhooks through their ledger
     sweeper        the periodic repair: expiries, timer handovers, lost tasks; what it
                    has not repaired yet (stuck_work)
     common         the states, exceptions and helpers every stage shares
@@ -33,6 +35,13 @@ from signup.workflow.common import (
     UsernameTaken,
     VerifyResult,
 )
+from signup.workflow.events import (
+    WebhookInFlight,
+    deliver_webhook,
+    record_webhook_error,
+    record_webhook_failure,
+    redrive_webhook,
+)
 from signup.workflow.ledger import (
     deliver_email,
     record_email_error,
@@ -46,7 +55,18 @@ from signup.workflow.personal_data import (
     erase_personal_data,
     forget_idle_addresses,
 )
-from signup.workflow.reminders import expire_signup, take_reminder
+from signup.workflow.reminders import (
+    ALREADY_DUE,
+    NO_REMINDER,
+    NOT_NEXT,
+    NOT_PENDING,
+    RUSHED,
+    TOO_SOON,
+    expire_signup,
+    extend_expiry,
+    send_next_reminder_now,
+    take_reminder,
+)
 from signup.workflow.start import start_signup
 from signup.workflow.sweeper import last_sweep_at, stuck_work, sweep
 from signup.workflow.verification import (
@@ -56,17 +76,26 @@ from signup.workflow.verification import (
 )
 
 __all__ = [
+    "ALREADY_DUE",
+    "NOT_NEXT",
+    "NOT_PENDING",
+    "NO_REMINDER",
+    "RUSHED",
+    "TOO_SOON",
     "EmailInFlight",
     "SentButNotRecorded",
     "SignupClosed",
     "UsernameTaken",
     "VerifyResult",
+    "WebhookInFlight",
     "address_digest",
     "anonymise_closed_signups",
     "cancel_signup",
     "deliver_email",
+    "deliver_webhook",
     "erase_personal_data",
     "expire_signup",
+    "extend_expiry",
     "forget_idle_addresses",
     "last_sweep_at",
     "mark_undeliverable",
@@ -74,10 +103,14 @@ __all__ = [
     "record_email_failure",
     "record_email_sent",
     "record_provider_event",
+    "record_webhook_error",
+    "record_webhook_failure",
     "redrive_email",
+    "redrive_webhook",
     "request_verification_email",
     "resend_verification",
     "send_claimed_email",
+    "send_next_reminder_now",
     "start_signup",
     "stuck_work",
     "sweep",

@@ -15,6 +15,7 @@ from signup.workflow.common import (
     _lock,
     _lock_signup_and_email,
 )
+from signup.workflow.events import CANCELLED, EXPIRED, UNDELIVERABLE, _announce
 from signup.workflow.ledger import _number, _pending_email_out_until, _skip_unsent, _wait_for_lease
 
 
@@ -96,3 +97,11 @@ def _close(signup: Signup, status: str, event: str, detail: str = "") -> None:
     signup.save(update_fields=["status", "closed_at", *_PLAN_FIELDS, "updated_at"])
     _add_event(signup, event, detail=detail)
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
+    _announce(signup, _CLOSED_EVENT[status])
+
+
+_CLOSED_EVENT = {
+    Status.EXPIRED: EXPIRED,
+    Status.CANCELLED: CANCELLED,
+    Status.UNDELIVERABLE: UNDELIVERABLE,
+}

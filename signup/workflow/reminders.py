@@ -18,6 +18,7 @@ from signup.workflow.common import (
     EmailKind,
     Event,
     Status,
+    _add_event,
     _after_commit,
     _drop,
     _lock,
@@ -60,6 +61,76 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
         _schedule_next_step(signup, now=now)
     metrics.reminder_lateness.observe(max((now - planned).total_seconds(), 0.0))
     return email.pk
+
+
+# --- An operator steering the timers -------------------------------------------------------
+
+RUSHED = "rushed"  # the next reminder goes now
+ALREADY_DUE = "already_due"  # it was due or rushed already: nothing more to do
+NOT_PENDING = "not_pending"
+NO_REMINDER = "no_reminder"  # none planned: all sent, the next would fall after the expiry,
+# or the address's chain belongs to another signup
+NOT_NEXT = "not_next"  # the caller named another reminder than the next one
+TOO_SOON = "too_soon"  # a reminder left less than SIGNUP_ADDRESS_COOLDOWN ago
+
+
+def send_next_reminder_now(*, signup_id: int, operator: str, number: int | None = None) -> str:
+    """Skip the timer of the next planned reminder: it is taken and sent now, and the chain
+    goes on from there (the one after it one SIGNUP_REMINDER_INTERVAL later). Return RUSHED,
+    or why not.
+
+    Safe to repeat: a reminder already due is not rushed again, none is rushed within
+    SIGNUP_ADDRESS_COOLDOWN of the last one (a second click never sends two at once), and a
+    caller that names the reminder it means (`number`) never rushes the one after it. The
+    task already in the broker for the old due time is dropped when it arrives (its reminder
+    was sent).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return NOT_PENDING
+        next_number = signup.reminders_sent + 1
+        if number is not None and number != next_number:
+            return NOT_NEXT
+        if signup.next_reminder_at is None:
+            return NO_REMINDER
+        if signup.next_reminder_at <= now and signup.reminder_enqueued_at is not None:
+            return ALREADY_DUE
+        cooldown = now - timedelta(seconds=settings.SIGNUP_ADDRESS_COOLDOWN)
+        if signup.emails.filter(kind=EmailKind.REMINDER, created_at__gt=cooldown).exists():
+            return TOO_SOON
+        signup.next_reminder_at = signup.reminder_enqueued_at = now
+        signup.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
+        _add_event(signup, Event.REMINDER_RUSHED, number=next_number, detail=f"by {operator}")
+        _after_commit(lambda: tasks.send_reminder.apply_async((signup_id, next_number)))
+    return RUSHED
+
+
+def extend_expiry(*, signup_id: int, by: timedelta, operator: str):
+    """Give a pending signup `by` more time from now: it expires at now + `by` unless it
+    already expires later. Return the new expiry, or None if the signup is not pending.
+
+    Safe to repeat (the same call sets the same time), and bounded: a signup never expires
+    later than SIGNUP_MAX_EXTENSION after its first expiry, which its links are signed to
+    outlive (signup.tokens). Reminders are not added back; the next one can be sent now.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        signup = _lock(signup_id)
+        if signup is None or signup.status != Status.PENDING:
+            return None
+        latest = signup.created_at + timedelta(
+            seconds=settings.SIGNUP_EXPIRES_AFTER + settings.SIGNUP_MAX_EXTENSION
+        )
+        wanted = min(now + by, latest)
+        if wanted > signup.expires_at:
+            before = signup.expires_at
+            signup.expires_at = wanted
+            signup.save(update_fields=["expires_at", "updated_at"])
+            detail = f"by {operator}: from {before:%Y-%m-%d %H:%M} to {wanted:%Y-%m-%d %H:%M} UTC"
+            _add_event(signup, Event.EXPIRY_EXTENDED, detail=detail)
+    return signup.expires_at
 
 
 def expire_signup(*, signup_id: int) -> bool:

@@ -17,6 +17,7 @@ from signup.workflow.addresses import (
     _tell_account_exists,
 )
 from signup.workflow.common import EmailKind, Event, UsernameTaken, _add_event
+from signup.workflow.events import STARTED, _announce
 from signup.workflow.ledger import _queue_email
 from signup.workflow.reminders import _schedule_next_step
 
@@ -48,6 +49,7 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
             # The database's unique constraint decides who gets a username, race or not.
             signup.save(force_insert=True)
             _add_event(signup, Event.SUBMITTED)
+            _announce(signup, STARTED)
             if held:
                 _add_event(signup, Event.VERIFICATION_HELD, detail=held)
             elif not greets:

@@ -11,13 +11,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from signup import metrics, tasks
-from signup.models import Heartbeat, OutboundEmail, Signup, SignupEvent
+from signup.models import Heartbeat, OutboundEmail, Signup, SignupEvent, WebhookDelivery
 from signup.workflow.common import (
     EmailStatus,
     Event,
     Status,
     _after_commit,
 )
+from signup.workflow.events import _unsent_webhooks
 from signup.workflow.reminders import _horizon, expire_signup
 
 logger = logging.getLogger("signup.workflow")
@@ -40,7 +41,13 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     now = timezone.now()
     started = time.monotonic()
     deadline = started + settings.SIGNUP_SWEEP_INTERVAL / 2
-    counts = {"expired": 0, "reminders_enqueued": 0, "reminders_requeued": 0, "emails_requeued": 0}
+    counts = {
+        "expired": 0,
+        "reminders_enqueued": 0,
+        "reminders_requeued": 0,
+        "emails_requeued": 0,
+        "webhooks_requeued": 0,
+    }
 
     def in_batches(step) -> None:
         while True:
@@ -53,11 +60,13 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     in_batches(_expire_overdue)
     in_batches(_enqueue_due_reminders)
     in_batches(_requeue_stuck_emails)
+    in_batches(_requeue_stuck_webhooks)
     # Only a sweep that got through its work counts as one: /readyz and signup_doctor read it.
     Heartbeat.objects.update_or_create(name=SWEEP_HEARTBEAT, defaults={"at": timezone.now()})
     metrics.sweep_duration.observe(time.monotonic() - started)
     metrics.sweep_repairs.labels("reminder").inc(counts["reminders_requeued"])
     metrics.sweep_repairs.labels("email").inc(counts["emails_requeued"])
+    metrics.sweep_repairs.labels("webhook").inc(counts["webhooks_requeued"])
     if any(counts.values()):
         logger.info("sweep: %s", counts)
     return counts
@@ -155,6 +164,36 @@ def _requeue_stuck_emails(*, now, batch_size: int) -> tuple[int, dict[str, int]]
     return len(stuck), {"emails_requeued": len(stuck)}
 
 
+def _requeue_stuck_webhooks(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
+    with transaction.atomic():
+        stuck = list(
+            _unsent_webhooks(now=now, stale=stale)
+            .select_for_update(skip_locked=True, no_key=True)
+            .order_by("enqueued_at")
+            .values_list("id", "signup_id", "event_type", "endpoint")[:batch_size]
+        )
+        if not stuck:
+            return 0, {}
+        delivery_ids = [delivery_id for delivery_id, *_ in stuck]
+        WebhookDelivery.objects.filter(pk__in=delivery_ids).update(enqueued_at=now, updated_at=now)
+        SignupEvent.objects.bulk_create(
+            SignupEvent(
+                signup_id=signup_id,
+                kind=Event.WEBHOOK_REDRIVEN,
+                detail=f"{event_type} to {endpoint}: re-enqueued by the sweeper"[:500],
+            )
+            for _, signup_id, event_type, endpoint in stuck
+        )
+
+        def enqueue():
+            for delivery_id in delivery_ids:
+                tasks.deliver_webhook.delay(delivery_id)
+
+        _after_commit(enqueue)
+    return len(stuck), {"webhooks_requeued": len(stuck)}
+
+
 # --- What the sweeper has not repaired -------------------------------------------------------
 
 
@@ -166,9 +205,10 @@ def last_sweep_at():
 def stuck_work(*, now=None) -> dict[str, int]:
     """Work the sweeper should have repaired by now, and the dead letters.
 
-    A reminder overdue past SIGNUP_REMINDER_GRACE, or an email unsent SIGNUP_EMAIL_REDRIVE_AFTER
-    after it was (re-)enqueued, is repaired at the next sweep; still there two sweep intervals
-    later, it is stuck. Dead letters wait for an operator.
+    A reminder overdue past SIGNUP_REMINDER_GRACE, or an email or a webhook delivery unsent
+    SIGNUP_EMAIL_REDRIVE_AFTER after it was (re-)enqueued, is repaired at the next sweep; still
+    there two sweep intervals later, it is stuck. Dead letters (emails' and webhooks') wait
+    for an operator.
     """
     now = now or timezone.now()
     sweeps = timedelta(seconds=2 * settings.SIGNUP_SWEEP_INTERVAL)
@@ -179,5 +219,9 @@ def stuck_work(*, now=None) -> dict[str, int]:
             status=Status.PENDING, next_reminder_at__lt=reminder_late, expires_at__gt=now
         ).count(),
         "emails_unsent": _unsent_emails(now=now, stale=email_late).count(),
+        "webhooks_unsent": _unsent_webhooks(now=now, stale=email_late).count(),
         "dead_letters": OutboundEmail.objects.filter(status=EmailStatus.FAILED).count(),
+        "webhook_dead_letters": WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.FAILED
+        ).count(),
     }

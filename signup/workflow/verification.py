@@ -17,6 +17,7 @@ from signup.workflow.common import (
     _add_event,
     _lock,
 )
+from signup.workflow.events import VERIFIED, _announce
 from signup.workflow.ledger import (
     _pending_email_out_until,
     _queue_email,
@@ -97,6 +98,7 @@ def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
         update_fields=["status", "verified_at", "verified_source", *_PLAN_FIELDS, "updated_at"]
     )
     _add_event(signup, Event.VERIFIED, detail=f"source: {source}")
+    _announce(signup, VERIFIED)
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
     _queue_email(signup, EmailKind.WELCOME, sequence=1)
     # The address has an account now: another signup's reminders would only nag its owner.

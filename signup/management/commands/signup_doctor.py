@@ -11,8 +11,9 @@ from signup import health, workflow
 class Command(BaseCommand):
     help = (
         "Check the database, the broker and the sweeper, and count stuck work (reminders"
-        " and emails the sweeper should have repaired, dead letters). Exits 1 when a part is"
-        " down or work is stuck; dead letters alone wait for an operator and do not fail it."
+        ", emails and webhooks the sweeper should have repaired, dead letters). Exits 1 when a"
+        " part is down or work is stuck; dead letters alone wait for an operator and do not"
+        " fail it."
     )
 
     def add_arguments(self, parser):
@@ -25,7 +26,7 @@ class Command(BaseCommand):
         problems += [
             f"{name.replace('_', ' ')}: {count}"
             for name, count in stuck.items()
-            if count and name != "dead_letters"
+            if count and name not in ("dead_letters", "webhook_dead_letters")
         ]
         if json:
             self.stdout.write(_json({**parts, **stuck, "ok": not problems}))
