@@ -271,7 +271,7 @@ SIGNUP_WEBHOOK_INCLUDE_PII = env.bool("SIGNUP_WEBHOOK_INCLUDE_PII", default=Fals
 SIGNUP_WEBHOOK_TIMEOUT = env.float("SIGNUP_WEBHOOK_TIMEOUT", default=15.0)
 SIGNUP_WEBHOOK_RETRY_DELAY = env.float("SIGNUP_WEBHOOK_RETRY_DELAY", default=5.0)
 SIGNUP_WEBHOOK_RETRY_MAX_DELAY = env.float("SIGNUP_WEBHOOK_RETRY_MAX_DELAY", default=15 * 60.0)
-# 20 attempts with that backoff span about four hours: a receiver down for an hour loses none.
+# 20 attempts with that backoff span two to three hours: a receiver down for an hour loses none.
 SIGNUP_WEBHOOK_MAX_ATTEMPTS = env.int("SIGNUP_WEBHOOK_MAX_ATTEMPTS", default=20)
 for _url in SIGNUP_WEBHOOK_URLS:
     if urlsplit(_url).scheme not in ("http", "https") or not urlsplit(_url).hostname:
@@ -355,12 +355,16 @@ CACHES["default"].setdefault("KEY_PREFIX", "signup")
 # acknowledged within the visibility timeout; it must outlast the longest countdown the
 # service uses, or a countdown would be delivered twice (the copy is dropped, but it is
 # wasted work). SIGNUP_SCHEDULE_AHEAD bounds the workflow's countdowns and
-# SIGNUP_EMAIL_RETRY_MAX_DELAY the email retries', whatever the reminder interval and expiry
-# are. Tasks lost to a killed worker are repaired by the sweeper, not by this.
+# SIGNUP_EMAIL_RETRY_MAX_DELAY and SIGNUP_WEBHOOK_RETRY_MAX_DELAY the retries', whatever the
+# reminder interval and expiry are. Tasks lost to a killed worker are repaired by the
+# sweeper, not by this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int(
         "CELERY_BROKER_VISIBILITY_TIMEOUT",
-        default=int(max(SIGNUP_SCHEDULE_AHEAD, SIGNUP_EMAIL_RETRY_MAX_DELAY)) + 3600,
+        default=int(
+            max(SIGNUP_SCHEDULE_AHEAD, SIGNUP_EMAIL_RETRY_MAX_DELAY, SIGNUP_WEBHOOK_RETRY_MAX_DELAY)
+        )
+        + 3600,
     ),
 }
 if CELERY_BROKER_URL.startswith("filesystem://"):

@@ -10,13 +10,14 @@ from datetime import timedelta
 from functools import wraps
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.urls import path
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 
 from signup import limits, selectors, tokens, workflow
-from signup.forms import USERNAME_PATTERN, SignupForm
+from signup.forms import USERNAME_PATTERN, SignupForm, reject_control_characters
 from signup.models import USERNAME_MAX_LENGTH, Signup
 
 MAX_BODY_BYTES = 16 * 1024
@@ -194,9 +195,12 @@ def _extend(signup: Signup, body: dict) -> JsonResponse:
 
 def _cancel(signup: Signup, body: dict) -> JsonResponse:
     errors = _field_errors(body, {"reason"})
+    reason = body.get("reason", "")
+    if not errors and not _is_plain_text(reason):
+        errors["reason"] = ["Remove the control or invisible characters."]
     if errors:
         return _error(400, "Some fields are not valid.", errors=errors)
-    reason = body.get("reason", "").strip()[:200]
+    reason = reason.strip()[:200]
     cancelled = workflow.cancel_signup(
         signup_id=signup.pk, reason=f"by api: {reason}" if reason else "by api"
     )
@@ -204,6 +208,16 @@ def _cancel(signup: Signup, body: dict) -> JsonResponse:
     if not cancelled and signup.status != Signup.Status.CANCELLED:
         return _error(409, f"This signup is {signup.status}: it can't be cancelled.")
     return JsonResponse(signup_json(signup, described=True))
+
+
+def _is_plain_text(value: str) -> bool:
+    """Text a timeline can hold: no control or invisible characters (NUL included), no lone
+    surrogates."""
+    try:
+        reject_control_characters(value)
+    except ValidationError:
+        return False
+    return True
 
 
 _ACTIONS = {"remind-now": _remind_now, "extend": _extend, "cancel": _cancel}

@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from signup.models import Signup, WebhookDelivery
 
-# The placeholder the data has for an address or a name the signup no longer holds.
+# Sent only with SIGNUP_WEBHOOK_INCLUDE_PII, and only while the signup still holds them.
 _PERSONAL = ("email", "first_name", "last_name")
 
 
@@ -31,9 +31,11 @@ class ReceiverRefused(Exception):
 
 
 def event_data(signup: Signup) -> dict:
-    """The event's "data" as it is stored in the ledger: the signup's state, no personal data."""
+    """The event's "data" as it is stored in the ledger: the signup's state, no personal data
+    (the username is added when it is sent, as the signup has it then: anonymised, a
+    placeholder; `id` stays, for a receiver to find what it made of the signup)."""
     return {
-        "username": signup.username,
+        "id": signup.pk,
         "status": signup.status,
         "verified_source": signup.verified_source or None,
         "reminders_sent": signup.reminders_sent,
@@ -45,9 +47,10 @@ def event_data(signup: Signup) -> dict:
 
 
 def body(delivery: WebhookDelivery, signup: Signup) -> str:
-    """The JSON body of a delivery: {"type", "timestamp", "data"}, personal data included only
-    with SIGNUP_WEBHOOK_INCLUDE_PII (and only while the signup still has it)."""
-    data = dict(delivery.payload)
+    """The JSON body of a delivery: {"type", "timestamp", "data"}, with the signup's username
+    as it is now, and its address and names only with SIGNUP_WEBHOOK_INCLUDE_PII (and only
+    while the signup still has them)."""
+    data = {**delivery.payload, "username": signup.username}
     if settings.SIGNUP_WEBHOOK_INCLUDE_PII and signup.anonymised_at is None:
         data.update({field: getattr(signup, field) for field in _PERSONAL})
     document = {

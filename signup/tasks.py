@@ -10,7 +10,6 @@ import random
 import smtplib
 from dataclasses import dataclass
 
-import requests
 from anymail.exceptions import AnymailAPIError, AnymailError
 from celery import shared_task
 from django.conf import settings
@@ -194,7 +193,8 @@ def anonymise_closed_signups() -> int:
 
 
 def webhook_retry_delay(retries: int, retry_after: str = "") -> float:
-    """Exponential backoff with equal jitter, never sooner than the receiver's Retry-After."""
+    """Exponential backoff with equal jitter, never sooner than the receiver's Retry-After
+    (capped, like the backoff, at SIGNUP_WEBHOOK_RETRY_MAX_DELAY)."""
     delay = min(
         settings.SIGNUP_WEBHOOK_RETRY_MAX_DELAY, settings.SIGNUP_WEBHOOK_RETRY_DELAY * 2**retries
     )
@@ -210,9 +210,10 @@ def webhook_retry_delay(retries: int, retry_after: str = "") -> float:
 def deliver_webhook(self, delivery_id: int) -> None:
     """POST one event to one receiver; the ledger's attempts count is the retry budget.
 
-    Timeouts, connection errors, 5xx, 408 and 429 are retried with backoff (honouring
-    Retry-After); any other answer below 200 or from 300 up is the receiver's final word and
-    dead-letters the delivery at once.
+    Timeouts, connection errors, 5xx, 408 and 429 (and any other error making the attempt)
+    are retried with backoff, honouring Retry-After up to SIGNUP_WEBHOOK_RETRY_MAX_DELAY; any
+    other answer below 200 or from 300 up is the receiver's final word and dead-letters the
+    delivery at once.
     """
     from signup import hooks, workflow
 
@@ -233,7 +234,13 @@ def deliver_webhook(self, delivery_id: int) -> None:
         )
         if retrying:
             raise self.retry(countdown=countdown) from refused
-    except (OSError, requests.RequestException) as exc:
+    except DatabaseError as exc:
+        # The ledger is unreachable: nothing can be recorded; try again later (the lease
+        # keeps a copy of this task from posting meanwhile).
+        raise self.retry(countdown=webhook_retry_delay(self.request.retries)) from exc
+    except Exception as exc:
+        # A timeout or a refused connection (requests, OSError), or anything else that went
+        # wrong making the attempt: recorded, and tried again after the backoff.
         countdown = webhook_retry_delay(self.request.retries)
         error = redact(f"{type(exc).__name__}: {exc}")
         retrying = workflow.record_webhook_error(

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from signup import signals, tokens, workflow
+from signup import hooks, signals, tokens, workflow
 from signup.models import Signup, SignupEvent, WebhookDelivery
 from tests.helpers import signup_data, wait_for
 from tests.receiver import Receiver
@@ -186,19 +186,27 @@ def test_signals_are_sent_after_commit_and_never_for_a_rollback(broker):
     assert len({event_id for *_, event_id in heard}) == 8
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_failing_listener_does_not_undo_the_transition(broker):
+def test_a_failing_listener_undoes_nothing_and_stops_nothing(receiver, worker):
+    heard = []
+
     def broken(**kwargs):
         raise ValueError("listener bug")
 
+    def after_it(signup, **kwargs):
+        heard.append(signup.username)
+
     signals.signup_verified.connect(broken, weak=False)
+    signals.signup_verified.connect(after_it, weak=False)
     try:
         alice = workflow.start_signup(**signup_data())
         workflow.verify_signup_by_operator(signup_id=alice.pk)
     finally:
         signals.signup_verified.disconnect(broken)
+        signals.signup_verified.disconnect(after_it)
     alice.refresh_from_db()
     assert alice.status == "verified"
+    assert heard == ["alice"]  # the listener after the broken one ran
+    delivered(receiver, "signup.verified")  # and the webhook went out
 
 
 def test_the_event_body_is_the_documented_shape(receiver, worker):
@@ -207,6 +215,7 @@ def test_the_event_body_is_the_documented_shape(receiver, worker):
     document = json.loads(event.body)
     assert set(document) == {"type", "timestamp", "data"}
     assert set(document["data"]) == {
+        "id",
         "username",
         "status",
         "verified_source",
@@ -218,3 +227,36 @@ def test_the_event_body_is_the_documented_shape(receiver, worker):
     }
     assert event.headers["Content-Type"] == "application/json"
     assert abs(int(event.headers["webhook-timestamp"]) - timezone.now().timestamp()) < 30
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_copy_of_a_task_waits_for_the_planned_retry(receiver, broker):
+    receiver.status = 503
+    workflow.start_signup(**signup_data())
+    delivery = WebhookDelivery.objects.get()
+    with pytest.raises(hooks.ReceiverRefused):
+        workflow.deliver_webhook(delivery_id=delivery.pk)
+    workflow.record_webhook_error(delivery_id=delivery.pk, error="503", retry_in=900, status=503)
+    # A redelivered or re-enqueued copy of the task: it may not post before the backoff says.
+    with pytest.raises(workflow.WebhookInFlight) as later:
+        workflow.deliver_webhook(delivery_id=delivery.pk)
+    assert (later.value.until - timezone.now()).total_seconds() > 800
+    assert len(receiver.received) == 1
+    assert WebhookDelivery.objects.get().attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_ledger_keeps_no_username_and_sends_the_anonymised_one(receiver, broker):
+    alice = workflow.start_signup(**signup_data())
+    workflow.erase_personal_data(signup_id=alice.pk, operator="op")
+    assert all("alice" not in json.dumps(d.payload) for d in WebhookDelivery.objects.all())
+    for delivery in WebhookDelivery.objects.order_by("id"):
+        workflow.deliver_webhook(delivery_id=delivery.pk)
+    assert [verified(r)["type"] for r in receiver.received] == [
+        "signup.started",
+        "signup.cancelled",
+    ]
+    for received in receiver.received:
+        data = verified(received)["data"]
+        assert data["id"] == alice.pk and data["username"] != "alice"
+        assert "alice" not in received.body

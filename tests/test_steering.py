@@ -201,3 +201,44 @@ def test_the_admin_sends_the_next_reminder_now_extends_and_shows_what_happens_ne
     assert timedelta(days=19, hours=23) < alice.expires_at - timezone.now() <= timedelta(days=20)
     (extended,) = SignupEvent.objects.filter(signup=alice, kind="expiry_extended")
     assert extended.detail.startswith("by admin: from ")
+
+
+@pytest.mark.django_db
+def test_an_extension_lets_a_chain_that_stopped_at_the_old_expiry_go_on(api, settings, broker):
+    settings.SIGNUP_EXPIRES_AFTER = 3000  # shorter than the interval: no reminder planned
+    signup = workflow.start_signup(**signup_data())
+    assert signup.next_reminder_at is None
+    assert api.post("/api/signups/alice/remind-now", {}).json()["result"] == "no_reminder"
+    api.post("/api/signups/alice/extend", {"seconds": 7 * 86400})
+    signup.refresh_from_db()
+    assert signup.next_reminder_at is not None
+    due = (signup.next_reminder_at - timezone.now()).total_seconds()
+    assert settings.SIGNUP_REMINDER_INTERVAL - 5 < due <= settings.SIGNUP_REMINDER_INTERVAL
+    assert api.post("/api/signups/alice/remind-now", {}).status_code == 202
+
+
+@pytest.mark.django_db
+def test_the_rush_cooldown_is_the_address_s_not_the_signup_s(settings, broker):
+    first = workflow.start_signup(**signup_data())
+    assert workflow.send_next_reminder_now(signup_id=first.pk, operator="op") == workflow.RUSHED
+    assert workflow.take_reminder(signup_id=first.pk, number=1) is not None
+    # The person signs up again at once (no verification cooldown here): the new signup
+    # takes over the address's chain, with no reminder of its own yet.
+    settings.SIGNUP_ADDRESS_COOLDOWN = 0
+    again = workflow.start_signup(**signup_data(username="alice2", email="ALICE@example.com"))
+    again.refresh_from_db()
+    assert again.next_reminder_at is not None
+    assert not again.emails.filter(kind="reminder").exists()
+    settings.SIGNUP_ADDRESS_COOLDOWN = 180
+    rushed = workflow.send_next_reminder_now(signup_id=again.pk, operator="op")
+    assert rushed == workflow.TOO_SOON
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("reason", ["nul\u0000byte", "lone \ud800 surrogate", "bidi\u202e"])
+def test_a_cancel_reason_with_control_characters_is_a_400(api, broker, reason):
+    workflow.start_signup(**signup_data())
+    answer = api.post("/api/signups/alice/cancel", {"reason": reason})
+    assert answer.status_code == 400
+    assert "reason" in answer.json()["errors"]
+    assert Signup.objects.get().status == "pending"

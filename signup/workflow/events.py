@@ -81,7 +81,8 @@ def _announce(signup: Signup, event_type: str) -> None:
 
 
 class WebhookInFlight(Exception):
-    """Another attempt at this delivery is with its receiver until `until` (its lease)."""
+    """Not now: another attempt at this delivery is with its receiver until `until` (its
+    lease), or its next attempt is planned for `until`."""
 
     def __init__(self, delivery_id: int, until):
         super().__init__(f"webhook {delivery_id} is with its receiver until {until.isoformat()}")
@@ -117,14 +118,28 @@ def _claim(delivery_id: int) -> WebhookDelivery | None:
             return None
         if delivery.in_flight_until is not None and delivery.in_flight_until > now:
             raise WebhookInFlight(delivery_id, delivery.in_flight_until)
+        if delivery.enqueued_at is not None and delivery.enqueued_at > now:
+            # Its next attempt is planned for later (the backoff, a Retry-After): a copy of
+            # its task (redelivered, re-enqueued) waits for that time too.
+            raise WebhookInFlight(delivery_id, delivery.enqueued_at)
         if delivery.attempts >= settings.SIGNUP_WEBHOOK_MAX_ATTEMPTS:
             _fail(delivery, f"gave up after {delivery.attempts} attempts")
             return None
         delivery.status = Delivery.SENDING
         delivery.attempts += 1
-        delivery.in_flight_until = now + timedelta(seconds=settings.SIGNUP_WEBHOOK_TIMEOUT + 1)
-        delivery.save(update_fields=["status", "attempts", "in_flight_until", "updated_at"])
+        delivery.in_flight_until = now + timedelta(seconds=lease_seconds())
+        # The sweeper measures a lost task from the last attempt, not from the event.
+        delivery.enqueued_at = now
+        delivery.save(
+            update_fields=["status", "attempts", "in_flight_until", "enqueued_at", "updated_at"]
+        )
     return WebhookDelivery.objects.select_related("signup").filter(pk=delivery_id).first()
+
+
+def lease_seconds() -> float:
+    """How long an attempt may be with its receiver: SIGNUP_WEBHOOK_TIMEOUT bounds the
+    connection and each wait for the answer's next bytes, so twice that, and a second."""
+    return 2 * settings.SIGNUP_WEBHOOK_TIMEOUT + 1
 
 
 def _lock_delivery(delivery_id: int) -> WebhookDelivery | None:

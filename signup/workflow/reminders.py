@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from signup import metrics, tasks
-from signup.models import Signup
+from signup.models import Address, OutboundEmail, Signup
 from signup.workflow.closing import _close
 from signup.workflow.common import (
     _PLAN_FIELDS,
@@ -97,8 +97,11 @@ def send_next_reminder_now(*, signup_id: int, operator: str, number: int | None 
             return NO_REMINDER
         if signup.next_reminder_at <= now and signup.reminder_enqueued_at is not None:
             return ALREADY_DUE
+        # Whichever of the address's signups it went out for: one address, one chain.
         cooldown = now - timedelta(seconds=settings.SIGNUP_ADDRESS_COOLDOWN)
-        if signup.emails.filter(kind=EmailKind.REMINDER, created_at__gt=cooldown).exists():
+        if OutboundEmail.objects.filter(
+            kind=EmailKind.REMINDER, to_email__iexact=signup.email, created_at__gt=cooldown
+        ).exists():
             return TOO_SOON
         signup.next_reminder_at = signup.reminder_enqueued_at = now
         signup.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
@@ -113,7 +116,8 @@ def extend_expiry(*, signup_id: int, by: timedelta, operator: str):
 
     Safe to repeat (the same call sets the same time), and bounded: a signup never expires
     later than SIGNUP_MAX_EXTENSION after its first expiry, which its links are signed to
-    outlive (signup.tokens). Reminders are not added back; the next one can be sent now.
+    outlive (signup.tokens). A reminder chain that had stopped at the old expiry goes on, one
+    SIGNUP_REMINDER_INTERVAL from now.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -127,7 +131,18 @@ def extend_expiry(*, signup_id: int, by: timedelta, operator: str):
         if wanted > signup.expires_at:
             before = signup.expires_at
             signup.expires_at = wanted
-            signup.save(update_fields=["expires_at", "updated_at"])
+            fields = ["expires_at", "updated_at"]
+            # A chain that stopped because its next reminder fell after the old expiry goes
+            # on (not one the address's newer signup took over, nor one that ran out).
+            if (
+                signup.next_reminder_at is None
+                and signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
+                and Address.objects.filter(live_signup_id=signup.pk).exists()
+            ):
+                _plan_next_step(signup, now=now)
+                _schedule_next_step(signup, now=now)
+                fields += _PLAN_FIELDS
+            signup.save(update_fields=fields)
             detail = f"by {operator}: from {before:%Y-%m-%d %H:%M} to {wanted:%Y-%m-%d %H:%M} UTC"
             _add_event(signup, Event.EXPIRY_EXTENDED, detail=detail)
     return signup.expires_at
