@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install browser prometheus run migrate test test-fast screenshots faults bench bench-quick lint format lock clean \
+.PHONY: install browser prometheus gettext messages run migrate test test-fast screenshots faults bench bench-quick lint format lock clean \
 	observability-check
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock
@@ -48,8 +48,19 @@ browser:  ## Debian's chromium, for the browser tests
 prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { echo "installing prometheus for the observability tests"; $(call APT_INSTALL,prometheus); }
 
+gettext:  ## GNU gettext, for the message-file tests and `make messages`
+	@command -v msgfmt >/dev/null || { echo "installing gettext for the message files"; $(call APT_INSTALL,gettext); }
+
+# The pages' and emails' message files: extract every marked string into locale/*/django.po
+# (new ones arrive untranslated: translate them) and compile the .mo files, which are
+# committed, so that running the service needs no gettext.
+messages: install gettext
+	DEBUG=true $(PY) manage.py makemessages --no-location --ignore=.venv --ignore=var \
+		--ignore=bench --ignore=tests --ignore=harness --ignore=deploy -l de -l fr -l es
+	DEBUG=true $(PY) manage.py compilemessages --ignore=.venv
+
 # Every test, on the real services (about 9 minutes).
-test: install browser prometheus
+test: install browser prometheus gettext
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser or Prometheus), in seconds.

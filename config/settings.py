@@ -95,6 +95,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language from the language cookie (the switcher), else Accept-Language.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -168,7 +170,20 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+# --- Languages ----------------------------------------------------------------------------
+# The languages the pages and emails are written in; SIGNUP_LANGUAGES picks the ones offered
+# (the first is the default, for a browser that asks for none of them). A signup keeps the
+# language it was made in, and every one of its emails uses it (signup.emails).
+_WRITTEN_IN = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Español"}
+SIGNUP_LANGUAGES = env.list("SIGNUP_LANGUAGES", default=list(_WRITTEN_IN))
+if not SIGNUP_LANGUAGES or set(SIGNUP_LANGUAGES) - set(_WRITTEN_IN):
+    raise ImproperlyConfigured(
+        f"SIGNUP_LANGUAGES must name some of {', '.join(_WRITTEN_IN)}, comma-separated."
+    )
+LANGUAGES = [(code, _WRITTEN_IN[code]) for code in SIGNUP_LANGUAGES]
+LANGUAGE_CODE = SIGNUP_LANGUAGES[0]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+FORMAT_MODULE_PATH = ["config.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -198,7 +213,7 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 # The funnel's covering index (signup_funnel_idx) is a plain index on SQLite, the quickstart's
 # database, which has no INCLUDE columns (W040): the funnel reads the table there instead.
 SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021", "models.W040"]
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _https
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LANGUAGE_COOKIE_SECURE = _https
 # Trust X-Forwarded-Proto only when told to: behind a proxy that terminates TLS and sets the
 # header on every request. Without such a proxy, any client could claim to be on HTTPS.
 if env.bool("SECURE_PROXY_SSL_HEADER", default=False):

@@ -8,6 +8,8 @@ from signup.admin import funnel_urlpatterns
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="signup:form", permanent=False)),
     path("signup/", include("signup.urls")),
+    # The language switcher's POST (Django's set_language: a cookie, then back).
+    path("i18n/", include("django.conf.urls.i18n")),
     path("api/", include(api.urlpatterns)),
     # The funnel page, /admin/signup/funnel/ (staff with the view-signup permission).
     *funnel_urlpatterns,

@@ -3,6 +3,7 @@ see the funnel."""
 
 import csv
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -83,6 +84,7 @@ class SignupAdmin(admin.ModelAdmin):
     list_display = (
         "username",
         "email",
+        "language",
         "status",
         "reminders_sent",
         "created_at",
@@ -94,6 +96,7 @@ class SignupAdmin(admin.ModelAdmin):
     list_filter = (
         "status",
         "verified_source",
+        "language",
         "created_at",
         "verified_at",
         "expires_at",
@@ -117,6 +120,8 @@ class SignupAdmin(admin.ModelAdmin):
         "email",
         "first_name",
         "last_name",
+        "language",
+        "time_zone",
         "status",
         "reminders_sent",
         "next_reminder_at",
@@ -355,6 +360,11 @@ FUNNEL_DAYS = 30  # the range the page opens on: the last 30 days, today include
 class FunnelRangeForm(forms.Form):
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    language = forms.ChoiceField(required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["language"].choices = [("", "every language"), *settings.LANGUAGES]
 
     def clean(self):
         data = super().clean()
@@ -379,16 +389,21 @@ def funnel_view(request: HttpRequest) -> HttpResponse:
     }
     if not form.is_valid():
         return TemplateResponse(request, "admin/signup/funnel.html", context, status=400)
-    counted = funnel.funnel(form.cleaned_data["start"], form.cleaned_data["end"])
+    language = form.cleaned_data["language"]
+    counted = funnel.funnel(form.cleaned_data["start"], form.cleaned_data["end"], language=language)
     if request.GET.get("format") == "csv":
         return _funnel_csv(counted)
     context.update(
         # The range shown, defaults filled in, in the inputs.
-        form=FunnelRangeForm(initial={"start": counted.start, "end": counted.end}),
+        form=FunnelRangeForm(
+            initial={"start": counted.start, "end": counted.end, "language": language}
+        ),
         funnel=counted,
         median=_duration(counted.median_to_verify),
         p90=_duration(counted.p90_to_verify),
-        csv_query=f"start={counted.start}&end={counted.end}&format=csv",
+        csv_query=urlencode(
+            {"start": counted.start, "end": counted.end, "language": language, "format": "csv"}
+        ),
         chart_height=26 * len(counted.steps) + 4,
         time_zone=timezone.get_current_timezone_name(),
     )
@@ -396,7 +411,8 @@ def funnel_view(request: HttpRequest) -> HttpResponse:
 
 
 def _funnel_csv(counted: funnel.Funnel) -> HttpResponse:
-    name = f"signup-funnel-{counted.start}-{counted.end}.csv"
+    scope = f"-{counted.language}" if counted.language else ""
+    name = f"signup-funnel-{counted.start}-{counted.end}{scope}.csv"
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     out = csv.writer(response)

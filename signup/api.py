@@ -6,6 +6,7 @@ Every call needs `Authorization: Bearer $SIGNUP_API_KEY`. Errors are JSON with a
 """
 
 import json
+import zoneinfo
 from datetime import timedelta
 from functools import wraps
 
@@ -13,7 +14,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.urls import path
+from django.utils import translation
 from django.utils.crypto import constant_time_compare
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
 from signup import limits, selectors, tokens, workflow
@@ -35,10 +38,10 @@ def api_view(*methods: str):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
             if not settings.SIGNUP_API_KEY:
-                return _error(403, "The API is disabled: no SIGNUP_API_KEY is configured.")
-            scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+                return _error(403, _("The API is disabled: no SIGNUP_API_KEY is configured."))
+            scheme, _space, key = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not key.strip():
-                response = _error(401, "Send the API key as 'Authorization: Bearer <key>'.")
+                response = _error(401, _("Send the API key as 'Authorization: Bearer <key>'."))
                 response["WWW-Authenticate"] = 'Bearer realm="signup"'
                 return response
             if not constant_time_compare(key.strip(), settings.SIGNUP_API_KEY):
@@ -47,14 +50,14 @@ def api_view(*methods: str):
                 if retry_after:
                     return limits.too_many_json(retry_after)
                 limits.count_bad_link(request)
-                return _error(403, "The API key is not valid.")
+                return _error(403, _("The API key is not valid."))
             retry_after = limits.hit(
                 "api", key.strip(), limits.Rate.parse(settings.SIGNUP_RATE_LIMIT_API)
             )
             if retry_after:
                 return limits.too_many_json(retry_after)
             if request.method not in methods:
-                response = _error(405, f"Use {' or '.join(methods)}.")
+                response = _error(405, _("Use %(methods)s.") % {"methods": " or ".join(methods)})
                 response["Allow"] = ", ".join(methods)
                 return response
             if request.method == "POST":
@@ -72,26 +75,28 @@ def api_view(*methods: str):
 def _json_body(request) -> dict | JsonResponse:
     charset = request.content_params.get("charset", "utf-8").lower()
     if request.content_type.lower() != "application/json" or charset not in ("utf-8", "utf8"):
-        return _error(415, "Send the body as JSON, with 'Content-Type: application/json'.")
+        return _error(415, _("Send the body as JSON, with 'Content-Type: application/json'."))
     length = request.headers.get("Content-Length", "0")
     if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-        return _error(413, f"The body must be at most {MAX_BODY_BYTES} bytes of JSON.")
+        return _error(
+            413, _("The body must be at most %(size)d bytes of JSON.") % {"size": MAX_BODY_BYTES}
+        )
     try:
         body = json.loads(request.body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return _error(400, "The body must be a JSON object (UTF-8).")
+        return _error(400, _("The body must be a JSON object (UTF-8)."))
     except RecursionError:
-        return _error(400, "The body is nested too deeply.")
+        return _error(400, _("The body is nested too deeply."))
     if not isinstance(body, dict):
-        return _error(400, "The body must be a JSON object.")
+        return _error(400, _("The body must be a JSON object."))
     return body
 
 
 def _field_errors(body: dict, allowed: set[str]) -> dict[str, list[str]]:
-    errors = {name: ["Unknown field."] for name in body if name not in allowed}
+    errors = {name: [_("Unknown field.")] for name in body if name not in allowed}
     for name, value in body.items():
         if name in allowed and not isinstance(value, str):
-            errors[name] = ["Must be a string."]
+            errors[name] = [_("Must be a string.")]
     return errors
 
 
@@ -104,6 +109,8 @@ def signup_json(signup: Signup, *, described: bool = False) -> dict:
         "created_at": signup.created_at.isoformat(),
         "verified_at": signup.verified_at.isoformat() if signup.verified_at else None,
         "expires_at": signup.expires_at.isoformat(),
+        "language": signup.language,
+        "time_zone": signup.time_zone or None,
     }
     if described:
         step = selectors.next_step(signup)
@@ -115,21 +122,50 @@ def signup_json(signup: Signup, *, described: bool = False) -> dict:
 
 @api_view("POST")
 def create_signup(request, body):
-    errors = _field_errors(body, set(SignupForm.base_fields))
+    errors = _field_errors(body, {*SignupForm.base_fields, "language", "time_zone"})
+    time_zone = body.pop("time_zone", "")
+    if "time_zone" not in errors and not _is_time_zone(time_zone):
+        errors["time_zone"] = [_("Use a time zone's IANA name, like Europe/Paris.")]
     if errors:
-        return _error(400, "Some fields are not valid.", errors=errors)
+        return _error(400, _("Some fields are not valid."), errors=errors)
+    language = _language(body.pop("language", ""), default=translation.get_language())
     form = SignupForm(body)
     if not form.is_valid():
         errors = {
             name: [error["message"] for error in field_errors]
             for name, field_errors in form.errors.get_json_data().items()
         }
-        return _error(400, "Some fields are not valid.", errors=errors)
+        return _error(400, _("Some fields are not valid."), errors=errors)
     try:
-        signup = workflow.start_signup(**form.cleaned_data)
+        signup = workflow.start_signup(**form.cleaned_data, language=language, time_zone=time_zone)
     except workflow.UsernameTaken:
-        return _error(409, f"The username {form.cleaned_data['username']!r} is already taken.")
+        return _error(
+            409,
+            _("The username %(username)r is already taken.")
+            % {"username": form.cleaned_data["username"]},
+        )
     return JsonResponse(signup_json(signup), status=201)
+
+
+def _language(asked: str, *, default: str) -> str:
+    """The offered language closest to `asked` ("de-AT" gets "de"); else `default` (the
+    request's Accept-Language, then LANGUAGE_CODE): a language not offered is no error."""
+    try:
+        return translation.get_supported_language_variant(asked.lower()) if asked else default
+    except (LookupError, ValueError):
+        return default
+
+
+def _is_time_zone(name: str) -> bool:
+    if not name:
+        return True  # not known: the site's
+    if len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 @api_view("GET")
@@ -137,7 +173,7 @@ def read_signup(request, username):
     valid = len(username) <= USERNAME_MAX_LENGTH and USERNAME_PATTERN.match(username)
     signup = selectors.signup_by_username(username) if valid else None
     if signup is None:
-        return _error(404, "No signup has this username.")
+        return _error(404, _("No signup has this username."))
     return JsonResponse(signup_json(signup, described=True))
 
 
@@ -150,18 +186,22 @@ def act_on_signup(request, username, action, body):
     valid = len(username) <= USERNAME_MAX_LENGTH and USERNAME_PATTERN.match(username)
     signup = selectors.signup_by_username(username) if valid else None
     if action not in _ACTIONS:
-        return _error(404, f"No action {action!r}: use {', '.join(_ACTIONS)}.")
+        return _error(
+            404,
+            _("No action %(action)r: use %(actions)s.")
+            % {"action": action, "actions": ", ".join(_ACTIONS)},
+        )
     if signup is None:
-        return _error(404, "No signup has this username.")
+        return _error(404, _("No signup has this username."))
     return _ACTIONS[action](signup, body)
 
 
 def _remind_now(signup: Signup, body: dict) -> JsonResponse:
     number = body.get("reminder")
-    unknown = {name: ["Unknown field."] for name in body if name != "reminder"}
+    unknown = {name: [_("Unknown field.")] for name in body if name != "reminder"}
     if unknown or (number is not None and (type(number) is not int or number < 1)):
-        errors = unknown or {"reminder": ["The number of the reminder meant: 1 or more."]}
-        return _error(400, "Some fields are not valid.", errors=errors)
+        errors = unknown or {"reminder": [_("The number of the reminder meant: 1 or more.")]}
+        return _error(400, _("Some fields are not valid."), errors=errors)
     outcome = workflow.send_next_reminder_now(signup_id=signup.pk, operator="api", number=number)
     signup.refresh_from_db()
     if outcome in (workflow.RUSHED, workflow.ALREADY_DUE):
@@ -170,26 +210,30 @@ def _remind_now(signup: Signup, body: dict) -> JsonResponse:
             {"result": outcome, **signup_json(signup, described=True)}, status=status
         )
     reasons = {
-        workflow.NOT_PENDING: f"This signup is {signup.status}: it gets no reminder.",
-        workflow.NO_REMINDER: "No reminder is planned for this signup.",
-        workflow.NOT_NEXT: f"Reminder {number} is not the next one.",
-        workflow.TOO_SOON: "A reminder was sent moments ago; the next one can't follow yet.",
+        workflow.NOT_PENDING: _("This signup is %(status)s: it gets no reminder.")
+        % {"status": signup.status},
+        workflow.NO_REMINDER: _("No reminder is planned for this signup."),
+        workflow.NOT_NEXT: _("Reminder %(number)s is not the next one.") % {"number": number},
+        workflow.TOO_SOON: _("A reminder was sent moments ago; the next one can't follow yet."),
     }
     return _error(409, reasons[outcome], result=outcome, **signup_json(signup, described=True))
 
 
 def _extend(signup: Signup, body: dict) -> JsonResponse:
     seconds = body.get("seconds")
-    unknown = {name: ["Unknown field."] for name in body if name != "seconds"}
+    unknown = {name: [_("Unknown field.")] for name in body if name != "seconds"}
     if unknown or type(seconds) is not int or not 0 < seconds <= MAX_EXTENSION_SECONDS:
-        errors = unknown or {"seconds": ["How long from now, in seconds: 1 or more."]}
-        return _error(400, "Some fields are not valid.", errors=errors)
+        errors = unknown or {"seconds": [_("How long from now, in seconds: 1 or more.")]}
+        return _error(400, _("Some fields are not valid."), errors=errors)
     expires_at = workflow.extend_expiry(
         signup_id=signup.pk, by=timedelta(seconds=seconds), operator="api"
     )
     signup.refresh_from_db()
     if expires_at is None:
-        return _error(409, f"This signup is {signup.status}: it has no expiry to extend.")
+        return _error(
+            409,
+            _("This signup is %(status)s: it has no expiry to extend.") % {"status": signup.status},
+        )
     return JsonResponse(signup_json(signup, described=True))
 
 
@@ -197,16 +241,18 @@ def _cancel(signup: Signup, body: dict) -> JsonResponse:
     errors = _field_errors(body, {"reason"})
     reason = body.get("reason", "")
     if not errors and not _is_plain_text(reason):
-        errors["reason"] = ["Remove the control or invisible characters."]
+        errors["reason"] = [_("Remove the control or invisible characters.")]
     if errors:
-        return _error(400, "Some fields are not valid.", errors=errors)
+        return _error(400, _("Some fields are not valid."), errors=errors)
     reason = reason.strip()[:200]
     cancelled = workflow.cancel_signup(
         signup_id=signup.pk, reason=f"by api: {reason}" if reason else "by api"
     )
     signup.refresh_from_db()
     if not cancelled and signup.status != Signup.Status.CANCELLED:
-        return _error(409, f"This signup is {signup.status}: it can't be cancelled.")
+        return _error(
+            409, _("This signup is %(status)s: it can't be cancelled.") % {"status": signup.status}
+        )
     return JsonResponse(signup_json(signup, described=True))
 
 
@@ -229,31 +275,32 @@ def verify_signup(request, body):
     if retry_after:
         return limits.too_many_json(retry_after)
     errors = _field_errors(body, {"token", "source"})
-    errors.update({name: ["This field is required."] for name in ("token",) if name not in body})
+    errors.update({name: [_("This field is required.")] for name in ("token",) if name not in body})
     if errors:
-        return _error(400, "Some fields are not valid.", errors=errors)
+        return _error(400, _("Some fields are not valid."), errors=errors)
     source = body.get("source", tokens.API_SOURCE)
     if not tokens.is_token_source(source):
         return _error(
             400,
-            "Some fields are not valid.",
-            errors={"source": ["Use verification, reminder-<n> or api."]},
+            _("Some fields are not valid."),
+            errors={"source": [_("Use verification, reminder-<n> or api.")]},
         )
     try:
         result = workflow.verify_signup(token=body["token"], source=source)
     except tokens.ExpiredToken:
-        return _error(410, "This verification link has expired.")
+        return _error(410, _("This verification link has expired."))
     except tokens.InvalidToken:
         limits.count_bad_link(request)
         return _error(
             400,
-            "This verification token is not valid.",
-            errors={"token": ["Not a valid verification token."]},
+            _("This verification token is not valid."),
+            errors={"token": [_("Not a valid verification token.")]},
         )
     except workflow.SignupClosed as closed:
         return _error(
             410,
-            f"This signup is {closed.status}; it can no longer be verified.",
+            _("This signup is %(status)s; it can no longer be verified.")
+            % {"status": closed.status},
             status=closed.status,
         )
     return JsonResponse({"result": result.message, "username": result.signup.username})

@@ -2,6 +2,7 @@
 
 import threading
 import time
+import zoneinfo
 from contextlib import suppress
 from urllib.parse import urlsplit
 
@@ -10,6 +11,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.template.loader import render_to_string
+from django.utils import formats, timezone, translation
 
 from signup import tokens
 from signup.models import OutboundEmail, Signup
@@ -30,13 +32,37 @@ def message_id(email: OutboundEmail) -> str:
 
 
 def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
-    """Return the message for one ledger row, rendered from templates/emails/<kind>.*."""
+    """Return the message for one ledger row, rendered from templates/emails/<kind>.*, in the
+    signup's language and with its times in the signup's time zone.
+
+    A worker has no request to take them from, and sends days later: they are the signup's,
+    never the worker's defaults.
+    """
+    with translation.override(signup.language), timezone.override(_zone(signup.time_zone)):
+        return _render(email, signup)
+
+
+def _zone(name: str):
+    try:
+        return zoneinfo.ZoneInfo(name) if name else timezone.get_default_timezone()
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return timezone.get_default_timezone()
+
+
+def _until(moment) -> str:
+    local = timezone.localtime(moment)
+    return f"{formats.date_format(local, 'DATETIME_FORMAT')} ({local.tzname()})"
+
+
+def _render(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
     context = {
         "signup": signup,
         "email": email,
         "site_url": settings.SITE_URL,
         "reminders_left": max(settings.SIGNUP_MAX_REMINDERS - email.sequence, 0),
         "expires_at": signup.expires_at,
+        # In the signup's language and time zone (both active here), with the zone named.
+        "until": _until(signup.expires_at),
     }
     if email.kind in (Kind.VERIFICATION, Kind.REMINDER):
         context["verify_url"] = tokens.verification_url(signup, source=link_source(email))

@@ -6,6 +6,7 @@ import unicodedata
 import idna
 from django import forms
 from django.core.validators import RegexValidator, validate_email
+from django.utils.translation import gettext_lazy as _
 
 from signup.models import NAME_MAX_LENGTH, USERNAME_MAX_LENGTH
 
@@ -26,7 +27,7 @@ USERNAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 def reject_control_characters(value: str) -> None:
     if any(unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in value):
         raise forms.ValidationError(
-            "Remove the control or invisible characters.", code="control_characters"
+            _("Remove the control or invisible characters."), code="control_characters"
         )
 
 
@@ -36,19 +37,20 @@ def cap_combining_marks(value: str) -> None:
         in_a_row = in_a_row + 1 if unicodedata.category(char).startswith("M") else 0
         if in_a_row > NAME_MAX_COMBINING_MARKS:
             raise forms.ValidationError(
-                f"Use at most {NAME_MAX_COMBINING_MARKS} accents on one letter.",
+                _("Use at most %(count)d accents on one letter."),
                 code="combining_marks",
+                params={"count": NAME_MAX_COMBINING_MARKS},
             )
 
 
 username_characters = RegexValidator(
     USERNAME_PATTERN,
-    "Use letters, digits, and . _ - only, starting with a letter or digit.",
+    _("Use letters, digits, and . _ - only, starting with a letter or digit."),
     code="invalid_username",
 )
 name_characters = RegexValidator(
     r"[<>{}\[\]\\/@#$%^*=+|~`\"]",
-    "Names can't contain symbols like < > @ # { }.",
+    _("Names can't contain symbols like < > @ # { }."),
     code="invalid_name",
     inverse_match=True,
 )
@@ -70,7 +72,7 @@ _USERNAME_SEPARATORS = re.compile(r"[._-]")
 
 def reject_reserved(value: str) -> None:
     if _USERNAME_SEPARATORS.sub("", value).casefold() in RESERVED_USERNAMES:
-        raise forms.ValidationError("This username is reserved.", code="reserved")
+        raise forms.ValidationError(_("This username is reserved."), code="reserved")
 
 
 def canonical_email(address: str) -> str:
@@ -109,19 +111,20 @@ class EmailAddressField(forms.EmailField):
         address = super().clean(value)
         if address in self.empty_values:
             return address
-        local, _, domain = address.rpartition("@")
+        local, _at, domain = address.rpartition("@")
         if len(local) > EMAIL_LOCAL_PART_MAX_LENGTH:
             raise forms.ValidationError(
-                f"The part before the @ can be at most {EMAIL_LOCAL_PART_MAX_LENGTH} characters.",
+                _("The part before the @ can be at most %(count)d characters."),
                 code="local_part_too_long",
+                params={"count": EMAIL_LOCAL_PART_MAX_LENGTH},
             )
         if domain.startswith("["):
             raise forms.ValidationError(
-                "Use an address with a domain name, not an IP address.", code="ip_literal"
+                _("Use an address with a domain name, not an IP address."), code="ip_literal"
             )
         if "." not in domain:
             raise forms.ValidationError(
-                "Use an address with a full domain name, like example.com.", code="dotless"
+                _("Use an address with a full domain name, like example.com."), code="dotless"
             )
         try:
             canonical = f"{local}@{_ascii_domain(domain)}"
@@ -129,9 +132,12 @@ class EmailAddressField(forms.EmailField):
             raise forms.ValidationError(validate_email.message, code="invalid") from exc
         if len(canonical) > EMAIL_MAX_LENGTH:
             raise forms.ValidationError(
-                f"The address is too long: at most {EMAIL_MAX_LENGTH} characters, with its"
-                " domain written in ASCII.",
+                _(
+                    "The address is too long: at most %(count)d characters, with its domain"
+                    " written in ASCII."
+                ),
                 code="max_length",
+                params={"count": EMAIL_MAX_LENGTH},
             )
         return canonical
 
@@ -155,17 +161,23 @@ class SignupForm(forms.Form):
         min_length=USERNAME_MIN_LENGTH,
         max_length=USERNAME_MAX_LENGTH,
         validators=[reject_control_characters, username_characters, reject_reserved],
-        help_text=f"{USERNAME_MIN_LENGTH} to {USERNAME_MAX_LENGTH} letters, digits, . _ or -.",
+        label=_("Username"),
+        help_text=_("%(min)d to %(max)d letters, digits, . _ or -.")
+        % {"min": USERNAME_MIN_LENGTH, "max": USERNAME_MAX_LENGTH},
         widget=forms.TextInput(
             attrs={"autocomplete": "username", "autocapitalize": "none", "spellcheck": "false"}
         ),
     )
-    email = EmailAddressField()
-    first_name = NameField(widget=forms.TextInput(attrs={"autocomplete": "given-name"}))
+    email = EmailAddressField(label=_("Email"))
+    first_name = NameField(
+        label=_("First name"), widget=forms.TextInput(attrs={"autocomplete": "given-name"})
+    )
     last_name = NameField(
-        required=False, widget=forms.TextInput(attrs={"autocomplete": "family-name"})
+        label=_("Last name"),
+        required=False,
+        widget=forms.TextInput(attrs={"autocomplete": "family-name"}),
     )
 
 
 class ResendForm(forms.Form):
-    email = EmailAddressField()
+    email = EmailAddressField(label=_("Email"))

@@ -70,6 +70,7 @@ class ReminderStep:
 class Funnel:
     start: date
     end: date  # inclusive
+    language: str = ""  # only the signups made in it; "": all
     started: int = 0
     verification_sent: int = 0
     verified: int = 0
@@ -135,11 +136,14 @@ def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
     )
 
 
-def funnel(start: date, end: date) -> Funnel:
-    """Count the funnel of the signups started from `start` to `end` (both days included)."""
+def funnel(start: date, end: date, *, language: str = "") -> Funnel:
+    """Count the funnel of the signups started from `start` to `end` (both days included),
+    in one language if given."""
     since, until = day_bounds(start, end)
     in_range = Signup.objects.filter(created_at__gte=since, created_at__lt=until)
-    result = Funnel(start=start, end=end)
+    if language:
+        in_range = in_range.filter(language=language)
+    result = Funnel(start=start, end=end, language=language)
     reached: dict[int, int] = {}  # reminders received -> signups
     by_reminder: dict[int, int] = {}  # verified by reminder n's link -> signups
     groups = (

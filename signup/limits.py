@@ -19,6 +19,7 @@ from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"\A\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*\Z")
@@ -119,7 +120,8 @@ def too_many_page(request: HttpRequest, retry_after: int):
 
 def too_many_json(retry_after: int) -> JsonResponse:
     response = JsonResponse(
-        {"message": f"Too many requests: try again in {retry_after} s."}, status=429
+        {"message": _("Too many requests: try again in %(seconds)d s.") % {"seconds": retry_after}},
+        status=429,
     )
     response["Retry-After"] = str(retry_after)
     return response

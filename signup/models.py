@@ -29,6 +29,11 @@ class Signup(models.Model):
     email = models.EmailField()
     first_name = models.CharField(max_length=NAME_MAX_LENGTH)
     last_name = models.CharField(max_length=NAME_MAX_LENGTH, blank=True)
+    # The language (one of LANGUAGES) the person signed up in: every email of the signup, and
+    # the page its link opens, use it, whoever sends them and whenever.
+    language = models.CharField(max_length=8, default="en")
+    # The person's time zone (IANA name), if known, for the times in their emails.
+    time_zone = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     reminders_sent = models.PositiveSmallIntegerField(default=0)
     next_reminder_at = models.DateTimeField(null=True, blank=True)
@@ -94,6 +99,7 @@ class Signup(models.Model):
                 fields=["created_at"],
                 include=[
                     "id",
+                    "language",
                     "status",
                     "verified_source",
                     "reminders_sent",

@@ -1,6 +1,8 @@
 """The signup pages: the form, the emailed verification link and the resend page."""
 
 from django.shortcuts import redirect, render
+from django.utils import translation
+from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
@@ -15,9 +17,9 @@ def signup_form(request):
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            workflow.start_signup(**form.cleaned_data)
+            workflow.start_signup(**form.cleaned_data, language=translation.get_language())
         except workflow.UsernameTaken:
-            form.add_error("username", "This username is already taken.")
+            form.add_error("username", _("This username is already taken."))
         else:
             # The next page does not repeat the address, so the session never holds it.
             return redirect("signup:sent")
@@ -44,6 +46,19 @@ def verify(request, token):
     # A link names the email it came from, nothing else: "operator" and "api" are the server's.
     if not tokens.is_link_source(source):
         return _link_problem(request, "invalid")
+    # The page speaks the language the person signed up in, as the email that brought them.
+    with translation.override(_language_of(token)):
+        return _verify(request, token, source)
+
+
+def _language_of(token: str) -> str:
+    try:
+        return selectors.signup_for_token(token).language
+    except tokens.InvalidToken:
+        return translation.get_language()
+
+
+def _verify(request, token: str, source: str):
     try:
         if request.method == "POST":
             result = workflow.verify_signup(token=token, source=source)

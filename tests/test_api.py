@@ -53,6 +53,8 @@ def test_read_answers_the_status_and_404(api):
         "created_at",
         "verified_at",
         "expires_at",
+        "language",
+        "time_zone",
         "next_step",
         "emails",
         "webhooks",

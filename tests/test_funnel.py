@@ -204,3 +204,25 @@ def test_only_staff_who_may_view_signups_see_the_funnel(client, admin_client):
     assert client.get(URL).status_code == 403
     changelist = admin_client.get("/admin/signup/signup/").content.decode()
     assert f'href="{URL}"' in changelist
+
+
+@pytest.mark.django_db
+def test_the_funnel_splits_by_language(admin_client):
+    for name, language in (("hans", "de"), ("greta", "de"), ("pierre", "fr"), ("ann", "en")):
+        signup = workflow.start_signup(
+            **signup_data(username=name, email=f"{name}@example.com"), language=language
+        )
+        if name == "greta":
+            workflow.verify_signup_by_operator(signup_id=signup.pk)
+    german = admin_client.get(URL, {"language": "de"})
+    stages = table(german, "funnel-table", "stage")
+    assert (stages["started"][1], stages["verified"][1]) == ("2", "1")
+    assert 'id="funnel-language">de<' in german.content.decode()
+    assert table(admin_client.get(URL), "funnel-table", "stage")["started"][1] == "4"
+    export = admin_client.get(URL, {"language": "fr", "format": "csv"})
+    assert (
+        "signup-funnel-" in export["Content-Disposition"]
+        and "-fr.csv" in export["Content-Disposition"]
+    )
+    assert "started,1," in export.content.decode()
+    assert admin_client.get(URL, {"language": "xx"}).status_code == 400

@@ -22,13 +22,23 @@ from signup.workflow.ledger import _queue_email
 from signup.workflow.reminders import _schedule_next_step
 
 
-def start_signup(*, username: str, email: str, first_name: str, last_name: str = "") -> Signup:
+def start_signup(
+    *,
+    username: str,
+    email: str,
+    first_name: str,
+    last_name: str = "",
+    language: str = "",
+    time_zone: str = "",
+) -> Signup:
     """Record a new pending signup and, once committed, send what its address may be sent.
 
     That is the verification email, unless the address's budget is spent for now (the
     signup stays mute; the resend page reaches it later) or the address already has an
-    account (its owner is told so instead). Raise UsernameTaken if a pending or verified
-    signup holds the username (in any case).
+    account (its owner is told so instead). Its emails are written in `language` (one of
+    LANGUAGES, else the default) and give times in `time_zone` (an IANA name the caller has
+    checked, else the site's). Raise UsernameTaken if a pending or verified signup holds the
+    username (in any case).
     """
     now = timezone.now()
     signup = Signup(
@@ -36,6 +46,9 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
         email=email,
         first_name=first_name,
         last_name=last_name,
+        # Its emails are written in it (a language not offered: the default one).
+        language=language if language in _offered_languages() else settings.LANGUAGE_CODE,
+        time_zone=time_zone,
         expires_at=now + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER),
     )
     try:
@@ -67,6 +80,10 @@ def start_signup(*, username: str, email: str, first_name: str, last_name: str =
             raise UsernameTaken(username) from exc
         raise
     return signup
+
+
+def _offered_languages() -> set[str]:
+    return {code for code, _ in settings.LANGUAGES}
 
 
 def _violated(exc: IntegrityError, constraint: str) -> bool:

@@ -51,7 +51,7 @@ def test_verification_and_reminders_carry_a_link_crediting_their_email(
     html, mimetype = message.alternatives[0]
     assert mimetype == "text/html"
     assert url.replace("&", "&amp;") in html or url in html
-    assert "8 November 2026, 12:00 UTC" in message.body  # the expiry, spelled out
+    assert "8 November 2026, 12:00 (UTC)" in message.body  # the expiry, spelled out
 
 
 def test_the_welcome_email_has_no_link_to_verify(signup):
