@@ -38,8 +38,14 @@ def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternative
     A worker has no request to take them from, and sends days later: they are the signup's,
     never the worker's defaults.
     """
-    with translation.override(signup.language), timezone.override(_zone(signup.time_zone)):
+    with translation.override(language_of(signup)), timezone.override(_zone(signup.time_zone)):
         return _render(email, signup)
+
+
+def language_of(signup: Signup) -> str:
+    """The signup's language while it is offered (SIGNUP_LANGUAGES), else the default."""
+    offered = {code for code, _name in settings.LANGUAGES}
+    return signup.language if signup.language in offered else settings.LANGUAGE_CODE
 
 
 def _zone(name: str):

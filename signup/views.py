@@ -6,7 +6,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from signup import limits, selectors, tasks, tokens, workflow
+from signup import emails, limits, selectors, tasks, tokens, workflow
 from signup.forms import ResendForm, SignupForm
 from signup.models import Signup
 
@@ -53,7 +53,7 @@ def verify(request, token):
 
 def _language_of(token: str) -> str:
     try:
-        return selectors.signup_for_token(token).language
+        return emails.language_of(selectors.signup_for_token(token))
     except tokens.InvalidToken:
         return translation.get_language()
 

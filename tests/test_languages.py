@@ -241,3 +241,14 @@ def test_the_committed_mo_files_are_compiled_from_the_po_files(tmp_path, lang):
     compiled = tmp_path / "django.mo"
     subprocess.run(["msgfmt", "--check-format", "-o", compiled, folder / "django.po"], check=True)
     assert compiled.read_bytes() == (folder / "django.mo").read_bytes(), "run make messages"
+
+
+@pytest.mark.django_db
+def test_a_language_no_longer_offered_speaks_the_default(settings, broker):
+    from signup.emails import build_message
+
+    signup = workflow.start_signup(**signup_data(), language="de")
+    email = signup.emails.get()
+    assert build_message(email, signup).subject.startswith("Bestätige")
+    settings.LANGUAGES = [("en", "English"), ("fr", "Français")]
+    assert build_message(email, signup).subject == "Verify your email address for alice"
