@@ -63,9 +63,9 @@ messages: install gettext
 test: install browser prometheus gettext
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
-# The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser or Prometheus), in seconds.
+# The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser, Prometheus or gettext), in seconds.
 test-fast: install
-	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or prometheus or processes)" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or prometheus or gettext or processes)" $(PYTEST_ARGS)
 
 # The README's pictures of the admin (funnel, timeline), taken again by headless Chromium.
 screenshots: install browser

@@ -37,7 +37,7 @@ _FIXTURE_SERVICES = {
     "worker_factory": "redis",
     "page": "chromium",
 }
-SERVICES = ("postgres", "redis", "rabbitmq", "chromium", "prometheus")
+SERVICES = ("postgres", "redis", "rabbitmq", "chromium", "prometheus", "gettext")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
@@ -121,6 +121,12 @@ def _chromium() -> str | None:
     return "Debian's chromium: `make test` installs it (apt-get install chromium)."
 
 
+def _gettext() -> str | None:
+    if shutil.which("msgfmt") and shutil.which("xgettext"):
+        return None
+    return "GNU gettext (msgfmt, xgettext): `make test` installs it (apt-get install gettext)."
+
+
 def _prometheus() -> str | None:
     missing = [program for program in ("prometheus", "promtool") if not shutil.which(program)]
     if missing:
@@ -137,6 +143,7 @@ _PROBES = {
     "rabbitmq": _rabbitmq,
     "chromium": _chromium,
     "prometheus": _prometheus,
+    "gettext": _gettext,
 }
 
 
