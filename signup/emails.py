@@ -1,5 +1,6 @@
 """Rendering and sending the workflow's emails through Django's mail API (any anymail ESP)."""
 
+import re
 import threading
 import time
 import zoneinfo
@@ -74,7 +75,8 @@ def _render(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
         context["verify_url"] = tokens.verification_url(signup, source=link_source(email))
     subject = render_to_string(f"emails/{email.kind}_subject.txt", context)
     message = EmailMultiAlternatives(
-        subject=" ".join(subject.split()),
+        # One line; a no-break space (French typography) stays one.
+        subject=re.sub(r"[ \t\r\n]+", " ", subject).strip(),
         body=render_to_string(f"emails/{email.kind}.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[email.to_email],

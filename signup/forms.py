@@ -5,7 +5,8 @@ import unicodedata
 
 import idna
 from django import forms
-from django.core.validators import RegexValidator, validate_email
+from django.core.validators import RegexValidator
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from signup.models import NAME_MAX_LENGTH, USERNAME_MAX_LENGTH
@@ -101,6 +102,11 @@ def _ascii_domain(domain: str) -> str:
 class EmailAddressField(forms.EmailField):
     """An address mail can reach, returned in its canonical form (see canonical_email)."""
 
+    default_error_messages = {
+        "invalid": _("Enter a valid email address, like name@example.com."),
+        "max_length": _("Use at most %(limit_value)d characters."),
+    }
+
     def __init__(self, **kwargs):
         kwargs.setdefault("max_length", EMAIL_MAX_LENGTH)
         kwargs.setdefault("validators", [reject_control_characters])
@@ -129,7 +135,7 @@ class EmailAddressField(forms.EmailField):
         try:
             canonical = f"{local}@{_ascii_domain(domain)}"
         except idna.IDNAError as exc:
-            raise forms.ValidationError(validate_email.message, code="invalid") from exc
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from exc
         if len(canonical) > EMAIL_MAX_LENGTH:
             raise forms.ValidationError(
                 _(
@@ -144,6 +150,8 @@ class EmailAddressField(forms.EmailField):
 
 class NameField(forms.CharField):
     """A person's name, kept in Unicode NFKC form so that look-alike spellings are one."""
+
+    default_error_messages = {"max_length": _("Use at most %(limit_value)d characters.")}
 
     def __init__(self, **kwargs):
         kwargs.setdefault("max_length", NAME_MAX_LENGTH)
@@ -162,8 +170,15 @@ class SignupForm(forms.Form):
         max_length=USERNAME_MAX_LENGTH,
         validators=[reject_control_characters, username_characters, reject_reserved],
         label=_("Username"),
-        help_text=_("%(min)d to %(max)d letters, digits, . _ or -.")
-        % {"min": USERNAME_MIN_LENGTH, "max": USERNAME_MAX_LENGTH},
+        help_text=format_lazy(
+            _("{min} to {max} letters, digits, . _ or -."),
+            min=USERNAME_MIN_LENGTH,
+            max=USERNAME_MAX_LENGTH,
+        ),
+        error_messages={
+            "min_length": _("Use at least %(limit_value)d characters."),
+            "max_length": _("Use at most %(limit_value)d characters."),
+        },
         widget=forms.TextInput(
             attrs={"autocomplete": "username", "autocapitalize": "none", "spellcheck": "false"}
         ),

@@ -1,5 +1,6 @@
 """The signup pages: the form, the emailed verification link and the resend page."""
 
+from django.conf import settings
 from django.shortcuts import redirect, render
 from django.utils import translation
 from django.utils.translation import gettext as _
@@ -46,12 +47,18 @@ def verify(request, token):
     # A link names the email it came from, nothing else: "operator" and "api" are the server's.
     if not tokens.is_link_source(source):
         return _link_problem(request, "invalid")
-    # The page speaks the language the person signed up in, as the email that brought them.
-    with translation.override(_language_of(token)):
-        return _verify(request, token, source)
+    # The page speaks the language the person signed up in, as the email that brought them,
+    # unless they chose another with the switcher.
+    language = _language_of(request, token)
+    with translation.override(language):
+        response = _verify(request, token, source)
+    response["Content-Language"] = language
+    return response
 
 
-def _language_of(token: str) -> str:
+def _language_of(request, token: str) -> str:
+    if settings.LANGUAGE_COOKIE_NAME in request.COOKIES:
+        return translation.get_language()
     try:
         return emails.language_of(selectors.signup_for_token(token))
     except tokens.InvalidToken:

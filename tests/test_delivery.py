@@ -2,6 +2,7 @@
 and the guarantees kept all the same (no verification email or reminder after a verification
 or a cancellation, nothing twice)."""
 
+import smtplib
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.db import connection, transaction
 from django.db.utils import OperationalError
+from django.utils import timezone
 
 from signup import tokens, workflow
 from signup.models import OutboundEmail, Signup
@@ -136,6 +138,23 @@ def test_the_wait_ends_with_the_lease_even_if_the_provider_never_answers(gated, 
     sender.join(15)
     assert result.signup.status == "verified"
     assert 1.5 <= waited < 4, waited
+
+
+@pytest.mark.django_db
+def test_a_copy_of_a_task_waits_for_the_planned_retry(settings, mailoutbox):
+    settings.EMAIL_BACKEND = "tests.helpers.TemporarilyRefusingBackend"
+    signup = workflow.start_signup(**signup_data())
+    email = signup.emails.get()
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        workflow.deliver_email(email_id=email.pk)
+    assert workflow.record_email_error(email_id=email.pk, error="450", retry_in=900)
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    # A redelivered or re-enqueued copy of its task: not before the backoff says.
+    with pytest.raises(workflow.EmailInFlight) as later:
+        workflow.deliver_email(email_id=email.pk)
+    assert (later.value.until - timezone.now()).total_seconds() > 800
+    email.refresh_from_db()
+    assert (email.attempts, len(mailoutbox)) == (1, 0)
 
 
 def test_a_second_delivery_while_one_is_out_comes_back_after_the_lease(gated, mailoutbox):

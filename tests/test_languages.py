@@ -59,7 +59,7 @@ def test_a_german_signup_through_the_page_gets_every_email_in_german(client, wor
     confirm = client.get(f"{path}?source={source}", headers={"Accept-Language": "fr"})
     assert "Bestätige dein Konto" in confirm.content.decode()
     done = client.post(path, {**hidden_fields(confirm), "source": source})
-    assert "Du bist bestätigt" in done.content.decode()
+    assert "Dein Konto ist bestätigt" in done.content.decode()
     wait_for_emails("jonas@example.com", "Willkommen")
 
     subjects = [m.subject for m in emails_to("jonas@example.com")]
@@ -93,7 +93,7 @@ def test_a_french_signup_through_the_api_with_its_time_zone(api, worker):
     (verification,) = wait_for_emails("camille@example.com", "Vérifiez")
     assert verification.subject == "Vérifiez votre adresse e-mail pour camille"
     local = timezone.localtime(signup.expires_at, ZoneInfo("America/Montreal"))
-    # French date and the person's clock: "6 décembre 2026 17:41 (EST)".
+    # French date and the person's clock: "6 décembre 2026 à 17:41 (EST)".
     months = [
         "janvier",
         "février",
@@ -108,15 +108,16 @@ def test_a_french_signup_through_the_api_with_its_time_zone(api, worker):
         "novembre",
         "décembre",
     ]
-    expected = f"{local.day} {months[local.month - 1]} {local.year} {local:%H:%M} ({local:%Z})"
+    expected = f"{local.day} {months[local.month - 1]} {local.year} à {local:%H:%M} ({local:%Z})"
     assert f"Le lien est valable jusqu'au {expected}." in verification.body
     remind(signup, 1)
     workflow.verify_signup_by_operator(signup_id=signup.pk)
     wait_for_emails("camille@example.com", "Bienvenue")
+    # French typography: a no-break space before the colon and the exclamation mark.
     assert [m.subject for m in emails_to("camille@example.com")] == [
         "Vérifiez votre adresse e-mail pour camille",
-        "Rappel : vérifiez votre adresse e-mail pour camille",
-        "Bienvenue, Camille ! Votre compte camille est prêt",
+        "Rappel\u00a0: vérifiez votre adresse e-mail pour camille",
+        "Bienvenue, Camille\u00a0! Votre compte camille est prêt",
     ]
 
 
@@ -129,6 +130,7 @@ def test_a_french_signup_through_the_api_with_its_time_zone(api, worker):
         ("xx", "", "en"),  # neither: LANGUAGE_CODE
         ("pt-BR", "ja", "en"),
         ("ES", "", "es"),
+        ("de_AT", "", "de"),
     ],
 )
 def test_the_api_language_falls_back_cleanly(api, broker, body_language, accept, chosen):
@@ -150,6 +152,8 @@ def test_the_api_language_falls_back_cleanly(api, broker, body_language, accept,
         ("time_zone", "../../etc/passwd"),
         ("time_zone", "x" * 100),
         ("time_zone", 5),
+        ("time_zone", "localtime"),
+        ("time_zone", "Factory"),
         ("language", ["de"]),
     ],
 )
@@ -252,3 +256,54 @@ def test_a_language_no_longer_offered_speaks_the_default(settings, broker):
     assert build_message(email, signup).subject.startswith("Bestätige")
     settings.LANGUAGES = [("en", "English"), ("fr", "Français")]
     assert build_message(email, signup).subject == "Verify your email address for alice"
+
+
+@pytest.mark.django_db
+def test_the_german_form_speaks_german_in_its_help_and_errors(client):
+    page = client.post(
+        "/signup/",
+        {"username": "a", "email": "kaputt", "first_name": "x" * 101},
+        headers={"Accept-Language": "de"},
+    )
+    text = page.content.decode()
+    assert "3 bis 30 Buchstaben, Ziffern, . _ oder -." in text
+    assert "Verwende mindestens 3 Zeichen." in text
+    assert "Gib eine gültige E-Mail-Adresse ein, etwa name@example.com." in text
+    assert "Verwende höchstens 100 Zeichen." in text
+    # Each language is offered in its own name.
+    for name in ("English", "Deutsch", "Français", "Español"):
+        assert f">{name}</option>" in text
+
+
+@pytest.mark.django_db
+def test_the_admin_stays_english(admin_client):
+    page = admin_client.get("/admin/", headers={"Accept-Language": "de"})
+    assert "Site administration" in page.content.decode()
+    assert page["Content-Language"] == "en"
+    funnel = admin_client.get("/admin/signup/funnel/", headers={"Accept-Language": "fr"})
+    assert "Signups started from" in funnel.content.decode()
+    assert "octobre" not in funnel.content.decode() and "novembre" not in funnel.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_link_s_page_speaks_the_signup_s_language_unless_the_person_chose(client, broker):
+    from signup import tokens
+
+    signup = workflow.start_signup(**signup_data(), language="es")
+    path = f"/signup/verify/{tokens.make_token(signup)}/?source=verification"
+    page = client.get(path, headers={"Accept-Language": "de"})
+    assert "Confirma tu cuenta" in page.content.decode()
+    assert page["Content-Language"] == "es"
+    client.post("/i18n/setlang/", {"language": "fr", "next": path})
+    chosen = client.get(path, headers={"Accept-Language": "de"})
+    assert "Confirmez votre compte" in chosen.content.decode()
+    assert chosen["Content-Language"] == "fr"
+
+
+@pytest.mark.django_db
+def test_api_sentences_name_the_status_in_their_language(api, broker):
+    signup = workflow.start_signup(**signup_data())
+    workflow.cancel_signup(signup_id=signup.pk, reason="asked to")
+    answer = api.post("/api/signups/alice/extend", {"seconds": 60}, **{"Accept-Language": "fr"})
+    assert answer.status_code == 409
+    assert answer.json()["message"].startswith("Cette inscription est annulée\u00a0:")

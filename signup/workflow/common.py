@@ -32,7 +32,8 @@ class SentButNotRecorded(Exception):
 
 
 class EmailInFlight(Exception):
-    """Another attempt at this email is with the provider until `until` (its lease)."""
+    """Not now: another attempt at this email is with the provider until `until` (its
+    lease), or its next attempt is planned for `until`."""
 
     def __init__(self, email_id: int, until):
         super().__init__(f"email {email_id} is with the provider until {until.isoformat()}")

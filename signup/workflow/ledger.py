@@ -116,6 +116,10 @@ def _claim(email_id: int) -> tuple[Signup, OutboundEmail] | None:
             return None
         if email.in_flight_until is not None and email.in_flight_until > now:
             raise EmailInFlight(email_id, email.in_flight_until)
+        if email.enqueued_at is not None and email.enqueued_at > now:
+            # Its next attempt is planned for later (the backoff, a Retry-After): a copy of
+            # its task (redelivered, re-enqueued) waits for that time too.
+            raise EmailInFlight(email_id, email.enqueued_at)
         if email.attempts >= settings.SIGNUP_EMAIL_MAX_ATTEMPTS:
             _fail(email, f"gave up after {email.attempts} attempts")
             return None

@@ -27,7 +27,7 @@ def test_root_redirects_to_the_form(client):
     [
         (signup_data(username=""), "username", "This field is required."),
         (signup_data(username="a b"), "username", "Use letters, digits"),
-        (signup_data(email="nope"), "email", "Enter a valid email address."),
+        (signup_data(email="nope"), "email", "Enter a valid email address, like name@example"),
         (signup_data(first_name="x" * 101), "first_name", "at most 100 characters"),
         (signup_data(first_name="A\x1bB"), "first_name", "control or invisible"),
     ],
