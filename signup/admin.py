@@ -241,8 +241,23 @@ class SignupAdmin(admin.ModelAdmin):
         self.message_user(request, f"{done} of {len(ids)} signup(s) erased{note}.", level)
 
 
+class LedgerAdmin(admin.ModelAdmin):
+    """A ledger's rows are the workflow's to add and keep: operators read them and re-drive
+    the failed ones."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="last error")
+    def short_error(self, row) -> str:
+        return row.last_error[:80]
+
+
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(LedgerAdmin):
     """The events ledger: deliveries to the SIGNUP_WEBHOOK_URLS receivers; the failed ones
     are its dead letters, re-driven here with the same webhook-id."""
 
@@ -279,16 +294,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         "updated_at",
     )
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-    @admin.display(description="last error")
-    def short_error(self, delivery: WebhookDelivery) -> str:
-        return delivery.last_error[:80]
-
     @admin.action(description="Re-drive failed deliveries")
     def redrive(self, request, queryset):
         ids = list(queryset.values_list("id", flat=True))
@@ -300,7 +305,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 
 @admin.register(OutboundEmail)
-class OutboundEmailAdmin(admin.ModelAdmin):
+class OutboundEmailAdmin(LedgerAdmin):
     list_display = (
         "signup",
         "kind",
@@ -331,16 +336,6 @@ class OutboundEmailAdmin(admin.ModelAdmin):
         "sent_at",
         "updated_at",
     )
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-    @admin.display(description="last error")
-    def short_error(self, email: OutboundEmail) -> str:
-        return email.last_error[:80]
 
     @admin.action(description="Re-drive failed emails")
     def redrive(self, request, queryset):

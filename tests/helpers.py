@@ -120,3 +120,29 @@ class TemporarilyRefusingBackend(RefusingBackend):
     """The same, with a 4xx: the email is retried."""
 
     code = 450
+
+
+def remind(signup, number: int) -> None:
+    """Make reminder `number` of `signup` due now and wait until the worker has sent it."""
+    from django.utils import timezone
+
+    from signup import tasks
+    from signup.models import Signup
+
+    Signup.objects.filter(pk=signup.pk).update(next_reminder_at=timezone.now())
+    tasks.send_reminder.delay(signup.pk, number)
+    wait_for(
+        lambda: signup.emails.filter(kind="reminder", sequence=number, status="sent").exists(),
+        message=f"reminder {number} of {signup.username} sent",
+    )
+
+
+def wait_for_sent(kind: str, count: int, *, timeout: float = 15) -> None:
+    """Wait until `count` ledger emails of `kind` (or more) have been sent."""
+    from signup.models import OutboundEmail
+
+    wait_for(
+        lambda: OutboundEmail.objects.filter(kind=kind, status="sent").count() >= count,
+        timeout=timeout,
+        message=f"{count} {kind} email(s) sent",
+    )

@@ -11,9 +11,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from signup import funnel, tasks, tokens, workflow
+from signup import funnel, tokens, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import signup_data, wait_for
+from tests.helpers import remind, signup_data, wait_for_sent
 
 pytestmark = [pytest.mark.postgres]
 
@@ -22,24 +22,6 @@ URL = "/admin/signup/funnel/"
 
 def sign_up(name: str) -> Signup:
     return workflow.start_signup(**signup_data(username=name, email=f"{name}@example.com"))
-
-
-def sent(kind: str, count: int) -> None:
-    wait_for(
-        lambda: OutboundEmail.objects.filter(kind=kind, status="sent").count() == count,
-        timeout=15,
-        message=f"{count} {kind} email(s) sent",
-    )
-
-
-def remind(signup: Signup, number: int) -> None:
-    """Reminder `number`, due now, taken and sent by the worker."""
-    Signup.objects.filter(pk=signup.pk).update(next_reminder_at=timezone.now())
-    tasks.send_reminder.delay(signup.pk, number)
-    wait_for(
-        lambda: signup.emails.filter(kind="reminder", sequence=number, status="sent").exists(),
-        message=f"reminder {number} sent",
-    )
 
 
 def table(page, table_id: str, key: str) -> dict[str, list[str]]:
@@ -54,7 +36,7 @@ def table(page, table_id: str, key: str) -> dict[str, list[str]]:
 def test_the_funnel_counts_what_the_ledger_and_the_timeline_say(admin_client, worker):
     names = ["link", "second", "third", "staff", "gone", "bounce", "stop", "waiting"]
     signups = {name: sign_up(name) for name in names}
-    sent("verification", len(names))
+    wait_for_sent("verification", len(names))
     for name in ("second", "third", "gone"):
         remind(signups[name], 1)
     remind(signups["third"], 2)

@@ -12,9 +12,9 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from signup import tasks, workflow
+from signup import workflow
 from signup.models import Signup
-from tests.helpers import hidden_fields, signup_data, verify_link, wait_for, wait_for_emails
+from tests.helpers import hidden_fields, remind, signup_data, verify_link, wait_for_emails
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGUAGES = ("de", "fr", "es")
@@ -24,15 +24,6 @@ ENGLISH = re.compile(r"\b(the|your|you|verify|account|email address|thanks|link 
 
 def emails_to(address: str) -> list:
     return [m for m in mail.outbox if address in m.to]
-
-
-def remind(signup: Signup, number: int) -> None:
-    Signup.objects.filter(pk=signup.pk).update(next_reminder_at=timezone.now())
-    tasks.send_reminder.delay(signup.pk, number)
-    wait_for(
-        lambda: signup.emails.filter(kind="reminder", sequence=number, status="sent").exists(),
-        message=f"reminder {number} sent",
-    )
 
 
 def test_a_german_signup_through_the_page_gets_every_email_in_german(client, worker):

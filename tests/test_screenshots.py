@@ -15,9 +15,9 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from signup import tasks, tokens, workflow
-from signup.models import OutboundEmail, Signup
-from tests.helpers import signup_data, wait_for
+from signup import tokens, workflow
+from signup.models import Signup
+from tests.helpers import remind, signup_data, wait_for_sent
 
 pytestmark = [pytest.mark.browser]
 
@@ -38,23 +38,6 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
-def sent(kind: str, count: int) -> None:
-    wait_for(
-        lambda: OutboundEmail.objects.filter(kind=kind, status="sent").count() >= count,
-        timeout=30,
-        message=f"{count} {kind} email(s) sent",
-    )
-
-
-def remind(signup: Signup, number: int) -> None:
-    Signup.objects.filter(pk=signup.pk).update(next_reminder_at=timezone.now())
-    tasks.send_reminder.delay(signup.pk, number)
-    wait_for(
-        lambda: signup.emails.filter(kind="reminder", sequence=number, status="sent").exists(),
-        message=f"reminder {number} of {signup.username} sent",
-    )
-
-
 def a_month_of_signups() -> Signup:
     """Sixty signups over the last 30 days with the outcomes of a live site; return the one
     whose story the timeline picture tells (reminded twice, verified by the second)."""
@@ -69,7 +52,7 @@ def a_month_of_signups() -> Signup:
         )
         for n in range(60)
     ]
-    sent("verification", len(signups))
+    wait_for_sent("verification", len(signups))
     story = signups[1]
     for n, signup in enumerate(signups):
         if n % 10 in (1, 2, 3, 4):
@@ -94,7 +77,7 @@ def a_month_of_signups() -> Signup:
                 workflow.mark_undeliverable(signup_id=signup.pk, reason="hard bounce")
             case 9 if n < 40:
                 workflow.cancel_signup(signup_id=signup.pk, reason="asked to")
-    sent("welcome", Signup.objects.filter(status="verified").count())
+    wait_for_sent("welcome", Signup.objects.filter(status="verified").count())
     # Spread over the month, each verified some hours after it started.
     now = timezone.now()
     for n, signup in enumerate(signups):
