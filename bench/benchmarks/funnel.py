@@ -17,14 +17,16 @@ DAYS = 90  # the signups' creation times, spread evenly over this many days befo
 REQUESTS = 10  # timed per page, after one warm-up request each
 PASSWORD = "bench-funnel-password-0123456789"
 
-# Outcomes in the proportions of a live site: a little over half verify (most by the first
-# email, the rest by a reminder or an operator), a third expire after six reminders, some
-# bounce or are cancelled, the newest are still pending. 2% of the verification emails fail.
+# Outcomes in the proportions of a live site, in the four languages evenly: a little over
+# half verify (most by the first email, the rest by a reminder or an operator), a third
+# expire after six reminders, some bounce or are cancelled, the newest are still pending.
+# 2% of the verification emails fail.
 _POPULATE = """
-INSERT INTO signup_signup (username, email, first_name, last_name, status, reminders_sent,
-  expires_at, verification_sent_at, verified_at, verified_source, closed_at, created_at,
-  updated_at)
-SELECT 'f' || g, 'f' || g || '@example.com', 'F', '', o.status, o.reminders,
+INSERT INTO signup_signup (username, email, first_name, last_name, language, time_zone,
+  status, reminders_sent, expires_at, verification_sent_at, verified_at, verified_source,
+  closed_at, created_at, updated_at)
+SELECT 'f' || g, 'f' || g || '@example.com', 'F', '', (ARRAY['en', 'de', 'fr', 'es'])[1 + g %% 4],
+  '', o.status, o.reminders,
   c + interval '7 days',
   CASE WHEN g %% 50 <> 0 THEN c + interval '2 seconds' END,
   CASE WHEN o.status = 'verified'
