@@ -32,11 +32,11 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
 
     The database is the source of truth and the countdown chain the fast path: a pending
     signup whose next reminder is overdue by more than SIGNUP_REMINDER_GRACE lost its task
-    (broker restart or flush, killed worker), and so did an email stuck unsent for longer
-    than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped by the reminder
-    sequence check and the email ledger. Rows another transaction holds are left for the
-    next sweep, so the sweeper never waits on (or deadlocks with) the workflow. Each step
-    works in batches until it is done or half the sweep interval has passed.
+    (broker restart or flush, killed worker), and so did an email or a webhook delivery stuck
+    unsent for longer than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped
+    by the reminder sequence check and the ledgers. Rows another transaction holds are left
+    for the next sweep, so the sweeper never waits on (or deadlocks with) the workflow. Each
+    step works in batches until it is done or half the sweep interval has passed.
     """
     now = timezone.now()
     started = time.monotonic()
@@ -135,63 +135,63 @@ def _unsent_emails(*, now, stale):
 
 def _requeue_stuck_emails(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
     stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
-    with transaction.atomic():
-        stuck = list(
-            _unsent_emails(now=now, stale=stale)
-            .select_for_update(skip_locked=True, no_key=True)
-            .order_by("enqueued_at")
-            .values_list("id", "signup_id", "kind", "sequence")[:batch_size]
-        )
-        if not stuck:
-            return 0, {}
-        email_ids = [email_id for email_id, *_ in stuck]
-        OutboundEmail.objects.filter(pk__in=email_ids).update(enqueued_at=now, updated_at=now)
-        SignupEvent.objects.bulk_create(
-            SignupEvent(
-                signup_id=signup_id,
-                kind=Event.EMAIL_REDRIVEN,
-                number=sequence,
-                detail=f"{kind} #{sequence}: re-enqueued by the sweeper",
-            )
-            for _, signup_id, kind, sequence in stuck
-        )
-
-        def enqueue():
-            for email_id in email_ids:
-                tasks.deliver_email.delay(email_id)
-
-        _after_commit(enqueue)
-    return len(stuck), {"emails_requeued": len(stuck)}
+    return _requeue(
+        _unsent_emails(now=now, stale=stale),
+        now=now,
+        batch_size=batch_size,
+        columns=("kind", "sequence"),
+        event=lambda signup_id, kind, sequence: SignupEvent(
+            signup_id=signup_id,
+            kind=Event.EMAIL_REDRIVEN,
+            number=sequence,
+            detail=f"{kind} #{sequence}: re-enqueued by the sweeper",
+        ),
+        task=tasks.deliver_email,
+        counted="emails_requeued",
+    )
 
 
 def _requeue_stuck_webhooks(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
     stale = now - timedelta(seconds=settings.SIGNUP_EMAIL_REDRIVE_AFTER)
+    return _requeue(
+        _unsent_webhooks(now=now, stale=stale),
+        now=now,
+        batch_size=batch_size,
+        columns=("event_type", "endpoint"),
+        event=lambda signup_id, event_type, endpoint: SignupEvent(
+            signup_id=signup_id,
+            kind=Event.WEBHOOK_REDRIVEN,
+            detail=f"{event_type} to {endpoint}: re-enqueued by the sweeper"[:500],
+        ),
+        task=tasks.deliver_webhook,
+        counted="webhooks_requeued",
+    )
+
+
+def _requeue(
+    unsent, *, now, batch_size: int, columns, event, task, counted: str
+) -> tuple[int, dict[str, int]]:
+    """Re-enqueue a batch of a ledger's rows whose tasks were lost (emails or webhook
+    deliveries): their enqueueing moves to now, each gets a timeline event (`event`, from
+    the row's signup id and `columns`), and `task` is sent for each after commit."""
     with transaction.atomic():
         stuck = list(
-            _unsent_webhooks(now=now, stale=stale)
-            .select_for_update(skip_locked=True, no_key=True)
+            unsent.select_for_update(skip_locked=True, no_key=True)
             .order_by("enqueued_at")
-            .values_list("id", "signup_id", "event_type", "endpoint")[:batch_size]
+            .values_list("id", "signup_id", *columns)[:batch_size]
         )
         if not stuck:
             return 0, {}
-        delivery_ids = [delivery_id for delivery_id, *_ in stuck]
-        WebhookDelivery.objects.filter(pk__in=delivery_ids).update(enqueued_at=now, updated_at=now)
-        SignupEvent.objects.bulk_create(
-            SignupEvent(
-                signup_id=signup_id,
-                kind=Event.WEBHOOK_REDRIVEN,
-                detail=f"{event_type} to {endpoint}: re-enqueued by the sweeper"[:500],
-            )
-            for _, signup_id, event_type, endpoint in stuck
-        )
+        row_ids = [row_id for row_id, *_ in stuck]
+        unsent.model.objects.filter(pk__in=row_ids).update(enqueued_at=now, updated_at=now)
+        SignupEvent.objects.bulk_create(event(signup_id, *rest) for _, signup_id, *rest in stuck)
 
         def enqueue():
-            for delivery_id in delivery_ids:
-                tasks.deliver_webhook.delay(delivery_id)
+            for row_id in row_ids:
+                task.delay(row_id)
 
         _after_commit(enqueue)
-    return len(stuck), {"webhooks_requeued": len(stuck)}
+    return len(stuck), {counted: len(stuck)}
 
 
 # --- What the sweeper has not repaired -------------------------------------------------------
