@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.processes import free_port
 from signup.redaction import redact
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +56,8 @@ def test_runserver_logs_the_verify_path_without_its_token(tmp_path):
     token = "WzEsMTcwMF0:1rXa:made-up-token"
     try:
         status = _get(f"http://127.0.0.1:{port}/signup/verify/{token}/?source=verification")
+        # runserver writes the request line after the answer has gone out.
+        wait_for(lambda: '" 400 ' in (tmp_path / "web.log").read_text(), timeout=10)
     finally:
         web.terminate()
         web.wait(timeout=10)
