@@ -7,4 +7,6 @@ class SignupConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from signup import webhooks  # noqa: F401  (connects the anymail tracking receiver)
+        # Imported for what importing does: the deployment checks register themselves, and
+        # the anymail tracking receiver connects.
+        from signup import checks, webhooks  # noqa: F401

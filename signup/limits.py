@@ -62,6 +62,22 @@ def client_ip(request: HttpRequest) -> str:
         return remote
 
 
+def client_key(request: HttpRequest) -> str:
+    """Return whom the per-client limits count: the client's IPv4 address, or the /64 network
+    of an IPv6 one (one household or server is given a whole /64 and can pick any address
+    in it, so counting addresses would let it multiply its limit without end)."""
+    address = client_ip(request)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
 def hit(scope: str, who: str, rate: Rate) -> int:
     """Count one hit of `who` on `scope`; return 0 if it is within `rate`, else the seconds
     until the window ends (the Retry-After)."""
@@ -135,7 +151,7 @@ def limit_posts_per_client(scope: str):
         def wrapper(request, *args, **kwargs):
             if request.method == "POST":
                 rate = Rate.parse(settings.SIGNUP_RATE_LIMIT_PAGES)
-                retry_after = hit(scope, client_ip(request), rate)
+                retry_after = hit(scope, client_key(request), rate)
                 if retry_after:
                     return too_many_page(request, retry_after)
             return view(request, *args, **kwargs)
@@ -149,12 +165,12 @@ def bad_links_exceeded(request: HttpRequest) -> int:
     """Seconds this client must wait before trying another link, after too many invalid
     ones (SIGNUP_RATE_LIMIT_BAD_LINKS); 0 if it may."""
     return exceeded(
-        "bad-link", client_ip(request), Rate.parse(settings.SIGNUP_RATE_LIMIT_BAD_LINKS)
+        "bad-link", client_key(request), Rate.parse(settings.SIGNUP_RATE_LIMIT_BAD_LINKS)
     )
 
 
 def count_bad_link(request: HttpRequest) -> None:
-    hit("bad-link", client_ip(request), Rate.parse(settings.SIGNUP_RATE_LIMIT_BAD_LINKS))
+    hit("bad-link", client_key(request), Rate.parse(settings.SIGNUP_RATE_LIMIT_BAD_LINKS))
 
 
 def admin_lockout(request, original_response=None, credentials=None):

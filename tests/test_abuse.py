@@ -277,6 +277,25 @@ def test_forwarded_for_counts_only_behind_trusted_proxies(client, settings):
     assert [post("9.9.9.9, 203.0.113.50") for _ in range(3)] == [400, 400, 429]
 
 
+def test_an_ipv6_client_is_counted_by_its_64(client, settings):
+    """A /64 is one household's or one server's: picking another address in it does not
+    give a client a fresh limit."""
+    settings.SIGNUP_RATE_LIMIT_PAGES = "2/m"
+
+    def post(address: str) -> int:
+        return client.post("/signup/", {"email": "x"}, REMOTE_ADDR=address).status_code
+
+    assert [post(f"2001:db8:1:2::{n}") for n in (1, 2, 3)] == [400, 400, 429]
+    assert post("2001:db8:1:2:ffff:ffff:ffff:ffff") == 429
+    assert post("2001:db8:1:3::1") == 400  # the next /64 is someone else
+    # An IPv4 client seen through an IPv6 socket is that IPv4 address.
+    assert [post("::ffff:192.0.2.9"), post("192.0.2.9"), post("::ffff:192.0.2.9")] == [
+        400,
+        400,
+        429,
+    ]
+
+
 def test_invalid_links_past_the_limit_get_429_even_with_a_good_one(client, settings):
     settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
     signup = workflow.start_signup(**signup_data())

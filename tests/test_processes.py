@@ -11,7 +11,7 @@ import time
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from itertools import pairwise
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -37,7 +37,12 @@ STARTUP_TIMEOUT = 30
 HTTP_TIMEOUT = 10
 
 BROKER_URLS = {
-    "redis": "redis://127.0.0.1:6379/14",
+    # Database 14 of the suite's Redis (TEST_BROKER_URL's server): these deployments flush it.
+    "redis": urlunsplit(
+        urlsplit(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15"))._replace(
+            path="/14"
+        )
+    ),
     # The default vhost and queue: the deployment empties the "celery" queue before it starts.
     "rabbitmq": os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
 }

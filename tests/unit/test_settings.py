@@ -99,11 +99,28 @@ def test_a_link_signed_with_the_previous_key_verifies_while_it_is_a_fallback(set
     assert "InvalidToken" in dropped.stderr
 
 
-PRODUCTION = {"SITE_URL": "https://accounts.example.com", "ALLOWED_HOSTS": "accounts.example.com"}
+PRODUCTION = {
+    "SITE_URL": "https://accounts.example.com",
+    "ALLOWED_HOSTS": "accounts.example.com",
+    "CACHE_URL": "redis://127.0.0.1:6379/2",  # only named: the check connects to nothing
+}
 
 
 def test_production_settings_pass_the_deploy_check(tmp_path):
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("cache", [None, "locmemcache://", "dummycache://"])
+def test_the_deploy_check_warns_when_the_rate_limits_would_count_per_process(tmp_path, cache):
+    # The filesystem or a RabbitMQ broker and no shared cache: each web process counts alone.
+    environment = {**PRODUCTION, "CACHE_URL": cache, "CELERY_BROKER_URL": "amqp://rabbit//"}
+    result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **environment)
+    assert result.returncode != 0
+    assert "signup.W001" in result.stderr and "Set CACHE_URL" in result.stderr
+    # A Redis broker is where they count by default.
+    shared = {**environment, "CACHE_URL": None, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **shared)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
