@@ -64,7 +64,8 @@ messages: install gettext
 test: install browser prometheus gettext
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
-# The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser, Prometheus or gettext), in seconds.
+# The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser, Prometheus or gettext),
+# in under 30 s: the `processes` tests are left out for their time even where they need none.
 test-fast: install
 	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or prometheus or gettext or processes)" $(PYTEST_ARGS)
 

@@ -72,10 +72,11 @@ class ExtendForm(forms.Form):
     days = forms.IntegerField(min_value=1, max_value=365, initial=7)
 
 
-def _report(modeladmin, request, done: int, total: int, verb: str) -> None:
+def _report(modeladmin, request, done: int, total: int, verb: str, why: str = "") -> None:
     level = messages.SUCCESS if done == total else messages.WARNING
     skipped = total - done
-    note = f" ({skipped} skipped: only pending signups can be {verb})" if skipped else ""
+    why = why or f"only pending signups can be {verb}"
+    note = f" ({skipped} skipped: {why})" if skipped else ""
     modeladmin.message_user(request, f"{done} of {total} signup(s) {verb}{note}.", level)
 
 
@@ -146,7 +147,8 @@ class SignupAdmin(admin.ModelAdmin):
     def resend_verification(self, request, queryset):
         ids = list(queryset.values_list("id", flat=True))
         done = sum(workflow.resend_verification(signup_id=i) for i in ids)
-        _report(self, request, done, len(ids), "sent a new verification email")
+        why = "not pending, or its last verification email has not left yet"
+        _report(self, request, done, len(ids), "sent a new verification email", why)
 
     @admin.display(description="what happens next")
     def what_happens_next(self, signup: Signup) -> str:

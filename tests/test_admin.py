@@ -49,8 +49,16 @@ def test_change_page_shows_the_timeline_read_only(admin_client, three_signups):
 
 def test_actions_go_through_the_workflow(admin_client, three_signups):
     alice, bob, carol = three_signups
+    # Alice's first verification email is still waiting to leave: a resend would double it.
+    response = _act(admin_client, "resend_verification", [alice])
+    assert "0 of 1 signup(s) sent a new verification email (1 skipped: not pending, or its" in (
+        response.content.decode()
+    )
+    workflow.deliver_email(email_id=alice.emails.get(kind="verification").pk)
     response = _act(admin_client, "resend_verification", [alice, carol])
     assert "1 of 2 signup(s) sent a new verification email" in response.content.decode()
+    assert alice.emails.filter(kind="verification").count() == 2
+    _act(admin_client, "resend_verification", [alice])  # a double click
     assert alice.emails.filter(kind="verification").count() == 2
 
     _act(admin_client, "mark_verified", [alice])

@@ -104,7 +104,13 @@ def _cancel(signup: Signup):
     return lambda: workflow.cancel_signup(signup_id=signup.pk, reason="test")
 
 
-@pytest.mark.parametrize("closing", [_verify, _cancel], ids=["verification", "cancellation"])
+def _erase(signup: Signup):
+    return lambda: workflow.erase_personal_data(signup_id=signup.pk, operator="test")
+
+
+@pytest.mark.parametrize(
+    "closing", [_verify, _cancel, _erase], ids=["verification", "cancellation", "erasure"]
+)
 @pytest.mark.parametrize("out", [_verification_email, _reminder], ids=["verify-email", "reminder"])
 def test_closing_a_signup_waits_for_its_email_that_is_with_the_provider(gated, out, closing):
     signup = workflow.start_signup(**signup_data())

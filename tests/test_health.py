@@ -156,6 +156,7 @@ def test_doctor_without_a_database_says_so_and_exits_1(broker):
 
 
 @pytest.mark.processes
+@pytest.mark.postgres
 @pytest.mark.redis
 def test_readyz_turns_503_within_three_sweeps_of_beat_stopping_and_200_after_it_restarts(
     tmp_path, broker

@@ -14,6 +14,7 @@ from signup.redaction import redact
 from signup.workflow.addresses import _lock_address_of
 from signup.workflow.closing import _close
 from signup.workflow.common import EmailStatus, Event, Status, _lock
+from signup.workflow.ledger import _pending_email_out_until, _wait_for_lease
 
 logger = logging.getLogger("signup.workflow")
 
@@ -64,24 +65,34 @@ def erase_personal_data(*, signup_id: int, operator: str) -> bool:
     it was anonymised (False if it was already, or does not exist).
 
     Any signup can be erased. A pending one is cancelled first, so nothing more is sent to
-    it. A verified one stays verified, so the counts keep it, and its username is free
-    again, as an erased account's is.
+    it: like a cancellation, the erasure waits (outside its transaction) for a verification
+    email or reminder of the signup that is with the provider. A verified one stays
+    verified, so the counts keep it, and its username is free again, as an erased account's
+    is.
     """
-    with transaction.atomic():
-        address = _lock_address_of(signup_id)
-        signup = _lock(signup_id) if address is not None else None
-        if signup is None or signup.anonymised_at is not None:
-            return False
-        if signup.status == Status.PENDING:
-            _close(signup, Status.CANCELLED, Event.CANCELLED, detail="to erase personal data")
-        # The address keeps its budget, but no longer has this account or this chain.
-        if address.verified_signup_id == signup.pk:
-            address.verified_signup = None
-        if address.live_signup_id == signup.pk:
-            address.live_signup = None
-        address.save(update_fields=["verified_signup", "live_signup"])
-        _anonymise([signup], now=timezone.now(), detail=f"erased by an operator ({operator})")
-    return True
+    while True:
+        with transaction.atomic():
+            address = _lock_address_of(signup_id)
+            signup = _lock(signup_id) if address is not None else None
+            if signup is None or signup.anonymised_at is not None:
+                return False
+            out_until = _pending_email_out_until(signup)
+            if out_until is None:
+                _erase(signup, address, operator=operator)
+                return True
+        _wait_for_lease(out_until)
+
+
+def _erase(signup: Signup, address: Address, *, operator: str) -> None:
+    if signup.status == Status.PENDING:
+        _close(signup, Status.CANCELLED, Event.CANCELLED, detail="to erase personal data")
+    # The address keeps its budget, but no longer has this account or this chain.
+    if address.verified_signup_id == signup.pk:
+        address.verified_signup = None
+    if address.live_signup_id == signup.pk:
+        address.live_signup = None
+    address.save(update_fields=["verified_signup", "live_signup"])
+    _anonymise([signup], now=timezone.now(), detail=f"erased by an operator ({operator})")
 
 
 def forget_idle_addresses(*, batch_size: int = 500) -> int:

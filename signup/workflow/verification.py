@@ -10,6 +10,7 @@ from signup.workflow.addresses import _lock_address_of, _mute
 from signup.workflow.common import (
     _PLAN_FIELDS,
     EmailKind,
+    EmailStatus,
     Event,
     SignupClosed,
     Status,
@@ -115,10 +116,18 @@ def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
 
 
 def resend_verification(*, signup_id: int) -> bool:
-    """Queue another verification email for a pending signup; return whether one was queued."""
+    """Queue another verification email for a pending signup (an operator's action, which
+    the address's budget does not hold back); return whether one was queued.
+
+    Nothing is queued while a verification email of the signup has not left yet: a double
+    click, or two operators at once, send one.
+    """
     with transaction.atomic():
         signup = _lock(signup_id)
         if signup is None or signup.status != Status.PENDING:
+            return False
+        waiting = (EmailStatus.QUEUED, EmailStatus.SENDING)
+        if signup.emails.filter(kind=EmailKind.VERIFICATION, status__in=waiting).exists():
             return False
         last = signup.emails.filter(kind=EmailKind.VERIFICATION).order_by("-sequence").first()
         sequence = last.sequence + 1 if last else 1
