@@ -177,6 +177,11 @@ class SignupCollector(Collector):
             "Emails unsent past SIGNUP_EMAIL_REDRIVE_AFTER and two sweeps.",
             stuck["emails_unsent"],
         )
+        yield GaugeMetricFamily(
+            "signup_stuck_webhooks",
+            "Webhook deliveries unsent past SIGNUP_EMAIL_REDRIVE_AFTER and two sweeps.",
+            stuck["webhooks_unsent"],
+        )
 
         last = workflow.last_sweep_at()
         since = (timezone.now() - last).total_seconds() if last else float("inf")

@@ -188,9 +188,9 @@ class OutboundEmail(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
-    # While an attempt is with the provider: until when it may be (EMAIL_TIMEOUT after the
-    # claim). No row lock is held meanwhile; a verification or a cancellation waits for a
-    # reminder's lease.
+    # While an attempt is with the provider: until when it may be (EMAIL_TIMEOUT + 1 s after
+    # the claim). No row lock is held meanwhile; a verification, a cancellation or an erasure
+    # waits for the lease of a verification email or a reminder of its signup.
     in_flight_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

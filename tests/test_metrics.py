@@ -81,6 +81,7 @@ def test_metrics_count_what_the_workflow_did(client, metrics_on):
     assert figures[("signup_emails_waiting", ())] == 1
     assert figures[("signup_stuck_reminders", ())] == 0
     assert figures[("signup_stuck_emails", ())] == 0
+    assert figures[("signup_stuck_webhooks", ())] == 0
     assert 0 <= figures[("signup_seconds_since_last_sweep", ())] < 5
 
 

@@ -32,6 +32,7 @@ DATABASE_SERIES = (
     "signup_dead_letters",
     "signup_stuck_reminders",
     "signup_stuck_emails",
+    "signup_stuck_webhooks",
     "signup_seconds_since_last_sweep",
 )
 PROMTOOL_CHECKS = (

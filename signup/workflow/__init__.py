@@ -20,10 +20,12 @@ a signup themselves. The modules follow a signup's life:
 
 A transition is one transaction that holds the signup's row lock; the ledger's functions
 lock the email's row (after its signup's, when both change); a change to what an address is
-sent locks its Address row before any signup; the sweeper works in short batches that skip
-rows others hold. Every function is safe to call twice and enqueues follow-up work only
-after its transaction commits. signup.tasks imports the workflow inside its functions, and
-the workflow imports signup.tasks at module level: that is the one direction of the cycle.
+sent locks its Address row before any signup; the sweeper works in short batches: its
+hand-overs and repairs skip rows others hold, and each expiry is a transition of its own.
+A repeated call changes nothing more (an operator's resend queues a new email only once the
+last one has left), and follow-up work is enqueued only after the transaction commits.
+signup.tasks imports the workflow inside its functions, and the workflow imports
+signup.tasks at module level: that is the one direction of the cycle.
 """
 
 from signup.workflow.addresses import address_digest, request_verification_email

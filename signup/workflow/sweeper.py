@@ -34,9 +34,11 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     signup whose next reminder is overdue by more than SIGNUP_REMINDER_GRACE lost its task
     (broker restart or flush, killed worker), and so did an email or a webhook delivery stuck
     unsent for longer than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped
-    by the reminder sequence check and the ledgers. Rows another transaction holds are left
-    for the next sweep, so the sweeper never waits on (or deadlocks with) the workflow. Each
-    step works in batches until it is done or half the sweep interval has passed.
+    by the reminder sequence check and the ledgers. The hand-overs and repairs leave rows
+    another transaction holds for the next sweep; an expiry locks its one signup as any
+    transition does, so the sweeper waits at most for one short transition at a time and
+    never deadlocks with the workflow. Each step works in batches until it is done or half
+    the sweep interval has passed.
     """
     now = timezone.now()
     started = time.monotonic()
