@@ -309,6 +309,19 @@ def test_invalid_links_past_the_limit_get_429_even_with_a_good_one(client, setti
     assert client.get(good, REMOTE_ADDR="192.0.2.7").status_code == 200
 
 
+def test_a_backends_invalid_tokens_do_not_lock_its_other_users_out(api, settings):
+    """The API's caller relays everyone's tokens from one address: its invalid ones are
+    bounded by the key's limit, not by the links' per-client one."""
+    settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
+    signup = workflow.start_signup(**signup_data())
+    for n in range(10):
+        assert api.post("/api/signups/verify", {"token": f"mistyped{n}"}).status_code == 400
+    response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
+    assert response.status_code == 200, response.content
+    signup.refresh_from_db()
+    assert signup.status == "verified"
+
+
 def test_api_calls_past_the_per_key_limit_get_json_429(api, client, settings):
     settings.SIGNUP_RATE_LIMIT_API = "5/m"
     for _ in range(5):
