@@ -109,7 +109,7 @@ class SignupAdmin(admin.ModelAdmin):
     inlines = (SignupEventInline, OutboundEmailInline, WebhookDeliveryInline)
     actions = (
         "resend_verification",
-        "send_next_reminder_now",
+        "rush_next_reminder",
         "extend_expiry",
         "mark_verified",
         "cancel",
@@ -167,10 +167,10 @@ class SignupAdmin(admin.ModelAdmin):
         return f"{plan}. Emails: {counts(emails)}. Webhooks: {counts(hooks)}."
 
     @admin.action(description="Send the next reminder now")
-    def send_next_reminder_now(self, request, queryset):
+    def rush_next_reminder(self, request, queryset):
         operator = request.user.get_username()
         ids = list(queryset.values_list("id", flat=True))
-        outcomes = [workflow.send_next_reminder_now(signup_id=i, operator=operator) for i in ids]
+        outcomes = [workflow.rush_next_reminder(signup_id=i, operator=operator) for i in ids]
         done = outcomes.count(workflow.RUSHED)
         due = outcomes.count(workflow.ALREADY_DUE)
         level = messages.SUCCESS if done + due == len(ids) else messages.WARNING

@@ -222,7 +222,7 @@ def _remind_now(signup: Signup, body: dict) -> JsonResponse:
     if unknown or (number is not None and (type(number) is not int or number < 1)):
         errors = unknown or {"reminder": [_("The number of the reminder meant: 1 or more.")]}
         return _error(400, _("Some fields are not valid."), errors=errors)
-    outcome = workflow.send_next_reminder_now(signup_id=signup.pk, operator="api", number=number)
+    outcome = workflow.rush_next_reminder(signup_id=signup.pk, operator="api", number=number)
     signup.refresh_from_db()
     if outcome in (workflow.RUSHED, workflow.ALREADY_DUE):
         status = 202 if outcome == workflow.RUSHED else 200

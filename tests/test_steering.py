@@ -43,7 +43,7 @@ def test_send_the_next_reminder_now_and_the_chain_goes_on_one_interval_later(api
 @pytest.mark.django_db
 def test_a_second_click_never_sends_two_reminders_at_once(settings, broker):
     signup = workflow.start_signup(**signup_data())
-    rush = workflow.send_next_reminder_now
+    rush = workflow.rush_next_reminder
     assert rush(signup_id=signup.pk, operator="op") == workflow.RUSHED
     assert rush(signup_id=signup.pk, operator="op") == workflow.ALREADY_DUE
     assert workflow.take_reminder(signup_id=signup.pk, number=1) is not None
@@ -181,7 +181,7 @@ def test_the_admin_sends_the_next_reminder_now_extends_and_shows_what_happens_ne
 
     rushed = admin_client.post(
         "/admin/signup/signup/",
-        {"action": "send_next_reminder_now", "_selected_action": [alice.pk, bob.pk]},
+        {"action": "rush_next_reminder", "_selected_action": [alice.pk, bob.pk]},
         follow=True,
     )
     assert "2 of 2 reminder(s) sent now." in rushed.content.decode()
@@ -220,7 +220,7 @@ def test_an_extension_lets_a_chain_that_stopped_at_the_old_expiry_go_on(api, set
 @pytest.mark.django_db
 def test_the_rush_cooldown_is_the_address_s_not_the_signup_s(settings, broker):
     first = workflow.start_signup(**signup_data())
-    assert workflow.send_next_reminder_now(signup_id=first.pk, operator="op") == workflow.RUSHED
+    assert workflow.rush_next_reminder(signup_id=first.pk, operator="op") == workflow.RUSHED
     assert workflow.take_reminder(signup_id=first.pk, number=1) is not None
     # The person signs up again at once (no verification cooldown here): the new signup
     # takes over the address's chain, with no reminder of its own yet.
@@ -230,7 +230,7 @@ def test_the_rush_cooldown_is_the_address_s_not_the_signup_s(settings, broker):
     assert again.next_reminder_at is not None
     assert not again.emails.filter(kind="reminder").exists()
     settings.SIGNUP_ADDRESS_COOLDOWN = 180
-    rushed = workflow.send_next_reminder_now(signup_id=again.pk, operator="op")
+    rushed = workflow.rush_next_reminder(signup_id=again.pk, operator="op")
     assert rushed == workflow.TOO_SOON
 
 

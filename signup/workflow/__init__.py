@@ -66,7 +66,7 @@ from signup.workflow.reminders import (
     TOO_SOON,
     expire_signup,
     extend_expiry,
-    send_next_reminder_now,
+    rush_next_reminder,
     take_reminder,
 )
 from signup.workflow.start import start_signup
@@ -111,8 +111,8 @@ __all__ = [
     "redrive_webhook",
     "request_verification_email",
     "resend_verification",
+    "rush_next_reminder",
     "send_claimed_email",
-    "send_next_reminder_now",
     "start_signup",
     "stuck_work",
     "sweep",

@@ -74,7 +74,7 @@ NOT_NEXT = "not_next"  # the caller named another reminder than the next one
 TOO_SOON = "too_soon"  # a reminder left less than SIGNUP_ADDRESS_COOLDOWN ago
 
 
-def send_next_reminder_now(*, signup_id: int, operator: str, number: int | None = None) -> str:
+def rush_next_reminder(*, signup_id: int, operator: str, number: int | None = None) -> str:
     """Skip the timer of the next planned reminder: it is taken and sent now, and the chain
     goes on from there (the one after it one SIGNUP_REMINDER_INTERVAL later). Return RUSHED,
     or why not.
