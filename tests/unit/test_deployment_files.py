@@ -62,6 +62,18 @@ def test_the_production_image_installs_the_services_dependencies_only():
     assert {"django", "celery", "gunicorn", "django-anymail"} <= runtime
 
 
+def test_the_production_image_leaves_the_tests_and_benchmarks_out():
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {"tests", "bench", "harness", ".env", ".git"} <= ignored
+    # What the service itself imports stays in.
+    for needed in ("signup", "config", "templates", "locale", "manage.py"):
+        assert needed not in ignored
+
+
 def test_development_pins_the_same_versions_as_production():
     runtime, development = _pins("requirements.lock"), _pins("requirements-dev.lock")
     assert {name: development.get(name) for name in runtime} == runtime
