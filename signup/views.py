@@ -12,7 +12,7 @@ from signup.forms import ResendForm, SignupForm
 from signup.models import Signup
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @limits.limit_posts_per_client("form")
 def signup_form(request):
     form = SignupForm(request.POST or None)
@@ -28,14 +28,14 @@ def signup_form(request):
     return render(request, "signup/form.html", {"form": form}, status=status)
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "HEAD"])
 def signup_sent(request):
     return render(request, "signup/sent.html")
 
 
 # The page carries the token in its URL and the person's name and address: no cache keeps it.
 @never_cache
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def verify(request, token):
     # Guessing tokens is hopeless, but it is not free: a client that brought too many
     # invalid links waits before it may bring another.
@@ -93,7 +93,7 @@ def _link_problem(request, problem: str):
     return render(request, "signup/link_problem.html", {"problem": problem}, status=status)
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @limits.limit_posts_per_client("resend")
 def resend(request):
     form = ResendForm(request.POST or None)

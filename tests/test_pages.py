@@ -136,3 +136,14 @@ def test_the_resend_page_answers_alike_for_every_address_and_a_worker_does_the_w
     wait_for_emails("alice@example.com", "Verify your email", count=2)
     wait_for_emails("bob@example.com", "You already have an account")
     assert not sent_to("nobody@example.com")
+
+
+def test_the_pages_answer_head_as_get_and_refuse_other_methods(client):
+    """Monitors and link checkers ask with HEAD; it reads, so it changes nothing."""
+    signup = workflow.start_signup(**signup_data())
+    verify = f"/signup/verify/{tokens.make_token(signup)}/"
+    for path in ("/signup/", "/signup/sent/", "/signup/resend/", verify):
+        assert client.head(path).status_code == 200, path
+        assert client.put(path).status_code == 405, path
+    signup.refresh_from_db()
+    assert signup.status == "pending"
