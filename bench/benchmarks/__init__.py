@@ -6,6 +6,7 @@ twin's figure, measured again if it is not there)."""
 from collections.abc import Callable
 
 from bench.benchmarks.email_pipeline import email_pipeline, email_pipeline_provider
+from bench.benchmarks.enumeration import enumeration
 from bench.benchmarks.funnel import funnel_page
 from bench.benchmarks.recovery import recovery
 from bench.benchmarks.scale import scale
@@ -31,4 +32,5 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "scale_out": scale_out,
     "scale_out_provider": scale_out_provider,
     "funnel_page": funnel_page,
+    "enumeration": enumeration,
 }

@@ -37,6 +37,8 @@ class Sizes:
     during_send_window: float
     # Signups in the table under benchmark 13's funnel page.
     funnel_count: int
+    # Benchmark 14's requests per endpoint and kind of address.
+    enumeration_count: int
     # The target of benchmark 5 is stated for this many pending signups.
     scale_target_count: int = 100_000
 
@@ -59,6 +61,7 @@ FULL = Sizes(
     during_send_count=100,
     during_send_window=40,
     funnel_count=1_000_000,
+    enumeration_count=300,
 )
 QUICK = Sizes(
     quick=True,
@@ -78,6 +81,7 @@ QUICK = Sizes(
     during_send_count=10,
     during_send_window=3,
     funnel_count=20_000,
+    enumeration_count=30,
 )
 
 # The stack's workflow knobs (seconds). The sweeper runs every SWEEP seconds instead of the
@@ -87,6 +91,8 @@ STACK_SETTINGS = {
     "SIGNUP_REMINDER_INTERVAL": "3600",
     "SIGNUP_SWEEP_INTERVAL": str(SWEEP_INTERVAL),
     "SIGNUP_REMINDER_GRACE": "2",
+    # Benchmark 14 posts the pages hundreds of times a minute from one client.
+    "SIGNUP_RATE_LIMIT_PAGES": "10000000/m",
 }
 # The workers of benchmarks 3 to 6, as the Procfile starts them: WORKER_CONCURRENCY=2, one
 # pool process per core.
