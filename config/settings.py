@@ -333,7 +333,7 @@ SIGNUP_TRUSTED_PROXIES = env.int("SIGNUP_TRUSTED_PROXIES", default=0)
 AXES_FAILURE_LIMIT = env.int("SIGNUP_ADMIN_LOGIN_FAILURES", default=5)
 AXES_COOLOFF_TIME = timedelta(seconds=env.int("SIGNUP_ADMIN_LOCKOUT", default=900))
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
-AXES_CLIENT_IP_CALLABLE = "signup.limits.client_ip"
+AXES_CLIENT_IP_CALLABLE = "signup.limits.client_key"
 AXES_LOCKOUT_CALLABLE = "signup.limits.admin_lockout"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False

@@ -63,9 +63,10 @@ def client_ip(request: HttpRequest) -> str:
 
 
 def client_key(request: HttpRequest) -> str:
-    """Return whom the per-client limits count: the client's IPv4 address, or the /64 network
-    of an IPv6 one (one household or server is given a whole /64 and can pick any address
-    in it, so counting addresses would let it multiply its limit without end)."""
+    """Return whom the per-client limits and the admin lockout count: the client's IPv4
+    address, or for an IPv6 one the first address of its /64 network (one household or
+    server is given a whole /64 and can pick any address in it, so counting addresses would
+    let it multiply its limit without end). Still an address, as django-axes records one."""
     address = client_ip(request)
     try:
         ip = ipaddress.ip_address(address)
@@ -75,7 +76,7 @@ def client_key(request: HttpRequest) -> str:
         return str(ip)
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
-    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address)
 
 
 def hit(scope: str, who: str, rate: Rate) -> int:

@@ -356,6 +356,19 @@ def test_admin_logins_lock_out_after_a_few_failures(client, settings):
     assert right.status_code == 429
 
 
+def test_an_ipv6_client_cannot_escape_the_admin_lockout_within_its_64(client, settings):
+    get_user_model().objects.create_superuser("ops", "ops@example.com", "right-password-123")
+
+    def log_in(address: str, password: str = "wrong") -> int:
+        form = {"username": "ops", "password": password}
+        return client.post("/admin/login/", form, REMOTE_ADDR=address).status_code
+
+    statuses = [log_in(f"2001:db8:5:6::{n}") for n in range(1, settings.AXES_FAILURE_LIMIT + 1)]
+    assert statuses == [200] * (settings.AXES_FAILURE_LIMIT - 1) + [429]
+    assert log_in("2001:db8:5:6:ffff::1", "right-password-123") == 429
+    assert log_in("2001:db8:5:7::1", "right-password-123") == 302  # another /64 logs in
+
+
 def test_erasing_an_account_frees_its_address_for_a_new_signup():
     account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
     workflow.verify_signup_by_operator(signup_id=account.pk)
