@@ -111,16 +111,23 @@ def test_production_settings_pass_the_deploy_check(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("cache", [None, "locmemcache://", "dummycache://"])
+@pytest.mark.parametrize(
+    "cache",
+    [
+        pytest.param(None, id="a-rabbitmq-broker-and-no-cache-url"),  # the memory fallback
+        pytest.param("dummycache://", id="a-cache-that-keeps-nothing"),
+    ],
+)
 def test_the_deploy_check_warns_when_the_rate_limits_would_count_per_process(tmp_path, cache):
-    # The filesystem or a RabbitMQ broker and no shared cache: each web process counts alone.
     environment = {**PRODUCTION, "CACHE_URL": cache, "CELERY_BROKER_URL": "amqp://rabbit//"}
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **environment)
     assert result.returncode != 0
     assert "signup.W001" in result.stderr and "Set CACHE_URL" in result.stderr
-    # A Redis broker is where they count by default.
-    shared = {**environment, "CACHE_URL": None, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}
-    result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **shared)
+
+
+def test_a_redis_broker_is_where_the_rate_limits_count_by_default(tmp_path):
+    environment = {**PRODUCTION, "CACHE_URL": None, "CELERY_BROKER_URL": "redis://redis:6379/0"}
+    result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **environment)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
