@@ -333,7 +333,7 @@ SIGNUP_TRUSTED_PROXIES = env.int("SIGNUP_TRUSTED_PROXIES", default=0)
 AXES_FAILURE_LIMIT = env.int("SIGNUP_ADMIN_LOGIN_FAILURES", default=5)
 AXES_COOLOFF_TIME = timedelta(seconds=env.int("SIGNUP_ADMIN_LOCKOUT", default=900))
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
-AXES_CLIENT_IP_CALLABLE = "signup.limits.client_key"
+AXES_CLIENT_IP_CALLABLE = "signup.limits.admin_client_ip"
 AXES_LOCKOUT_CALLABLE = "signup.limits.admin_lockout"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
@@ -358,14 +358,12 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # The rate limits' counters must be shared by every web process: with a Redis broker and no
-# CACHE_URL they live on the broker's Redis (under their own key prefix); the quickstart
-# keeps them in the web process's memory.
-CACHES = {
-    "default": env.cache_url(
-        "CACHE_URL",
-        default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "locmemcache://",
-    )
-}
+# CACHE_URL (unset or empty) they live on the broker's Redis (under their own key prefix);
+# the quickstart keeps them in the web process's memory (check --deploy warns, signup.checks).
+_CACHE_URL = env.str("CACHE_URL", default="") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "locmemcache://"
+)
+CACHES = {"default": environ.Env.cache_url_config(_CACHE_URL)}
 CACHES["default"].setdefault("KEY_PREFIX", "signup")
 # A Redis broker hands a countdown task to a worker at once and redelivers it if it is not
 # acknowledged within the visibility timeout; it must outlast the longest countdown the

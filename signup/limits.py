@@ -62,21 +62,51 @@ def client_ip(request: HttpRequest) -> str:
         return remote
 
 
+# IPv6 addresses that carry an IPv4 client's address: NAT64's well-known prefix (RFC 6052).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def client_key(request: HttpRequest) -> str:
-    """Return whom the per-client limits and the admin lockout count: the client's IPv4
-    address, or for an IPv6 one the first address of its /64 network (one household or
-    server is given a whole /64 and can pick any address in it, so counting addresses would
-    let it multiply its limit without end). Still an address, as django-axes records one."""
-    address = client_ip(request)
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
+    """Return whom the per-client limits count: the client's IPv4 address, or for an IPv6
+    one the first address of its /64 network. A /64 is the least an ISP or a host usually
+    gives one customer, who can pick any address in it: counting addresses would let it
+    multiply its limit without end. An IPv6 address that carries an IPv4 one (mapped,
+    NAT64, 6to4, Teredo) counts as that IPv4 client. A REMOTE_ADDR that is no address
+    (a Unix socket's) counts as one client, "unknown"."""
+    ip = _ip(client_ip(request))
+    if ip is None:
+        return "unknown"
     if ip.version == 4:
         return str(ip)
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    if carried := _carried_ipv4(ip):
+        return str(carried)
     return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address)
+
+
+def admin_client_ip(request: HttpRequest) -> str | None:
+    """The address django-axes records a login attempt under and locks out: client_key's,
+    or None when the client has no address (axes stores it in an address column)."""
+    key = client_key(request)
+    return None if key == "unknown" else key
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]  # (server, client)
+    return None
 
 
 def hit(scope: str, who: str, rate: Rate) -> int:

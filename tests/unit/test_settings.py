@@ -112,17 +112,19 @@ def test_production_settings_pass_the_deploy_check(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "cache",
+    ("cache", "message"),
     [
-        pytest.param(None, id="a-rabbitmq-broker-and-no-cache-url"),  # the memory fallback
-        pytest.param("dummycache://", id="a-cache-that-keeps-nothing"),
+        # A RabbitMQ broker and no CACHE_URL: the memory fallback ("" is unset, and wins over
+        # a developer's .env).
+        pytest.param("", "signup.W001", id="each-process-counts-alone"),
+        pytest.param("dummycache://", "signup.E001", id="a-cache-that-keeps-nothing"),
     ],
 )
-def test_the_deploy_check_warns_when_the_rate_limits_would_count_per_process(tmp_path, cache):
+def test_the_deploy_check_fails_when_the_rate_limits_would_not_hold(tmp_path, cache, message):
     environment = {**PRODUCTION, "CACHE_URL": cache, "CELERY_BROKER_URL": "amqp://rabbit//"}
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **environment)
     assert result.returncode != 0
-    assert "signup.W001" in result.stderr and "Set CACHE_URL" in result.stderr
+    assert message in result.stderr and "Set CACHE_URL" in result.stderr
 
 
 def test_a_redis_broker_is_where_the_rate_limits_count_by_default(tmp_path):
