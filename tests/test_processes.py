@@ -36,13 +36,16 @@ REMINDERS_BEFORE_EXPIRY = math.ceil(EXPIRING / REMINDER_INTERVAL) - 1
 STARTUP_TIMEOUT = 30
 HTTP_TIMEOUT = 10
 
+
+def _process_redis_url() -> str:
+    """Database 14 of the suite's Redis (TEST_BROKER_URL's server), or 13 if the suite's own
+    broker is 14: these deployments flush it."""
+    suite = urlsplit(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15"))
+    return urlunsplit(suite._replace(path="/13" if suite.path == "/14" else "/14"))
+
+
 BROKER_URLS = {
-    # Database 14 of the suite's Redis (TEST_BROKER_URL's server): these deployments flush it.
-    "redis": urlunsplit(
-        urlsplit(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15"))._replace(
-            path="/14"
-        )
-    ),
+    "redis": _process_redis_url(),
     # The default vhost and queue: the deployment empties the "celery" queue before it starts.
     "rabbitmq": os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
 }

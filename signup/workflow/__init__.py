@@ -19,9 +19,10 @@ a signup themselves. The modules follow a signup's life:
     common         the states, exceptions and helpers every stage shares
 
 A transition is one transaction that holds the signup's row lock; the ledger's functions
-lock the email's row (after its signup's, when both change); a change to what an address is
-sent locks its Address row before any signup; the sweeper works in short batches: its
-hand-overs and repairs skip rows others hold, and each expiry is a transition of its own.
+lock the email's row (after its signup's, when both change); a change to an address's
+budget or its reminder chain locks its Address row before any signup; the sweeper works in
+short batches: its hand-overs and repairs skip rows others hold, and each expiry is a
+transition of its own.
 A repeated call changes nothing more (an operator's resend queues a new email only once the
 last one has left), and follow-up work is enqueued only after the transaction commits.
 signup.tasks imports the workflow inside its functions, and the workflow imports
