@@ -139,18 +139,17 @@ def create_signup(request, body):
         }
         return _error(400, _("Some fields are not valid."), errors=errors)
     try:
-        signup = workflow.start_signup(**form.cleaned_data, language=language, time_zone=time_zone)
+        signup = workflow.start_signup(
+            **form.cleaned_data, language=language, time_zone=time_zone, greet_later=True
+        )
     except workflow.UsernameTaken:
         return _error(
             409,
             _("The username %(username)r is already taken.")
             % {"username": form.cleaned_data["username"]},
         )
-    # The answer is the same for every address (docs/SECURITY.md): a signup that takes over
-    # its address's reminder chain carries the chain's count on (workflow.addresses), and
-    # answering it would tell the caller that the address had signed up before. A signup has
-    # been sent no reminder at its creation; reading it later gives the count it goes on from.
-    return JsonResponse({**signup_json(signup), "reminders_sent": 0}, status=201)
+    # The same for every address (docs/SECURITY.md): its address is greeted after the answer.
+    return JsonResponse(signup_json(signup), status=201)
 
 
 def _status(status: str) -> str:

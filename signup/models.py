@@ -49,6 +49,10 @@ class Signup(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
     # When its names and address were replaced by placeholders; done once.
     anonymised_at = models.DateTimeField(null=True, blank=True)
+    # When what its address may be sent was decided (workflow.greet_signup): a verification
+    # email, a held-back or mute signup, or "you already have an account". Null while the
+    # form's or the API's signup waits for its greeting task.
+    greeted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -83,6 +87,12 @@ class Signup(models.Model):
                 fields=["expires_at"],
                 condition=models.Q(status="pending"),
                 name="signup_pending_expiry_idx",
+            ),
+            # Signups whose greeting task may be lost, by when it was last enqueued.
+            models.Index(
+                fields=["updated_at"],
+                condition=models.Q(status="pending", greeted_at__isnull=True),
+                name="signup_ungreeted_idx",
             ),
             # What the anonymiser scans: closed signups not anonymised yet, by closing time.
             models.Index(
@@ -131,6 +141,7 @@ class SignupEvent(models.Model):
         EMAIL_FAILED = "email_failed", "Email failed"
         EMAIL_SKIPPED = "email_skipped", "Email not sent (signup moved on)"
         CHAIN_REPAIRED = "chain_repaired", "Lost reminder re-enqueued by the sweeper"
+        GREETING_REPAIRED = "greeting_repaired", "Lost greeting re-enqueued by the sweeper"
         EMAIL_REDRIVEN = "email_redriven", "Email re-enqueued"
         EMAIL_DELIVERED = "email_delivered", "Email delivered"
         EMAIL_OPENED = "email_opened", "Email opened"

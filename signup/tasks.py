@@ -157,6 +157,15 @@ def send_reminder(signup_id: int, number: int) -> None:
 
 
 @shared_task
+def greet_signup(signup_id: int) -> None:
+    """Greet the address of a signup the form or the API started: done here so that their
+    answer takes as long whatever the address (workflow.start_signup)."""
+    from signup import workflow
+
+    workflow.greet_signup(signup_id=signup_id)
+
+
+@shared_task
 def request_verification_email(email: str) -> None:
     """The resend page's request, done here so that the page answers alike for every address."""
     from signup import workflow

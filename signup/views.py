@@ -18,7 +18,9 @@ def signup_form(request):
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            workflow.start_signup(**form.cleaned_data, language=translation.get_language())
+            workflow.start_signup(
+                **form.cleaned_data, language=translation.get_language(), greet_later=True
+            )
         except workflow.UsernameTaken:
             form.add_error("username", _("This username is already taken."))
         else:

@@ -28,6 +28,16 @@ def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message:
         time.sleep(interval)
 
 
+def greet_waiting() -> int:
+    """Do what a worker does with the greeting tasks the form and the API enqueued (for the
+    tests that run no worker); return how many signups were greeted."""
+    from signup import workflow
+    from signup.models import Signup
+
+    waiting = Signup.objects.filter(greeted_at__isnull=True).order_by("id")
+    return sum(workflow.greet_signup(signup_id=pk) for pk in waiting.values_list("id", flat=True))
+
+
 QUEUES = ("celery", "email", "webhooks")  # config.settings.CELERY_TASK_QUEUES
 
 

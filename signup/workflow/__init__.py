@@ -4,7 +4,9 @@ pending -> verified | expired | cancelled | undeliverable; only a pending signup
 Views, the API, admin actions, tasks and webhooks call the functions below and never change
 a signup themselves. The modules follow a signup's life:
 
-    start          start_signup: a new pending signup, and what its address may be sent
+    start          start_signup: a new pending signup; greet_signup: what its address may be
+                   sent, after commit for the form's and the API's (their answers' time
+                   then does not depend on the address)
     addresses      one address, one signup's worth of mail: the budget, the reminder chain
                    one address has, the resend page's request
     reminders      the self-rescheduling reminder chain and the expiry at its end; an
@@ -70,7 +72,7 @@ from signup.workflow.reminders import (
     rush_next_reminder,
     take_reminder,
 )
-from signup.workflow.start import start_signup
+from signup.workflow.start import greet_signup, start_signup
 from signup.workflow.sweeper import last_sweep_at, stuck_work, sweep
 from signup.workflow.verification import (
     resend_verification,
@@ -100,6 +102,7 @@ __all__ = [
     "expire_signup",
     "extend_expiry",
     "forget_idle_addresses",
+    "greet_signup",
     "last_sweep_at",
     "mark_undeliverable",
     "record_email_error",

@@ -1,4 +1,4 @@
-"""Starting: a new pending signup, and what its address may be sent."""
+"""Starting: a new pending signup, and greeting its address: what the address may be sent."""
 
 from datetime import timedelta
 
@@ -6,17 +6,28 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from signup.models import Signup
+from signup import tasks
+from signup.models import Address, Signup
 from signup.workflow.addresses import (
     _ADDRESS_FIELDS,
     _held_back,
     _lock_address,
+    _lock_address_of,
     _mute,
     _spend,
     _take_over_chain,
     _tell_account_exists,
 )
-from signup.workflow.common import EmailKind, Event, UsernameTaken, _add_event
+from signup.workflow.common import (
+    _PLAN_FIELDS,
+    EmailKind,
+    Event,
+    Status,
+    UsernameTaken,
+    _add_event,
+    _after_commit,
+    _lock,
+)
 from signup.workflow.events import STARTED, _announce
 from signup.workflow.ledger import _queue_email
 from signup.workflow.reminders import _schedule_next_step
@@ -30,8 +41,9 @@ def start_signup(
     last_name: str = "",
     language: str = "",
     time_zone: str = "",
+    greet_later: bool = False,
 ) -> Signup:
-    """Record a new pending signup and, once committed, send what its address may be sent.
+    """Record a new pending signup and greet its address: send it what it may be sent.
 
     That is the verification email, unless the address's budget is spent for now (the
     signup stays mute; the resend page reaches it later) or the address already has an
@@ -39,6 +51,11 @@ def start_signup(
     LANGUAGES, else the default) and give times in `time_zone` (an IANA name the caller has
     checked, else the site's). Raise UsernameTaken if a pending or verified signup holds the
     username (in any case).
+
+    With `greet_later` (the form and the API), the transaction records the signup only, the
+    same work whatever its address, and the task greet_signup greets the address after
+    commit: how long the answer takes does not tell whether the address was known. The
+    sweeper re-enqueues a greeting whose task was lost.
     """
     now = timezone.now()
     signup = Signup(
@@ -53,33 +70,61 @@ def start_signup(
     )
     try:
         with transaction.atomic():
-            address = _lock_address(email)
-            held = _held_back(address, now=now)
-            greets = not held and address.verified_signup_id is None
-            previous = _take_over_chain(address, signup, now=now) if greets else None
-            if not greets:
-                _mute(signup)
+            # The address before the signup, the order every transaction takes them in.
+            address = None if greet_later else _lock_address(email)
             # The database's unique constraint decides who gets a username, race or not.
             signup.save(force_insert=True)
             _add_event(signup, Event.SUBMITTED)
             _announce(signup, STARTED)
-            if held:
-                _add_event(signup, Event.VERIFICATION_HELD, detail=held)
-            elif not greets:
-                _tell_account_exists(address, now=now, asked_by=signup)
+            if address is None:
+                signup_id = signup.pk
+                _after_commit(lambda: tasks.greet_signup.delay(signup_id))
             else:
-                _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
-                _spend(address, now=now)
-                address.live_signup = signup
-                if previous is not None:
-                    _add_event(previous, Event.SUPERSEDED, detail=f"by signup {signup.pk}")
-            address.save(update_fields=_ADDRESS_FIELDS)
-            _schedule_next_step(signup, now=now)
+                _greet(signup, address, now=now)
     except IntegrityError as exc:
         if _violated(exc, "signup_username_taken_once"):
             raise UsernameTaken(username) from exc
         raise
     return signup
+
+
+def greet_signup(*, signup_id: int) -> bool:
+    """Greet the address of a signup started with `greet_later`: queue its verification
+    email, or hold the signup back within the address's budget, or tell the owner of the
+    address's account. Return whether it greeted; False for a signup greeted already (a
+    duplicate task), closed meanwhile, or gone.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        address = _lock_address_of(signup_id)
+        signup = _lock(signup_id) if address is not None else None
+        if signup is None or signup.greeted_at is not None or signup.status != Status.PENDING:
+            return False
+        _greet(signup, address, now=now)
+    return True
+
+
+def _greet(signup: Signup, address: Address, *, now) -> None:
+    """Decide what the address of this new, saved signup is sent (both locked by the caller)."""
+    held = _held_back(address, now=now)
+    greets = not held and address.verified_signup_id is None
+    previous = _take_over_chain(address, signup, now=now) if greets else None
+    if not greets:
+        _mute(signup)
+    signup.greeted_at = now
+    signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "greeted_at", "updated_at"])
+    if held:
+        _add_event(signup, Event.VERIFICATION_HELD, detail=held)
+    elif not greets:
+        _tell_account_exists(address, now=now, asked_by=signup)
+    else:
+        _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+        _spend(address, now=now)
+        address.live_signup = signup
+        if previous is not None:
+            _add_event(previous, Event.SUPERSEDED, detail=f"by signup {signup.pk}")
+    address.save(update_fields=_ADDRESS_FIELDS)
+    _schedule_next_step(signup, now=now)
 
 
 def _offered_languages() -> set[str]:

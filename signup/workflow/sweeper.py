@@ -32,8 +32,9 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
 
     The database is the source of truth and the countdown chain the fast path: a pending
     signup whose next reminder is overdue by more than SIGNUP_REMINDER_GRACE lost its task
-    (broker restart or flush, killed worker), and so did an email or a webhook delivery stuck
-    unsent for longer than SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped
+    (broker restart or flush, killed worker), and so did a greeting not done that long after
+    its task was enqueued, and an email or a webhook delivery stuck unsent for longer than
+    SIGNUP_EMAIL_REDRIVE_AFTER. Duplicates this may create are dropped
     by the reminder sequence check and the ledgers. The hand-overs and repairs leave rows
     another transaction holds for the next sweep; an expiry locks its one signup as any
     transition does, so the sweeper waits at most for one short transition at a time and
@@ -45,6 +46,7 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     deadline = started + settings.SIGNUP_SWEEP_INTERVAL / 2
     counts = {
         "expired": 0,
+        "greetings_requeued": 0,
         "reminders_enqueued": 0,
         "reminders_requeued": 0,
         "emails_requeued": 0,
@@ -60,12 +62,14 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
                 return
 
     in_batches(_expire_overdue)
+    in_batches(_requeue_lost_greetings)
     in_batches(_enqueue_due_reminders)
     in_batches(_requeue_stuck_emails)
     in_batches(_requeue_stuck_webhooks)
     # Only a sweep that got through its work counts as one: /readyz and signup_doctor read it.
     Heartbeat.objects.update_or_create(name=SWEEP_HEARTBEAT, defaults={"at": timezone.now()})
     metrics.sweep_duration.observe(time.monotonic() - started)
+    metrics.sweep_repairs.labels("greeting").inc(counts["greetings_requeued"])
     metrics.sweep_repairs.labels("reminder").inc(counts["reminders_requeued"])
     metrics.sweep_repairs.labels("email").inc(counts["emails_requeued"])
     metrics.sweep_repairs.labels("webhook").inc(counts["webhooks_requeued"])
@@ -82,6 +86,36 @@ def _expire_overdue(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
     )
     expired = sum(expire_signup(signup_id=signup_id) for signup_id in overdue)
     return len(overdue), {"expired": expired}
+
+
+def _requeue_lost_greetings(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    """Enqueue the greeting again of each pending signup of the form or the API still not
+    greeted SIGNUP_REMINDER_GRACE after its task was enqueued: that task was lost.
+
+    updated_at moves to now, so a signup is enqueued again only if this task is lost too; a
+    duplicate finds the signup greeted and does nothing.
+    """
+    stale = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE)
+    with transaction.atomic():
+        lost = list(
+            Signup.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(status=Status.PENDING, greeted_at__isnull=True, updated_at__lte=stale)
+            .order_by("updated_at")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not lost:
+            return 0, {}
+        Signup.objects.filter(pk__in=lost).update(updated_at=now)
+        SignupEvent.objects.bulk_create(
+            SignupEvent(signup_id=signup_id, kind=Event.GREETING_REPAIRED) for signup_id in lost
+        )
+
+        def enqueue():
+            for signup_id in lost:
+                tasks.greet_signup.delay(signup_id)
+
+        _after_commit(enqueue)
+    return len(lost), {"greetings_requeued": len(lost)}
 
 
 def _enqueue_due_reminders(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
