@@ -81,8 +81,8 @@ sweep_duration = Histogram(
 )
 sweep_repairs = Counter(
     "signup_sweep_repairs",
-    "Lost work the sweeper put back in the broker: a reminder whose task was lost, or an"
-    " email left unsent.",
+    "Lost work the sweeper put back in the broker: a greeting or a reminder whose task was"
+    " lost, an email or a webhook delivery left unsent.",
     ["kind"],
     registry=_PROCESS,
 )
