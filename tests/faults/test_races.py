@@ -22,7 +22,15 @@ from django.utils import timezone
 from config.celery import app as celery_app
 from signup import tasks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import API_KEY, hidden_fields, queued, signup_data, verify_link, wait_for
+from tests.helpers import (
+    API_KEY,
+    greet_waiting,
+    hidden_fields,
+    queued,
+    signup_data,
+    verify_link,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -375,6 +383,9 @@ def test_signups_for_one_username_at_once_create_one_and_answer_409_to_the_rest(
             assert status == 201 or "is already taken" in message, attempt
     assert pending == Counter(f"dora{i}" for i in range(races))
     assert Signup.objects.count() == races
+    # Each created signup is greeted after its answer (here, as a worker would): one
+    # verification email each.
+    assert greet_waiting() == races
     assert OutboundEmail.objects.filter(kind="verification").count() == races
 
 
