@@ -328,3 +328,51 @@ def test_an_email_sent_as_the_database_connection_dies_is_recorded_not_sent_agai
     assert (email.status, email.provider_message_id) == ("sent", message_id)
     assert len(mailoutbox) == 1
     assert signup.events.filter(kind="verification_sent").count() == 1
+
+
+# --- Greeting after the answer (the form's and the API's signups) ----------------------------
+
+
+def test_a_signup_greeted_later_is_sent_its_verification_email_and_reminders_by_the_greeting():
+    signup = workflow.start_signup(**signup_data(), greet_later=True)
+    assert not signup.emails.exists() and signup.next_reminder_at is None
+    assert workflow.greet_signup(signup_id=signup.pk)
+    assert not workflow.greet_signup(signup_id=signup.pk)  # a duplicate task: nothing more
+    signup.refresh_from_db()
+    assert signup.greeted_at is not None and signup.next_reminder_at is not None
+    assert list(signup.emails.values_list("kind", "sequence")) == [("verification", 1)]
+
+
+def test_an_operators_resend_before_the_greeting_is_not_doubled_by_it():
+    signup = workflow.start_signup(**signup_data(), greet_later=True)
+    assert workflow.resend_verification(signup_id=signup.pk)
+    assert workflow.greet_signup(signup_id=signup.pk)
+    signup.refresh_from_db()
+    assert signup.emails.filter(kind="verification").count() == 1
+    assert signup.greeted_at is not None and signup.next_reminder_at is not None  # its chain
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["greeted", "held-back"])
+def test_a_signup_greeted_by_a_previous_release_only_gets_its_mark(held):
+    """While a deployment rolls over, a web process of the release before greets in the
+    signup's own transaction and leaves greeted_at empty; the sweeper then enqueues its
+    greeting, which must change nothing but the mark."""
+    if held:
+        workflow.start_signup(**signup_data(username="first"))
+    signup = workflow.start_signup(**signup_data())
+    Signup.objects.filter(pk=signup.pk).update(greeted_at=None)
+    before = list(signup.events.values_list("kind", flat=True))
+    plan = Signup.objects.values_list("next_reminder_at").get(pk=signup.pk)
+    assert not workflow.greet_signup(signup_id=signup.pk)
+    signup.refresh_from_db()
+    assert signup.greeted_at is not None
+    assert list(signup.events.values_list("kind", flat=True)) == before
+    assert Signup.objects.values_list("next_reminder_at").get(pk=signup.pk) == plan
+    assert signup.emails.filter(kind="verification").count() == (0 if held else 1)
+
+
+def test_a_greeting_that_comes_after_the_expiry_sends_nothing():
+    signup = workflow.start_signup(**signup_data(), greet_later=True)
+    Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert not workflow.greet_signup(signup_id=signup.pk)
+    assert not OutboundEmail.objects.exists()

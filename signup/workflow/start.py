@@ -100,12 +100,31 @@ def greet_signup(*, signup_id: int) -> bool:
         signup = _lock(signup_id) if address is not None else None
         if signup is None or signup.greeted_at is not None or signup.status != Status.PENDING:
             return False
-        _greet(signup, address, now=now)
+        if signup.expires_at <= now:
+            return False  # the sweeper expires it
+        if _greeted_unmarked(signup, address):
+            signup.greeted_at = now
+            signup.save(update_fields=["greeted_at", "updated_at"])
+            return False
+        # An operator may have sent it a verification email already: not a second one.
+        emailed = signup.emails.filter(kind=EmailKind.VERIFICATION).exists()
+        _greet(signup, address, now=now, emailed=emailed)
     return True
 
 
-def _greet(signup: Signup, address: Address, *, now) -> None:
-    """Decide what the address of this new, saved signup is sent (both locked by the caller)."""
+def _greeted_unmarked(signup: Signup, address: Address) -> bool:
+    """Whether the signup was greeted without being marked: started by a process of a release
+    that greeted in the signup's own transaction (while a deployment rolls over). Its
+    address's live signup, or its timeline, says so."""
+    return (
+        address.live_signup_id == signup.pk
+        or signup.events.filter(kind__in=(Event.VERIFICATION_HELD, Event.SUPERSEDED)).exists()
+    )
+
+
+def _greet(signup: Signup, address: Address, *, now, emailed: bool = False) -> None:
+    """Decide what the address of this new, saved signup is sent (both locked by the caller);
+    `emailed`: its verification email went out already (an operator's resend)."""
     held = _held_back(address, now=now)
     greets = not held and address.verified_signup_id is None
     previous = _take_over_chain(address, signup, now=now) if greets else None
@@ -118,7 +137,8 @@ def _greet(signup: Signup, address: Address, *, now) -> None:
     elif not greets:
         _tell_account_exists(address, now=now, asked_by=signup)
     else:
-        _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+        if not emailed:
+            _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
         _spend(address, now=now)
         address.live_signup = signup
         if previous is not None:
