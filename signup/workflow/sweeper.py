@@ -90,32 +90,21 @@ def _expire_overdue(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
 
 def _requeue_lost_greetings(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
     """Enqueue the greeting again of each pending signup of the form or the API still not
-    greeted SIGNUP_REMINDER_GRACE after its task was enqueued: that task was lost.
-
-    updated_at moves to now, so a signup is enqueued again only if this task is lost too; a
-    duplicate finds the signup greeted and does nothing.
-    """
+    greeted SIGNUP_REMINDER_GRACE after its task was enqueued (its updated_at): that task
+    was lost. A duplicate finds the signup greeted and does nothing."""
     stale = now - timedelta(seconds=settings.SIGNUP_REMINDER_GRACE)
-    with transaction.atomic():
-        lost = list(
-            Signup.objects.select_for_update(skip_locked=True, no_key=True)
-            .filter(status=Status.PENDING, greeted_at__isnull=True, updated_at__lte=stale)
-            .order_by("updated_at")
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not lost:
-            return 0, {}
-        Signup.objects.filter(pk__in=lost).update(updated_at=now)
-        SignupEvent.objects.bulk_create(
-            SignupEvent(signup_id=signup_id, kind=Event.GREETING_REPAIRED) for signup_id in lost
-        )
-
-        def enqueue():
-            for signup_id in lost:
-                tasks.greet_signup.delay(signup_id)
-
-        _after_commit(enqueue)
-    return len(lost), {"greetings_requeued": len(lost)}
+    return _requeue(
+        Signup.objects.filter(
+            status=Status.PENDING, greeted_at__isnull=True, updated_at__lte=stale
+        ),
+        now=now,
+        batch_size=batch_size,
+        mark="updated_at",
+        owner="id",
+        event=lambda signup_id: SignupEvent(signup_id=signup_id, kind=Event.GREETING_REPAIRED),
+        task=tasks.greet_signup,
+        counted="greetings_requeued",
+    )
 
 
 def _enqueue_due_reminders(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
@@ -205,21 +194,31 @@ def _requeue_stuck_webhooks(*, now, batch_size: int) -> tuple[int, dict[str, int
 
 
 def _requeue(
-    unsent, *, now, batch_size: int, columns, event, task, counted: str
+    unsent,
+    *,
+    now,
+    batch_size: int,
+    event,
+    task,
+    counted: str,
+    columns=(),
+    mark: str = "enqueued_at",
+    owner: str = "signup_id",
 ) -> tuple[int, dict[str, int]]:
-    """Re-enqueue a batch of a ledger's rows whose tasks were lost (emails or webhook
-    deliveries): their enqueueing moves to now, each gets a timeline event (`event`, from
-    the row's signup id and `columns`), and `task` is sent for each after commit."""
+    """Re-enqueue a batch of rows whose tasks were lost (emails, webhook deliveries, greetings):
+    their enqueueing (`mark`) moves to now, so they come back only if this task is lost too;
+    each gets a timeline event (`event`, from the row's signup id, its `owner` column, and
+    `columns`), and `task` is sent for each after commit."""
     with transaction.atomic():
         stuck = list(
             unsent.select_for_update(skip_locked=True, no_key=True)
-            .order_by("enqueued_at")
-            .values_list("id", "signup_id", *columns)[:batch_size]
+            .order_by(mark)
+            .values_list("id", owner, *columns)[:batch_size]
         )
         if not stuck:
             return 0, {}
         row_ids = [row_id for row_id, *_ in stuck]
-        unsent.model.objects.filter(pk__in=row_ids).update(enqueued_at=now, updated_at=now)
+        unsent.model.objects.filter(pk__in=row_ids).update(**{mark: now, "updated_at": now})
         SignupEvent.objects.bulk_create(event(signup_id, *rest) for _, signup_id, *rest in stuck)
 
         def enqueue():
