@@ -5,7 +5,7 @@ from django.shortcuts import redirect, render
 from django.utils import translation
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from signup import emails, limits, selectors, tasks, tokens, workflow
 from signup.forms import ResendForm, SignupForm
@@ -30,7 +30,7 @@ def signup_form(request):
     return render(request, "signup/form.html", {"form": form}, status=status)
 
 
-@require_http_methods(["GET", "HEAD"])
+@require_safe
 def signup_sent(request):
     return render(request, "signup/sent.html")
 

@@ -150,12 +150,10 @@ def request_verification_email(*, email: str) -> str:
             if address.live_signup_id != newest.pk:
                 # A signup whose greeting task has not run yet (never the live one) is
                 # greeted here; the task then finds it done.
-                greeting = ["greeted_at"] if newest.greeted_at is None else []
                 newest.greeted_at = newest.greeted_at or now
                 previous = _take_over_chain(address, newest, now=now)
-                newest.save(
-                    update_fields=[*_PLAN_FIELDS, "reminders_sent", *greeting, "updated_at"]
-                )
+                fields = [*_PLAN_FIELDS, "reminders_sent", "greeted_at", "updated_at"]
+                newest.save(update_fields=fields)
                 if previous is not None:
                     _add_event(previous, Event.SUPERSEDED, detail=f"by signup {newest.pk}")
                 address.live_signup = newest
