@@ -60,7 +60,7 @@ messages: install gettext
 		--ignore=bench --ignore=tests --ignore=harness --ignore=deploy -l de -l fr -l es
 	DEBUG=true $(PY) manage.py compilemessages --ignore=.venv
 
-# Every test, on the real services (about 13 minutes).
+# Every test, on the real services (about 11 minutes).
 test: install browser prometheus gettext
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 

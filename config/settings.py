@@ -261,9 +261,12 @@ SIGNUP_EXPIRES_AFTER = env.int("SIGNUP_EXPIRES_AFTER", default=7 * 24 * 3600)
 SIGNUP_MAX_EXTENSION = env.int("SIGNUP_MAX_EXTENSION", default=30 * 24 * 3600)
 SIGNUP_MAX_REMINDERS = env.int("SIGNUP_MAX_REMINDERS", default=6)
 SIGNUP_SWEEP_INTERVAL = env.int("SIGNUP_SWEEP_INTERVAL", default=60)
-# A pending signup whose next reminder is this late lost its countdown task: the sweeper
-# re-enqueues it. Likewise an email left unsent this long after it was (re-)enqueued.
+# A pending signup whose next reminder is this late lost its countdown task, and one still
+# not greeted this long after its greeting was enqueued lost that task: the sweeper
+# re-enqueues them.
 SIGNUP_REMINDER_GRACE = env.int("SIGNUP_REMINDER_GRACE", default=10)
+# An email or a webhook delivery left unsent this long after it was (re-)enqueued lost its
+# task: the sweeper re-enqueues it.
 SIGNUP_EMAIL_REDRIVE_AFTER = env.int("SIGNUP_EMAIL_REDRIVE_AFTER", default=120)
 # The broker holds only the reminders and expiries due within this many seconds; the sweeper
 # hands over the rest as they come this close. It must outlast a sweep interval comfortably.
