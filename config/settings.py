@@ -74,6 +74,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[:
 
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
 _site = urlsplit(SITE_URL)
+# How the emails name the site (the recipient recognises a signup by it); by default the host
+# name of SITE_URL.
+SIGNUP_SITE_NAME = env.str("SIGNUP_SITE_NAME", default="")
 CSRF_TRUSTED_ORIGINS = env.list(
     "CSRF_TRUSTED_ORIGINS", default=[f"{_site.scheme}://{_site.netloc}"]
 )
@@ -106,6 +109,9 @@ MIDDLEWARE = [
     # Last, as django-axes asks: it turns a locked-out admin login into its lockout answer.
     "axes.middleware.AxesMiddleware",
 ]
+
+# Django's database sessions (the admin's), with cookies Django never makes treated as none.
+SESSION_ENGINE = "signup.sessions"
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
@@ -313,11 +319,19 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 # --- Abuse limits -------------------------------------------------------------------------
-# However many signups name one address, it is sent at most one verification (or "you
-# already have an account") email per SIGNUP_ADDRESS_COOLDOWN seconds and at most
-# SIGNUP_ADDRESS_DAILY_LIMIT a day; counted in the database, so every process agrees.
+# However many signups name one mailbox (in any spelling: signup.workflow.mailbox), it is sent
+# at most one verification (or "you already have an account") email per
+# SIGNUP_ADDRESS_COOLDOWN seconds, at most SIGNUP_ADDRESS_DAILY_LIMIT a day, and at most
+# SIGNUP_ADDRESS_NETWORK_DAILY_LIMIT a day for the signups of one client network (an IPv4
+# address, an IPv6 /64), so that a stranger's signups can't spend the owner's budget; counted
+# in the database, so every process agrees.
 SIGNUP_ADDRESS_COOLDOWN = env.int("SIGNUP_ADDRESS_COOLDOWN", default=180)
-SIGNUP_ADDRESS_DAILY_LIMIT = env.int("SIGNUP_ADDRESS_DAILY_LIMIT", default=5)
+SIGNUP_ADDRESS_DAILY_LIMIT = env.int("SIGNUP_ADDRESS_DAILY_LIMIT", default=10)
+SIGNUP_ADDRESS_NETWORK_DAILY_LIMIT = env.int("SIGNUP_ADDRESS_NETWORK_DAILY_LIMIT", default=3)
+# A signup whose address is sent nothing (held back by that budget, or an address that has an
+# account) expires this soon unless the resend page reaches it: until then it holds its
+# username, and nobody can verify it.
+SIGNUP_UNSENT_EXPIRES_AFTER = env.int("SIGNUP_UNSENT_EXPIRES_AFTER", default=3600)
 # Rates as "<count>/<period>" (s, m, h or d; "5/10m" too), counted in the cache below.
 # Form and resend posts per client address:
 SIGNUP_RATE_LIMIT_PAGES = env.str("SIGNUP_RATE_LIMIT_PAGES", default="20/m")
@@ -325,7 +339,14 @@ SIGNUP_RATE_LIMIT_PAGES = env.str("SIGNUP_RATE_LIMIT_PAGES", default="20/m")
 SIGNUP_RATE_LIMIT_BAD_LINKS = env.str("SIGNUP_RATE_LIMIT_BAD_LINKS", default="20/m")
 # API calls per key: far above what a backend service sends in normal use (100/s).
 SIGNUP_RATE_LIMIT_API = env.str("SIGNUP_RATE_LIMIT_API", default="6000/m")
-for _name in ("SIGNUP_RATE_LIMIT_PAGES", "SIGNUP_RATE_LIMIT_BAD_LINKS", "SIGNUP_RATE_LIMIT_API"):
+# /readyz calls per client address: a probe every second, and some to spare.
+SIGNUP_RATE_LIMIT_PROBES = env.str("SIGNUP_RATE_LIMIT_PROBES", default="120/m")
+for _name in (
+    "SIGNUP_RATE_LIMIT_PAGES",
+    "SIGNUP_RATE_LIMIT_BAD_LINKS",
+    "SIGNUP_RATE_LIMIT_API",
+    "SIGNUP_RATE_LIMIT_PROBES",
+):
     if not re.fullmatch(r"\s*\d+\s*/\s*\d*\s*[smhd]\s*", globals()[_name]):
         raise ImproperlyConfigured(f"{_name} must be a rate like 20/m (got {globals()[_name]!r}).")
 # How many reverse proxies in front of the web add themselves to X-Forwarded-For. With 0
@@ -449,9 +470,10 @@ if LOG_FORMAT not in ("plain", "json"):
 
 # Log lines carry ids, not personal data: signup.redaction masks email addresses and
 # verification tokens in what these write. runserver's request lines (django.server) and
-# Django's reports of 4xx and 5xx answers (django.request) name the link's path, token
-# included. Celery's lines about task outcomes get the same filter in config/celery.py,
-# which also puts Celery's own lines in LOG_FORMAT; gunicorn's logs are in config/gunicorn.py.
+# Django's reports of 4xx and 5xx answers (django.request: one line for each 4xx, a 5xx
+# with its traceback, whatever DEBUG is) name the link's path, token included. Celery's
+# lines about task outcomes get the same filter in config/celery.py, which also puts
+# Celery's own lines in LOG_FORMAT; gunicorn's logs are in config/gunicorn.py.
 LOGGING_CONFIG = "signup.logs.configure"
 LOGGING = {
     "version": 1,
@@ -460,7 +482,6 @@ LOGGING = {
         "redact": {"()": "signup.redaction.RedactingFilter"},
         "task": {"()": "signup.logs.TaskContextFilter"},
         "require_debug_true": {"()": "django.utils.log.RequireDebugTrue"},
-        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
@@ -483,27 +504,21 @@ LOGGING = {
             "formatter": "django.server" if LOG_FORMAT == "plain" else "json",
             "filters": ["redact"],
         },
-        # Django's own lines (4xx and 5xx answers, security warnings) are printed with DEBUG
-        # on only, as Django's default logging does, but in LOG_FORMAT. This replaces its
-        # mail_admins handler too, which sends nothing here: no ADMINS are configured.
+        # Django's other lines (security warnings, which repeat a 400's cause with its
+        # traceback) are printed with DEBUG on only, as Django's default logging does, but in
+        # LOG_FORMAT. This replaces its mail_admins handler too, which sends nothing here: no
+        # ADMINS are configured.
         "django.console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
             "filters": ["require_debug_true", "redact", "task"],
-        },
-        # A 500's traceback, with DEBUG off too (with it on, django.console prints it).
-        "server_errors": {
-            "class": "logging.StreamHandler",
-            "level": "ERROR",
-            "formatter": LOG_FORMAT,
-            "filters": ["require_debug_false", "redact", "task"],
         },
     },
     "loggers": {
         "signup": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         "django": {"handlers": ["django.console"], "level": "INFO"},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
-        "django.request": {"handlers": ["server_errors"], "filters": ["redact"]},
+        "django.request": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # Python's warnings, logged by signup.logs.configure.
         "py.warnings": {"handlers": ["console"], "propagate": False},
     },

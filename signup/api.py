@@ -16,7 +16,6 @@ from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.urls import path
 from django.utils import translation
-from django.utils.crypto import constant_time_compare
 from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 from django.views.decorators.csrf import csrf_exempt
@@ -41,20 +40,18 @@ def api_view(*methods: str):
         def wrapper(request, *args, **kwargs):
             if not settings.SIGNUP_API_KEY:
                 return _error(403, _("The API is disabled: no SIGNUP_API_KEY is configured."))
-            scheme, _space, key = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not key.strip():
+            # Wrong keys count like invalid links: guessing is slowed down per client.
+            refused, retry_after = limits.check_bearer(request, settings.SIGNUP_API_KEY)
+            if refused == 401:
                 response = _error(401, _("Send the API key as 'Authorization: Bearer <key>'."))
                 response["WWW-Authenticate"] = 'Bearer realm="signup"'
                 return response
-            if not constant_time_compare(key.strip(), settings.SIGNUP_API_KEY):
-                # Wrong keys count like invalid links: guessing is slowed down per client.
-                retry_after = limits.bad_links_exceeded(request)
-                if retry_after:
-                    return limits.too_many_json(retry_after)
-                limits.count_bad_link(request)
+            if refused == 403:
                 return _error(403, _("The API key is not valid."))
+            if refused == 429:
+                return limits.too_many_json(retry_after)
             retry_after = limits.hit(
-                "api", key.strip(), limits.Rate.parse(settings.SIGNUP_RATE_LIMIT_API)
+                "api", settings.SIGNUP_API_KEY, limits.Rate.parse(settings.SIGNUP_RATE_LIMIT_API)
             )
             if retry_after:
                 return limits.too_many_json(retry_after)
@@ -124,10 +121,13 @@ def signup_json(signup: Signup, *, described: bool = False) -> dict:
 
 @api_view("POST")
 def create_signup(request, body):
-    errors = _field_errors(body, {*SignupForm.base_fields, "language", "time_zone"})
+    errors = _field_errors(body, {*SignupForm.base_fields, "language", "time_zone", "client_ip"})
     time_zone = body.pop("time_zone", "")
     if "time_zone" not in errors and not _is_time_zone(time_zone):
         errors["time_zone"] = [_("Use a time zone's IANA name, like Europe/Paris.")]
+    client_ip = body.pop("client_ip", "")
+    if "client_ip" not in errors and client_ip and not limits.is_ip_address(client_ip):
+        errors["client_ip"] = [_("Use the person's IPv4 or IPv6 address, like 192.0.2.1.")]
     if errors:
         return _error(400, _("Some fields are not valid."), errors=errors)
     language = _language(body.pop("language", ""), default=translation.get_language())
@@ -139,8 +139,19 @@ def create_signup(request, body):
         }
         return _error(400, _("Some fields are not valid."), errors=errors)
     try:
+        # The address budget counts per network: the person's, when the caller names it,
+        # else the caller's own (a backend's signups then share one network's budget).
+        network = (
+            limits.network_digest(limits.network_of(client_ip))
+            if client_ip
+            else limits.client_network(request)
+        )
         signup = workflow.start_signup(
-            **form.cleaned_data, language=language, time_zone=time_zone, greet_later=True
+            **form.cleaned_data,
+            language=language,
+            time_zone=time_zone,
+            client_network=network,
+            greet_later=True,
         )
     except workflow.UsernameTaken:
         return _error(

@@ -37,3 +37,46 @@ def rate_limits_count_together(app_configs, **kwargs) -> list[checks.CheckMessag
             )
         ]
     return []
+
+
+# The secrets other systems present to this one, and how to make a good one.
+SECRET_MIN_LENGTH = 32
+_SECRETS = ("SIGNUP_API_KEY", "SIGNUP_METRICS_TOKEN", "SIGNUP_WEBHOOK_SECRET")
+_MAKE_A_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def secrets_are_secret(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """The API key, the metrics token, the webhook secrets: each, when set, is what stands
+    between the internet and an endpoint, so each must be long and random enough that nobody
+    guesses it (the guesses are rate limited too, but a short one falls anyway)."""
+    configured = [(name, getattr(settings, name, "")) for name in _SECRETS]
+    anymail_secret = settings.ANYMAIL.get("WEBHOOK_SECRET") or []
+    for secret in [anymail_secret] if isinstance(anymail_secret, str) else anymail_secret:
+        configured.append(("ANYMAIL_WEBHOOK_SECRET", secret))
+    errors = []
+    for name, secret in configured:
+        problem = _weakness(name, secret)
+        if problem:
+            errors.append(
+                checks.Error(
+                    f"{name} {problem}: anyone could guess it.",
+                    hint=f"Make one with: {_MAKE_A_SECRET}"
+                    + (" (as user:password)" if name == "ANYMAIL_WEBHOOK_SECRET" else ""),
+                    id="signup.E002",
+                )
+            )
+    return errors
+
+
+def _weakness(name: str, secret: str) -> str:
+    if not secret:
+        return ""
+    random_part = secret.removeprefix("whsec_") if name == "SIGNUP_WEBHOOK_SECRET" else secret
+    if name == "ANYMAIL_WEBHOOK_SECRET":
+        random_part = secret.partition(":")[2]  # user:password; the password is the secret
+    if len(secret) < SECRET_MIN_LENGTH:
+        return f"is shorter than {SECRET_MIN_LENGTH} characters"
+    if len(set(random_part)) <= 1:
+        return "is one character repeated"
+    return ""

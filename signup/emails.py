@@ -13,6 +13,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.template.loader import render_to_string
 from django.utils import formats, timezone, translation
+from django.utils.crypto import salted_hmac
 
 from signup import tokens
 from signup.models import OutboundEmail, Signup
@@ -27,9 +28,15 @@ def link_source(email: OutboundEmail) -> str:
 
 def message_id(email: OutboundEmail) -> str:
     """Return the Message-ID of a ledger email: the same on every attempt, so a copy sent
-    again after a crash (the at-least-once window) is one message to mail clients."""
-    domain = urlsplit(settings.SITE_URL).hostname or "signup.invalid"
-    return f"<signup-email-{email.pk}.{email.kind}.{email.sequence}@{domain}>"
+    again after a crash (the at-least-once window) is one message to mail clients; keyed,
+    so that it does not tell the ledger's sequential ids."""
+    domain = _site_host() or "signup.invalid"
+    mac = salted_hmac("signup.message-id", str(email.pk), algorithm="sha256").hexdigest()
+    return f"<signup-{mac[:32]}@{domain}>"
+
+
+def _site_host() -> str:
+    return urlsplit(settings.SITE_URL).hostname or ""
 
 
 def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
@@ -56,20 +63,25 @@ def _zone(name: str):
         return timezone.get_default_timezone()
 
 
-def _until(moment) -> str:
+def _local_time(moment) -> str:
     local = timezone.localtime(moment)
     return f"{formats.date_format(local, 'DATETIME_FORMAT')} ({local.tzname()})"
 
 
 def _render(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
+    """The verification email and the reminders go to an address nobody has verified yet:
+    they carry nothing a stranger typed (no name, no username), only what the recipient can
+    recognise the signup by: the site, the time, the language (docs/SECURITY.md, registration
+    spam). The welcome and "you already have an account" go to a verified address."""
+    sent = email.sequence if email.kind == Kind.REMINDER else signup.reminders_sent
     context = {
         "signup": signup,
-        "email": email,
+        "site": settings.SIGNUP_SITE_NAME or _site_host(),
         "site_url": settings.SITE_URL,
-        "reminders_left": max(settings.SIGNUP_MAX_REMINDERS - email.sequence, 0),
-        "expires_at": signup.expires_at,
+        "reminders_left": max(settings.SIGNUP_MAX_REMINDERS - sent, 0),
         # In the signup's language and time zone (both active here), with the zone named.
-        "until": _until(signup.expires_at),
+        "signed_up": _local_time(signup.created_at),
+        "until": _local_time(signup.expires_at),
     }
     if email.kind in (Kind.VERIFICATION, Kind.REMINDER):
         context["verify_url"] = tokens.verification_url(signup, source=link_source(email))

@@ -10,6 +10,7 @@ from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from signup.models import NAME_MAX_LENGTH, USERNAME_MAX_LENGTH
+from signup.workflow.mailbox import canonical_email
 
 USERNAME_MIN_LENGTH = 3
 EMAIL_MAX_LENGTH = 254
@@ -76,31 +77,9 @@ def reject_reserved(value: str) -> None:
         raise forms.ValidationError(_("This username is reserved."), code="reserved")
 
 
-def canonical_email(address: str) -> str:
-    """Return the one form in which an address is stored and counted: the local part as
-    typed, the domain lower-cased and, if it is international, in its ASCII (punycode) form.
-
-    Takes any string; a domain that is not a valid host name is only lower-cased.
-    """
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return address
-    try:
-        domain = _ascii_domain(domain)
-    except idna.IDNAError:
-        domain = domain.lower()
-    return f"{local}@{domain}"
-
-
-def _ascii_domain(domain: str) -> str:
-    # IDNA 2008 with UTS 46 mapping, as browsers and registries use it: upper case and
-    # full-width letters map to their lower-case ASCII forms, and "straße.de" stays a domain
-    # of its own (the older IDNA 2003 codec in Python would turn it into "strasse.de").
-    return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
-
-
 class EmailAddressField(forms.EmailField):
-    """An address mail can reach, returned in its canonical form (see canonical_email)."""
+    """An address mail can reach, returned in its canonical form (workflow.canonical_email:
+    the domain in ASCII, quotes that change nothing dropped)."""
 
     default_error_messages = {
         "invalid": _("Enter a valid email address, like name@example.com."),
@@ -133,7 +112,7 @@ class EmailAddressField(forms.EmailField):
                 _("Use an address with a full domain name, like example.com."), code="dotless"
             )
         try:
-            canonical = f"{local}@{_ascii_domain(domain)}"
+            canonical = canonical_email(address, strict=True)
         except idna.IDNAError as exc:
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from exc
         if len(canonical) > EMAIL_MAX_LENGTH:

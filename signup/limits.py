@@ -19,6 +19,7 @@ from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import render
+from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext as _
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -73,7 +74,12 @@ def client_key(request: HttpRequest) -> str:
     multiply its limit without end. An IPv6 address that carries an IPv4 one (mapped,
     NAT64, 6to4, Teredo) counts as that IPv4 client. A REMOTE_ADDR that is no address
     (a Unix socket's) counts as one client, "unknown"."""
-    ip = _ip(client_ip(request))
+    return network_of(client_ip(request))
+
+
+def network_of(address: str) -> str:
+    """The network client_key counts an address in (see there)."""
+    ip = _ip(address)
     if ip is None:
         return "unknown"
     if ip.version == 4:
@@ -83,11 +89,26 @@ def client_key(request: HttpRequest) -> str:
     return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address)
 
 
+def client_network(request: HttpRequest) -> str:
+    """What a signup records of where it came from: a keyed digest of its client's network
+    (client_key), so that the address budget can count per network without keeping the
+    client's address."""
+    return network_digest(client_key(request))
+
+
+def network_digest(network: str) -> str:
+    return salted_hmac("signup.limits.network", network, algorithm="sha256").hexdigest()[:32]
+
+
 def admin_client_ip(request: HttpRequest) -> str | None:
     """The address django-axes records a login attempt under and locks out: client_key's,
     or None when the client has no address (axes stores it in an address column)."""
     key = client_key(request)
     return None if key == "unknown" else key
+
+
+def is_ip_address(address: str) -> bool:
+    return _ip(address) is not None
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -202,6 +223,29 @@ def bad_links_exceeded(request: HttpRequest) -> int:
 
 def count_bad_link(request: HttpRequest) -> None:
     hit("bad-link", client_key(request), Rate.parse(settings.SIGNUP_RATE_LIMIT_BAD_LINKS))
+
+
+def check_bearer(request: HttpRequest, secret: str) -> tuple[int, int]:
+    """Check `Authorization: Bearer <secret>` in constant time; return (0, 0) when it is
+    right, else the status to answer: (401, 0) without one, (403, 0) for a wrong one, which
+    is counted as a bad guess of this client, and (429, Retry-After) once the client is past
+    SIGNUP_RATE_LIMIT_BAD_LINKS of those. The right one is never held back."""
+    scheme, _space, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return 401, 0
+    if constant_time_compare(given.strip(), secret):
+        return 0, 0
+    return refuse_bad_credentials(request)
+
+
+def refuse_bad_credentials(request: HttpRequest) -> tuple[int, int]:
+    """Count wrong credentials from this client: (403, 0), or (429, Retry-After) once it is past
+    SIGNUP_RATE_LIMIT_BAD_LINKS (which it then waits out)."""
+    retry_after = bad_links_exceeded(request)
+    if retry_after:
+        return 429, retry_after
+    count_bad_link(request)
+    return 403, 0
 
 
 def admin_lockout(request, original_response=None, credentials=None):

@@ -20,7 +20,6 @@ from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import path
 from django.utils import timezone
-from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import (
@@ -34,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from signup import limits
 from signup.models import OutboundEmail, Signup, WebhookDelivery
 
 # --- Measured in the processes ----------------------------------------------------------------
@@ -201,13 +201,17 @@ def metrics(request: HttpRequest) -> HttpResponse:
     token = settings.SIGNUP_METRICS_TOKEN
     if not token:
         raise Http404("metrics are off: no SIGNUP_METRICS_TOKEN is configured")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    refused, retry_after = limits.check_bearer(request, token)
+    if refused == 401:
         response = HttpResponse("Send 'Authorization: Bearer <token>'.\n", status=401)
         response["WWW-Authenticate"] = 'Bearer realm="signup-metrics"'
         return response
-    if not constant_time_compare(given.strip(), token):
+    if refused == 403:
         return HttpResponse("The token is not valid.\n", status=403)
+    if refused == 429:
+        response = HttpResponse("Too many wrong tokens: wait.\n", status=429)
+        response["Retry-After"] = str(retry_after)
+        return response
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SignupCollector())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -4,6 +4,8 @@ address has been sent.
 The fields here only hold state; every change to them is made by signup.workflow.
 """
 
+import uuid
+
 from django.db import models
 from django.db.models.functions import Lower
 
@@ -25,8 +27,19 @@ class Signup(models.Model):
     # after it closed.
     CLOSED_STATUSES = (Status.EXPIRED, Status.CANCELLED, Status.UNDELIVERABLE)
 
+    # What its links name it by: random, so that a link tells nothing of how many signups
+    # there are or when this one was made (signup.tokens).
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     username = models.CharField(max_length=USERNAME_MAX_LENGTH)
     email = models.EmailField()
+    # The budget row of the mailbox its address reaches, set when its address is greeted.
+    address = models.ForeignKey(
+        "Address", null=True, blank=True, on_delete=models.SET_NULL, related_name="signups"
+    )
+    # A keyed digest of the network it came from (signup.limits.client_network): an address's
+    # daily budget is counted per network, so that one network's signups can't spend
+    # another's. Cleared with the rest of its personal data.
+    client_network = models.CharField(max_length=32, blank=True)
     first_name = models.CharField(max_length=NAME_MAX_LENGTH)
     last_name = models.CharField(max_length=NAME_MAX_LENGTH, blank=True)
     # The language (one of LANGUAGES) the person signed up in: every email of the signup, and
@@ -277,8 +290,9 @@ class Address(models.Model):
     """What one email address has been sent, however many signups name it: the row every
     signup naming the address locks, so that the per-address budget holds across processes.
 
-    The address itself is not stored, only a digest of its canonical form: the row outlives
-    the signups' personal data.
+    The address itself is not stored, only a digest of the mailbox it reaches (every spelling
+    of it: signup.workflow.mailbox); the row is kept only while the budget needs it or a
+    signup of the address is under way or verified (workflow.forget_idle_addresses).
     """
 
     digest = models.CharField(max_length=64, unique=True)
@@ -292,6 +306,8 @@ class Address(models.Model):
     last_sent_at = models.DateTimeField(null=True, blank=True)
     day_started_at = models.DateTimeField(null=True, blank=True)
     sent_today = models.PositiveSmallIntegerField(default=0)
+    # The same count for each network the signups came from: {Signup.client_network: count}.
+    sent_today_by_network = models.JSONField(default=dict, blank=True)
 
     class Meta:
         verbose_name_plural = "addresses"

@@ -5,11 +5,17 @@ text the project did not write itself (a provider's error, a request line) are m
 import logging
 import re
 
-# Good enough to catch what providers and servers print: "alice@example.com", "<alice@…>",
-# "{'alice@example.com': (550, …)}" and the %40 of a URL. It also masks what only looks
-# like an address, such as a Message-ID (the ledger keeps those) or a Celery node name
-# (which is why Celery's own lines are not all filtered, see config/celery.py).
-_ADDRESS = re.compile(r"[\w.!$%*+^`|~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)*")
+# Every spelling of an address providers and servers print: "alice@example.com", "<alice@…>",
+# "{'alice@example.com': (550, …)}", the %40 of a URL (the query's name and = kept), and any
+# local part RFC 5322 allows, unquoted (its atext: "jane.doe/team=x@", "o'brien@") or quoted
+# ("\"jane doe\"@"). It also masks what only looks like an address, such as a Message-ID
+# (the ledger keeps those) or a Celery node name (which is why Celery's own lines are not
+# all filtered, see config/celery.py), and may take a word joined to an address by such
+# characters with it. An apostrophe or a brace where an address starts is taken as the
+# text's, not the address's.
+_LOCAL_PART = r"""(?:"(?:[^"\\\r\n]|\\.)*"|[\w.!#$%&*+/=?^`|~-][\w.!#$%&'*+/=?^`{|}~-]*)"""
+_DOMAIN = r"[\w-]+(?:\.[\w-]+)*"
+_ADDRESS = re.compile(rf"{_LOCAL_PART}@{_DOMAIN}|[\w.!$%*+^`|~-]+%40{_DOMAIN}")
 # The emailed link, /signup/verify/<token>/ (signup/urls.py): the token verifies the signup.
 _VERIFY_TOKEN = re.compile(r"(/signup/verify/)[^/?#\s\"'<>]+")
 

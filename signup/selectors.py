@@ -17,9 +17,9 @@ def signup_by_username(username: str) -> Signup | None:
 
 def signup_for_token(token: str) -> Signup:
     """Return the signup a verification token names; raise tokens.InvalidToken if none."""
-    signup_id, created_ts = tokens.read_token(token)
-    signup = Signup.objects.filter(pk=signup_id).first()
-    if signup is None or int(signup.created_at.timestamp()) != created_ts:
+    named = tokens.read_token(token)
+    signup = Signup.objects.filter(**named.lookup()).first()
+    if signup is None or not named.names(signup):
         raise tokens.InvalidToken("no such signup")
     return signup
 

@@ -166,11 +166,11 @@ def greet_signup(signup_id: int) -> None:
 
 
 @shared_task
-def request_verification_email(email: str) -> None:
+def request_verification_email(email: str, network: str = "") -> None:
     """The resend page's request, done here so that the page answers alike for every address."""
     from signup import workflow
 
-    outcome = workflow.request_verification_email(email=email)
+    outcome = workflow.request_verification_email(email=email, network=network)
     logger.info("resend request: %s", outcome)
 
 

@@ -1,12 +1,17 @@
-"""Signed, expiring verification links.
+"""Signed verification links.
 
-A token names one signup record (its id and creation time) and is signed with SECRET_KEY
-through django.core.signing, so it cannot be forged or pointed at another record; it stops
-working after SIGNUP_EXPIRES_AFTER. The state checks (already verified, expired) are the
-workflow's, so a used link can still say what happened.
+A token is a signup's random public id, signed with SECRET_KEY through django.core.signing,
+so it cannot be forged or pointed at another record, and it tells nothing: no sequential id,
+no time. Whether it still verifies is the signup's state to say (pending until it expires,
+verified, closed), so a used link can still say what happened.
+
+Links sent before public ids named the signup's id and creation time in a signed, timestamped
+payload; they are still read, as long as SIGNUP_EXPIRES_AFTER + SIGNUP_MAX_EXTENSION allow.
 """
 
 import re
+import uuid
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -16,7 +21,8 @@ from django.urls import reverse
 SALT = "signup.verify"
 # Which email a link came from: the verification email or reminder n. Only these travel in
 # links; "api" (a call of the JSON API) and "operator" (an admin action) are the server's.
-LINK_SOURCE_PATTERN = re.compile(r"\A(verification|reminder-[1-9][0-9]{0,2})\Z")
+LINK_SOURCE_PATTERN = re.compile(r"\A(?:verification|reminder-([1-9][0-9]{0,2}))\Z")
+VERIFICATION_SOURCE = "verification"
 API_SOURCE = "api"
 TOKEN_MAX_LENGTH = 200
 
@@ -26,21 +32,48 @@ class InvalidToken(Exception):
 
 
 class ExpiredToken(InvalidToken):
-    """The token was genuine but is older than SIGNUP_EXPIRES_AFTER."""
+    """The token was genuine but is older than any signup stays pending (an old-style link)."""
+
+
+@dataclass(frozen=True)
+class SignupRef:
+    """What a token names: a signup by its public id, or (an old link) by its id and creation
+    time."""
+
+    public_id: uuid.UUID | None = None
+    legacy: tuple[int, int] | None = None
+
+    def lookup(self) -> dict:
+        return {"public_id": self.public_id} if self.public_id else {"pk": self.legacy[0]}
+
+    def names(self, signup) -> bool:
+        return self.public_id is not None or int(signup.created_at.timestamp()) == self.legacy[1]
+
+
+_PUBLIC_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 
 
 def make_token(signup) -> str:
-    """Return a token that verifies this signup until it expires."""
-    return signing.dumps([signup.pk, int(signup.created_at.timestamp())], salt=SALT)
+    """Return a token that verifies this signup while it is pending."""
+    return signing.Signer(salt=SALT).sign(signup.public_id.hex)
 
 
-def read_token(token: str) -> tuple[int, int]:
-    """Return (signup id, creation timestamp) from a token, or raise InvalidToken."""
+def read_token(token: str) -> SignupRef:
+    """Return the signup a token names, or raise InvalidToken."""
     if not isinstance(token, str) or not token or len(token) > TOKEN_MAX_LENGTH:
         raise InvalidToken("malformed token")
     try:
-        # As long as the signup may be pending: an operator may extend it (workflow.extend_expiry).
-        # Whether it still is, is the signup's to say.
+        value = signing.Signer(salt=SALT).unsign(token)
+    except signing.BadSignature as exc:
+        raise InvalidToken("bad signature") from exc
+    if _PUBLIC_ID.match(value):
+        return SignupRef(public_id=uuid.UUID(hex=value))
+    return SignupRef(legacy=_read_legacy_token(token))
+
+
+def _read_legacy_token(token: str) -> tuple[int, int]:
+    try:
+        # As long as a signup may be pending: an operator may extend it (workflow.extend_expiry).
         max_age = settings.SIGNUP_EXPIRES_AFTER + settings.SIGNUP_MAX_EXTENSION
         value = signing.loads(token, salt=SALT, max_age=max_age)
     except signing.SignatureExpired as exc:
@@ -59,6 +92,12 @@ def read_token(token: str) -> tuple[int, int]:
 def is_link_source(source: object) -> bool:
     """Return whether `source` names an email, so that a link may carry it."""
     return isinstance(source, str) and bool(LINK_SOURCE_PATTERN.match(source))
+
+
+def reminder_number(source: str) -> int | None:
+    """The n of a "reminder-n" source; None for any other."""
+    match = LINK_SOURCE_PATTERN.match(source) if isinstance(source, str) else None
+    return int(match.group(1)) if match and match.group(1) else None
 
 
 def is_token_source(source: object) -> bool:

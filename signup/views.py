@@ -19,7 +19,10 @@ def signup_form(request):
     if request.method == "POST" and form.is_valid():
         try:
             workflow.start_signup(
-                **form.cleaned_data, language=translation.get_language(), greet_later=True
+                **form.cleaned_data,
+                language=translation.get_language(),
+                client_network=limits.client_network(request),
+                greet_later=True,
             )
         except workflow.UsernameTaken:
             form.add_error("username", _("This username is already taken."))
@@ -102,9 +105,10 @@ def resend(request):
     if request.method == "POST" and form.is_valid():
         # The work is a task's, so the answer is the same, in words and in time, whether or
         # not the address has a signup: the page can't be used to find out who signed up.
+        network = limits.client_network(request)
         tasks.request_verification_email.apply_async(
-            (form.cleaned_data["email"],),
-            argsrepr="('<address>',)",  # not in Flower or logs
+            (form.cleaned_data["email"], network),
+            argsrepr="('<address>', '<network>')",  # not in Flower or logs
         )
         return render(request, "signup/resend_done.html", {"email": form.cleaned_data["email"]})
     status = 400 if form.errors else 200

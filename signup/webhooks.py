@@ -2,22 +2,25 @@
 webhooks, matched to the ledger and handed to the workflow.
 
 Only anymail's tracking endpoints are mounted. They answer 404 while ANYMAIL_WEBHOOK_SECRET
-is unset; once it is set, anymail checks HTTP basic auth on every post. Posts that fail auth
-or can't be read get a 4xx and change nothing.
+is unset, and so does the endpoint of a provider whose own settings are missing (a signing
+key, a package); once it is set, anymail checks HTTP basic auth on every post. Posts that
+fail auth (counted per client like wrong API keys: past the limit, 429) or can't be read get
+a 4xx, change nothing and log one line.
 """
 
 import logging
 from functools import wraps
 
 from anymail import urls as anymail_urls
-from anymail.exceptions import AnymailConfigurationError
+from anymail.exceptions import AnymailWebhookValidationFailure
 from anymail.signals import tracking
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import receiver
 from django.http import JsonResponse
 from django.urls import path
 
-from signup import workflow
+from signup import limits, workflow
 from signup.models import OutboundEmail
 
 logger = logging.getLogger(__name__)
@@ -72,21 +75,43 @@ def _is_soft_bounce(event) -> bool:
 
 
 def refuse_malformed(view):
-    """Answer 404 while webhooks are off, and 400 (not 500) to a post that can't be read."""
+    """Answer 404 while webhooks are off or the provider is not configured, 403 (429 past the
+    limit) to wrong credentials, and 400 (not 500) to a post that can't be read: each logged
+    in one line by django.request, as every 4xx is, without a traceback."""
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
         if not settings.ANYMAIL.get("WEBHOOK_SECRET"):
             return JsonResponse({"message": "Webhooks are not configured."}, status=404)
+        if not _configured(view):
+            message = "This provider's webhook is not configured."
+            return JsonResponse({"message": message}, status=404)
         try:
             return view(request, *args, **kwargs)
         except EventNotRecorded:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, AnymailConfigurationError):
-            logger.warning("malformed webhook post to %s", request.path, exc_info=True)
+        except AnymailWebhookValidationFailure:
+            status, retry_after = limits.refuse_bad_credentials(request)
+            response = JsonResponse({"message": "The credentials are not valid."}, status=status)
+            if retry_after:
+                response["Retry-After"] = str(retry_after)
+            return response
+        except (ValueError, TypeError, KeyError, AttributeError, ImproperlyConfigured):
+            # ImproperlyConfigured: anymail's word for a post meant for another endpoint (an
+            # inbound message posted to the tracking URL).
             return JsonResponse({"message": "The event could not be read."}, status=400)
 
     return wrapper
+
+
+def _configured(view) -> bool:
+    """Whether a provider's webhook view has the settings and packages it needs (a signing
+    key, boto3): anymail checks them when the view is made, on every request."""
+    try:
+        view.view_class(**view.view_initkwargs)
+    except ImproperlyConfigured:  # AnymailConfigurationError, AnymailImproperlyInstalled
+        return False
+    return True
 
 
 urlpatterns = [

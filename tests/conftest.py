@@ -23,6 +23,7 @@ from django.conf import settings
 from playwright.sync_api import sync_playwright
 
 from config.celery import app as celery_app
+from signup import health
 from tests.helpers import API_KEY
 
 # Fixtures that reach a service, and the marker each implies.
@@ -159,10 +160,12 @@ def workflow_settings(settings):
     settings.SIGNUP_SCHEDULE_AHEAD = 300
     # One address, one signup's worth of mail: tests that mean two people use two addresses.
     settings.SIGNUP_ADDRESS_COOLDOWN = 180
-    settings.SIGNUP_ADDRESS_DAILY_LIMIT = 5
+    settings.SIGNUP_ADDRESS_DAILY_LIMIT = 10
+    settings.SIGNUP_ADDRESS_NETWORK_DAILY_LIMIT = 3
+    settings.SIGNUP_UNSENT_EXPIRES_AFTER = 3600
     # Rate limits out of the way; the tests of the limits set their own.
     settings.SIGNUP_RATE_LIMIT_PAGES = settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "100000/m"
-    settings.SIGNUP_RATE_LIMIT_API = "100000/m"
+    settings.SIGNUP_RATE_LIMIT_API = settings.SIGNUP_RATE_LIMIT_PROBES = "100000/m"
     settings.SIGNUP_API_KEY = API_KEY
     settings.SITE_URL = "http://testserver"
     return settings
@@ -178,6 +181,12 @@ def _own_cache(request, settings):
             "LOCATION": request.node.nodeid,
         }
     }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_readiness():
+    """/readyz looks afresh in each test (it keeps its answer for a second)."""
+    health.forget_readiness()
 
 
 @pytest.fixture

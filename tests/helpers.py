@@ -2,9 +2,11 @@
 database faults some tests cause."""
 
 import html
+import logging
 import re
 import smtplib
 import time
+from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
@@ -13,7 +15,7 @@ from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.db import connection
 
-API_KEY = "test-api-key-0123456789"
+API_KEY = "test-api-key-0123456789-abcdefghijklmn"
 
 
 def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message: str = ""):
@@ -36,6 +38,28 @@ def greet_waiting() -> int:
 
     waiting = Signup.objects.filter(greeted_at__isnull=True).order_by("id")
     return sum(workflow.greet_signup(signup_id=pk) for pk in waiting.values_list("id", flat=True))
+
+
+@contextmanager
+def written_lines(*loggers: str):
+    """The lines the service's log configuration writes for these loggers (the project's and
+    Django's request reports by default) while the block runs, tracebacks included."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.extend(self.format(record).splitlines())
+
+    handler = Collect()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    names = loggers or ("signup", "django.request")
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield lines
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(handler)
 
 
 QUEUES = ("celery", "email", "webhooks")  # config.settings.CELERY_TASK_QUEUES

@@ -47,6 +47,7 @@ def delivered(receiver: Receiver, event_type: str, count: int = 1, timeout: floa
 
 def test_a_verified_signup_sends_one_signed_verified_event(receiver, worker, settings):
     signup = workflow.start_signup(**signup_data())
+    assert workflow.take_reminder(signup_id=signup.pk, number=1) is not None
     workflow.verify_signup(token=tokens.make_token(signup), source="reminder-1")
     (started,) = delivered(receiver, "signup.started")
     (event,) = delivered(receiver, "signup.verified")

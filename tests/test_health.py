@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from harness.processes import BIN, ROOT, fresh_database
 from harness.service import BEAT_SWEPT, Service
-from signup import workflow
+from signup import health, workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
 from signup.workflow.sweeper import SWEEP_HEARTBEAT
 from tests.helpers import API_KEY, signup_data, wait_for
@@ -193,3 +193,51 @@ def test_readyz_turns_503_within_three_sweeps_of_beat_stopping_and_200_after_it_
             wait_for(lambda: ready() == 200, timeout=10, message="ready again after beat restarts")
         finally:
             service.stop()
+
+
+@pytest.mark.redis
+def test_readyz_answers_a_loop_of_calls_on_one_kept_broker_connection(client, broker, swept):
+    """The audit: 200 calls opened 344 Redis connections. Each process keeps one for the
+    check (and answers from its last look for a second, left out here)."""
+    health.READY_CACHE_SECONDS, cached = 0.0, health.READY_CACHE_SECONDS
+    try:
+        client.get("/readyz")  # the kept connection is made
+        before = broker.info("stats")["total_connections_received"]
+        for _ in range(50):
+            assert client.get("/readyz").status_code == 200
+        opened = broker.info("stats")["total_connections_received"] - before
+    finally:
+        health.READY_CACHE_SECONDS = cached
+    assert opened <= 2, opened
+
+
+@pytest.mark.redis
+def test_readyz_keeps_its_answer_for_a_moment(client, broker, swept):
+    assert client.get("/readyz").status_code == 200
+    Heartbeat.objects.all().delete()  # the sweeper's record gone: not ready once looked at
+    assert client.get("/readyz").status_code == 200  # within the second: the last look
+    time.sleep(1.05)
+    assert client.get("/readyz").status_code == 503
+
+
+@pytest.mark.redis
+def test_readyz_is_rate_limited_per_client(client, broker, swept, settings):
+    settings.SIGNUP_RATE_LIMIT_PROBES = "5/m"
+    statuses = [client.get("/readyz").status_code for _ in range(7)]
+    assert statuses == [200] * 5 + [429] * 2
+    assert client.get("/readyz", REMOTE_ADDR="192.0.2.44").status_code == 200
+
+
+@pytest.mark.redis
+def test_readyz_reconnects_after_the_broker_was_away(client, broker, swept, settings):
+    assert client.get("/readyz").status_code == 200
+    from signup import health
+
+    broker.client_kill_filter(_type="normal", skipme=True)  # the broker drops every client
+    health.forget_readiness()
+    answer = client.get("/readyz")
+    # The kept connection was cut: this look may find it so, the next one reconnects.
+    if answer.status_code == 503:
+        health.forget_readiness()
+        answer = client.get("/readyz")
+    assert answer.status_code == 200, answer.content

@@ -55,16 +55,16 @@ def test_a_german_signup_through_the_page_gets_every_email_in_german(client, wor
 
     subjects = [m.subject for m in emails_to("jonas@example.com")]
     assert subjects == [
-        "Bestätige deine E-Mail-Adresse für jonas",
-        "Erinnerung: Bestätige deine E-Mail-Adresse für jonas",
-        "Erinnerung: Bestätige deine E-Mail-Adresse für jonas",
+        "Bestätige deine E-Mail-Adresse für testserver",
+        "Erinnerung: Bestätige deine E-Mail-Adresse für testserver",
+        "Erinnerung: Bestätige deine E-Mail-Adresse für testserver",
         "Willkommen, Jonas! Dein Konto jonas ist bereit",
     ]
     for message in emails_to("jonas@example.com"):
         html = message.alternatives[0][0]
         assert '<html lang="de">' in html
         for body in (message.body, html):
-            prose = re.sub(r"https?://\S+|jonas|Jonas", "", body)
+            prose = re.sub(r"https?://\S+|jonas|Jonas|testserver", "", body)
             assert not ENGLISH.search(prose), (message.subject, ENGLISH.search(prose))
     assert "Mein Konto bestätigen" in emails_to("jonas@example.com")[0].alternatives[0][0]
 
@@ -82,7 +82,7 @@ def test_a_french_signup_through_the_api_with_its_time_zone(api, worker):
     assert (answer.json()["language"], answer.json()["time_zone"]) == ("fr", "America/Montreal")
     signup = Signup.objects.get(username="camille")
     (verification,) = wait_for_emails("camille@example.com", "Vérifiez")
-    assert verification.subject == "Vérifiez votre adresse e-mail pour camille"
+    assert verification.subject == "Vérifiez votre adresse e-mail pour testserver"
     local = timezone.localtime(signup.expires_at, ZoneInfo("America/Montreal"))
     # French date and the person's clock: "6 décembre 2026 à 17:41 (EST)".
     months = [
@@ -106,8 +106,8 @@ def test_a_french_signup_through_the_api_with_its_time_zone(api, worker):
     wait_for_emails("camille@example.com", "Bienvenue")
     # French typography: a no-break space before the colon and the exclamation mark.
     assert [m.subject for m in emails_to("camille@example.com")] == [
-        "Vérifiez votre adresse e-mail pour camille",
-        "Rappel\u00a0: vérifiez votre adresse e-mail pour camille",
+        "Vérifiez votre adresse e-mail pour testserver",
+        "Rappel\u00a0: vérifiez votre adresse e-mail pour testserver",
         "Bienvenue, Camille\u00a0! Votre compte camille est prêt",
     ]
 
@@ -246,7 +246,7 @@ def test_a_language_no_longer_offered_speaks_the_default(settings, broker):
     email = signup.emails.get()
     assert build_message(email, signup).subject.startswith("Bestätige")
     settings.LANGUAGES = [("en", "English"), ("fr", "Français")]
-    assert build_message(email, signup).subject == "Verify your email address for alice"
+    assert build_message(email, signup).subject == "Verify your email address for testserver"
 
 
 @pytest.mark.django_db

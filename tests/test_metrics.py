@@ -49,6 +49,19 @@ def test_metrics_want_the_bearer_token(client, metrics_on):
     assert b"signup_" not in wrong.content
 
 
+def test_guessing_the_metrics_token_is_slowed_per_client(client, metrics_on, settings):
+    settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
+    statuses = [
+        client.get("/metrics", headers={"Authorization": f"Bearer guess{n}"}).status_code
+        for n in range(5)
+    ]
+    assert statuses == [403, 403, 403, 429, 429]
+    limited = client.get("/metrics", headers={"Authorization": "Bearer guess"})
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    # The right token still scrapes: the pause is for guesses.
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
 def test_metrics_count_what_the_workflow_did(client, metrics_on):
     started = [
         workflow.start_signup(**signup_data(username=f"m{n}", email=f"m{n}@example.com"))
@@ -56,6 +69,8 @@ def test_metrics_count_what_the_workflow_did(client, metrics_on):
     ]
     OutboundEmail.objects.filter(kind="verification").update(status="sent", sent_at=timezone.now())
     verified, by_operator, expiring, bounced, _still_pending = started
+    reminder = workflow.take_reminder(signup_id=verified.pk, number=1)
+    OutboundEmail.objects.filter(pk=reminder).update(status="sent", sent_at=timezone.now())
     workflow.verify_signup(token=tokens.make_token(verified), source="reminder-1")
     workflow.verify_signup_by_operator(signup_id=by_operator.pk)
     Signup.objects.filter(pk=expiring.pk).update(expires_at=timezone.now() - timedelta(seconds=1))

@@ -4,6 +4,7 @@ import re
 
 import pytest
 from django.contrib.sessions.models import Session
+from django.core import signing
 
 from signup import tokens, workflow
 from signup.models import Signup
@@ -41,6 +42,8 @@ def _link(signup, source="verification"):
 
 def test_the_link_asks_for_confirmation_and_only_post_verifies(client):
     signup = workflow.start_signup(**signup_data())
+    for number in (1, 2):  # the link came from reminder 2, which was sent
+        assert workflow.take_reminder(signup_id=signup.pk, number=number) is not None
     page = client.get(_link(signup, "reminder-2"))
     assert page.status_code == 200
     assert b"Verify my account" in page.content
@@ -104,9 +107,11 @@ def test_expired_and_cancelled_signups_get_their_own_page(client, settings):
     assert b"cancelled" in response.content
 
 
-def test_a_link_older_than_any_signup_could_be_pending_is_expired(client, settings):
+def test_an_old_style_link_older_than_any_signup_could_be_pending_is_expired(client, settings):
     signup = workflow.start_signup(**signup_data())
-    link = _link(signup)
+    old = signing.dumps([signup.pk, int(signup.created_at.timestamp())], salt=tokens.SALT)
+    link = f"/signup/verify/{old}/?source=verification"
+    assert client.get(link).status_code == 200
     # Past the expiry and the longest extension: every signed timestamp is now too old.
     settings.SIGNUP_EXPIRES_AFTER = -1
     settings.SIGNUP_MAX_EXTENSION = 0

@@ -16,8 +16,8 @@ from django.utils import timezone
 from config.celery import app as celery_app
 from harness.processes import BIN, free_port, pg_url, start_process, stop_all
 from signup import tasks, tokens, workflow
-from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import hidden_fields, signup_data, wait_for
+from signup.models import Address, OutboundEmail, Signup, SignupEvent
+from tests.helpers import greet_waiting, hidden_fields, signup_data, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -271,3 +271,65 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "jane.doe/team=victim@bombed.example",
+        "o'brien.victim@bombed.example",
+        '"victim..x"@bombed.example',
+        "victim+tag{1}@bombed.example",
+    ],
+)
+def test_an_address_a_provider_echoes_is_stored_and_logged_without_any_of_it(
+    caplog, settings, address
+):
+    """Every spelling RFC 5322 allows in a local part, quoted back by the provider in its 550:
+    nothing of it in the ledger's error, the timeline or the worker's log."""
+    settings.EMAIL_BACKEND = "tests.helpers.RefusingBackend"
+    signup = workflow.start_signup(**signup_data(email=address))
+    email = signup.emails.get()
+    with caplog.at_level(logging.INFO):
+        tasks.attempt_delivery(email.pk)
+    email.refresh_from_db()
+    assert email.status == "failed"
+    stored = email.last_error + repr(list(signup.events.values_list("detail", flat=True)))
+    for text in (stored, caplog.text):
+        assert "victim" not in text and "bombed" not in text, text
+        assert "jane" not in text and "brien" not in text, text
+    assert "<address>" in email.last_error
+
+
+def test_an_erased_signup_leaves_nothing_derived_from_its_address_beyond_the_budgets_day(
+    settings, client
+):
+    client.post(
+        "/signup/", _person("gone") | {"email": "gone@example.com"}, REMOTE_ADDR="192.0.2.5"
+    )
+    greet_waiting()
+    signup = Signup.objects.get(username="gone")
+    digest = workflow.address_digest("gone@example.com")
+    assert signup.client_network and signup.address.digest == digest
+    assert workflow.erase_personal_data(signup_id=signup.pk, operator="ops")
+    signup.refresh_from_db()
+    assert (signup.client_network, signup.address_id) == ("", None)
+    # The budget still needs its row for the day: the cooldown, the daily counts.
+    assert workflow.forget_idle_addresses() == 0
+    assert Address.objects.filter(digest=digest).exists()
+    Address.objects.filter(digest=digest).update(
+        last_sent_at=timezone.now() - timedelta(days=1, seconds=1)
+    )
+    assert workflow.forget_idle_addresses() == 1
+    assert not Address.objects.filter(digest=digest).exists()
+    assert digest not in _records(signup.pk)
+
+
+def test_an_address_with_a_mute_pending_signup_is_remembered(settings):
+    first = workflow.start_signup(**signup_data(username="first", email="kept@example.com"))
+    workflow.cancel_signup(signup_id=first.pk)
+    mute = workflow.start_signup(**signup_data(username="mute", email="kept@example.com"))
+    mute.refresh_from_db()
+    assert not mute.emails.exists() and mute.status == "pending"
+    Address.objects.update(last_sent_at=timezone.now() - timedelta(days=2))
+    assert workflow.forget_idle_addresses() == 0  # the resend page may still reach it

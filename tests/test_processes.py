@@ -82,6 +82,9 @@ class Deployment:
     # With the abuse limits a public deployment has; else the form's per-client limit is
     # raised, so that the flow tests, all from one address, don't meet it.
     public: bool = False
+    # SIGNUP_ADDRESS_COOLDOWN, when a test needs a day's worth of signups in seconds (behind
+    # one trusted proxy then, so that the test names each client in X-Forwarded-For).
+    cooldown: int | None = None
 
 
 @dataclass
@@ -145,6 +148,11 @@ def service(request, tmp_path_factory, hook_receiver):
     deployment: Deployment = request.param
     tmp = tmp_path_factory.mktemp(f"{deployment.broker}-{deployment.expires_after}s")
     limits = {} if deployment.public else {"SIGNUP_RATE_LIMIT_PAGES": "100000/m"}
+    if deployment.cooldown is not None:
+        limits |= {
+            "SIGNUP_ADDRESS_COOLDOWN": str(deployment.cooldown),
+            "SIGNUP_TRUSTED_PROXIES": "1",
+        }
     broker_url = BROKER_URLS[deployment.broker]
     with ExitStack() as cleanup:
         database_url = cleanup.enter_context(fresh_database())
@@ -194,14 +202,21 @@ def _watch_processes(request, service):
     assert "Traceback" not in new_output, "a process logged a traceback during the test"
 
 
-def deployed(*, expires_after: int, brokers=tuple(BROKER_URLS), public: bool = False):
+def deployed(
+    *,
+    expires_after: int,
+    brokers=tuple(BROKER_URLS),
+    public: bool = False,
+    cooldown: int | None = None,
+):
     """Run the test against each broker, on a service whose signups expire after this long."""
+    suffix = ("-public" if public else "") + (f"-cooldown{cooldown}" if cooldown else "")
     return pytest.mark.parametrize(
         "service",
         [
             pytest.param(
-                Deployment(broker, expires_after, public),
-                id=f"{broker}-public" if public else broker,
+                Deployment(broker, expires_after, public, cooldown),
+                id=f"{broker}{suffix}",
                 marks=getattr(pytest.mark, broker),
             )
             for broker in brokers
@@ -223,14 +238,15 @@ def error_fields(page: requests.Response) -> set[str]:
 
 
 def fill_in_signup_form(
-    service: Deployed, browser: requests.Session, **fields
+    service: Deployed, browser: requests.Session, *, headers: dict | None = None, **fields
 ) -> requests.Response:
-    form = browser.get(f"{service.url}/signup/", timeout=HTTP_TIMEOUT)
+    form = browser.get(f"{service.url}/signup/", headers=headers, timeout=HTTP_TIMEOUT)
     assert form.status_code == 200
     return browser.post(
         f"{service.url}/signup/",
         data={**hidden_fields(form), **fields},
-        headers={"Origin": service.url},  # as a browser sends it with a form
+        # As a browser sends it with a form.
+        headers={"Origin": service.url, **(headers or {})},
         timeout=HTTP_TIMEOUT,
     )
 
@@ -269,7 +285,10 @@ def test_a_new_user_signs_up_verifies_by_email_and_is_welcomed(service):
     assert "ada@example.com" not in sent.text  # the session does not keep the address
 
     (verification,) = service.wait_for_emails("ada@example.com", "Verify")
-    assert verification.subject == "Verify your email address for ada"
+    # Named by its site, never by what the person typed: nobody has verified the address yet.
+    assert verification.subject == f"Verify your email address for {urlsplit(service.url).hostname}"
+    prose = re.sub(r"https?://\S+", "", verification.text)  # the link's token is random
+    assert "ada" not in verification.subject and "Ada" not in prose
     link = verify_link(service, verification)
     assert link.source == "verification"
 
@@ -618,6 +637,50 @@ def test_forty_signups_naming_one_address_send_it_one_signups_worth_of_mail(serv
     assert len(service.emails("victim@example.com", "Reminder")) == len(reminders) == 6
     assert len(received) == 7
     print(f"40 signups naming one address in {seconds:.1f} s: {len(received)} emails")
+
+
+@deployed(expires_after=LASTING, brokers=("redis",), public=True, cooldown=1)
+def test_a_strangers_five_signups_do_not_stop_the_owners_own(service):
+    """The audit's lockout, against the processes: five form signups naming the owner's
+    address, from one network, each past the cooldown (a day's worth, here seconds apart),
+    then the owner's own signup from theirs. The owner gets its verification email and its
+    reminder chain."""
+    owner = "owner@dos.example"
+    started = time.monotonic()
+    for n in range(5):
+        page = fill_in_signup_form(
+            service,
+            requests.Session(),
+            username=f"squat{n}",
+            email=owner,
+            first_name="Eve",
+            headers={"X-Forwarded-For": "203.0.113.7"},
+        )
+        assert page.status_code == 200, page.text
+        if n < 3:  # the network's daily share, each greeted before the next comes
+            service.wait_for_emails(owner, "Verify", count=n + 1)
+        time.sleep(1.2)  # past the cooldown
+    page = fill_in_signup_form(
+        service,
+        requests.Session(),
+        username="owner",
+        email=owner,
+        first_name="Olga",
+        headers={"X-Forwarded-For": "198.51.100.9"},
+    )
+    assert page.status_code == 200, page.text
+    service.wait_for_emails(owner, "Verify", count=4)
+    wait_for(
+        lambda: service.signup("owner")["emails"]["sent"] == 1,
+        message="the owner's verification email recorded as sent",
+    )
+    time.sleep(2)
+    assert len(service.emails(owner, "Verify")) == 4  # the stranger's network got its 3
+    assert all(service.signup(f"squat{n}")["emails"]["sent"] == 0 for n in (3, 4))
+    print(
+        f"five signups of one network, then the owner's, in {time.monotonic() - started:.1f} s:"
+        " 3 verification emails for the stranger's, 1 for the owner's"
+    )
 
 
 @deployed(expires_after=LASTING, brokers=("redis",))

@@ -96,7 +96,7 @@ def test_quickstart_defaults_run_the_flow_with_a_real_worker(quickstart_env, tmp
                 "email='quinn@example.com', first_name='Quinn')"
             ),
         )
-        _wait_for_output(log, r"Subject: Verify your email address for quinn")
+        _wait_for_output(log, r"Subject: Verify your email address for 127\.0\.0\.1")
         _wait_for_output(log, r"Subject: Reminder: verify", timeout=20)
         link = _wait_for_output(log, r"http://127\.0\.0\.1:8000/signup/verify/(\S+)/\?source=(\S+)")
         token, source = link[0]

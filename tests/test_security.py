@@ -3,7 +3,7 @@
 import pytest
 
 from signup import tokens, workflow
-from tests.helpers import signup_data
+from tests.helpers import signup_data, written_lines
 
 pytestmark = pytest.mark.django_db
 
@@ -64,3 +64,24 @@ def test_forwarded_proto_is_not_trusted_unless_configured(client, settings):
     proxied = client.get("/signup/", headers={"X-Forwarded-Proto": "https"})
     assert proxied.status_code == 200
     assert proxied["Strict-Transport-Security"] == "max-age=3600"
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "\x00" * 40 + "x",
+        "a" * 100_000,
+        "abc",
+        "../../etc/passwd",
+        "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+    ],
+)
+def test_a_session_cookie_django_never_made_is_no_session(client, cookie):
+    """The audit's 500: a NUL byte in the admin's session cookie reached PostgreSQL, which
+    can't compare it. Any key Django would not make is treated as an unknown one."""
+    client.cookies["sessionid"] = cookie
+    with written_lines() as lines:
+        answer = client.get("/admin/login/")
+    assert answer.status_code == 200
+    assert not any("Traceback" in line for line in lines)
+    assert client.get("/admin/").status_code == 302  # to the login page, as with no cookie

@@ -8,9 +8,9 @@ import json
 import pytest
 import requests
 
-from signup import workflow
+from signup import webhooks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import signup_data
+from tests.helpers import signup_data, written_lines
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -193,3 +193,46 @@ def test_a_bounce_posted_over_real_http_stops_the_signup(live_server, mailoutbox
     assert Signup.objects.get().status == "undeliverable"
     forged = requests.post(live_server.url + URL, json=payload, timeout=10)
     assert forged.status_code in (400, 401, 403)
+
+
+def test_guessing_the_basic_auth_is_slowed_per_client(client, mailoutbox, settings):
+    settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
+    email = _sent_verification(mailoutbox)
+    bounce = _event(email, "Bounce", Type="HardBounce")
+    statuses = [_post(client, bounce, secret=f"hook-user:guess{n}").status_code for n in range(5)]
+    assert statuses == [403, 403, 403, 429, 429]
+    assert Signup.objects.get().status == "pending"
+    # The provider, with the right secret, is not held back by someone else's guesses.
+    assert _post(client, bounce).status_code == 200
+    assert Signup.objects.get().status == "undeliverable"
+
+
+ANYMAIL_TRACKING = ["/anymail/" + str(pattern.pattern) for pattern in webhooks.urlpatterns]
+
+
+@pytest.mark.parametrize("url", ANYMAIL_TRACKING)
+def test_junk_posts_to_any_providers_endpoint_get_a_4xx_and_log_one_line(client, url):
+    """Providers whose own settings are missing (a signing key, a package) answer 404; wrong
+    credentials 403; junk 400. Never a 500, never a traceback: a 4xx is one line."""
+    for body, headers in [
+        (b"{}", {}),  # no credentials
+        (b"{}", _auth()),
+        (b"not json", _auth()),
+        (b'{"event": [1, 2], "type": null, "RecordType": {"a": 1}}', _auth()),
+    ]:
+        with written_lines() as lines:
+            response = client.post(url, body, content_type="application/json", headers=headers)
+        assert response.status_code in (200, 400, 403, 404), (url, response.status_code)
+        if response.status_code >= 400:
+            assert len(lines) == 1, lines
+        assert not any("Traceback" in line for line in lines), lines
+    assert not OutboundEmail.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "provider", ["mailgun", "amazon_ses", "postal", "mailersend", "unisender_go"]
+)
+def test_a_provider_that_is_not_configured_answers_404(client, provider):
+    response = client.post(f"/anymail/{provider}/tracking/", b"{}", content_type="application/json")
+    assert response.status_code == 404
+    assert response.json() == {"message": "This provider's webhook is not configured."}

@@ -7,8 +7,10 @@ a signup themselves. The modules follow a signup's life:
     start          start_signup: a new pending signup; greet_signup: what its address may be
                    sent, after commit for the form's and the API's (their answers' time
                    then does not depend on the address)
-    addresses      one address, one signup's worth of mail: the budget, the reminder chain
-                   one address has, the resend page's request
+    mailbox        which mailbox an address reaches: the form it is stored in, and the key
+                   its budget counts by whatever the spelling
+    addresses      one mailbox, one signup's worth of mail: the budget (per network too),
+                   the reminder chain one mailbox has, the resend page's request
     reminders      the self-rescheduling reminder chain and the expiry at its end; an
                    operator sending the next reminder now or extending the expiry
     verification   verifying by link or by an operator; another verification email

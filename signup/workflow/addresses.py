@@ -1,12 +1,14 @@
-"""One address, one signup's worth of mail.
+"""One mailbox, one signup's worth of mail.
 
-However many signups name an address, it is sent at most one verification (or "you already
-have an account") email per SIGNUP_ADDRESS_COOLDOWN and SIGNUP_ADDRESS_DAILY_LIMIT a day, and
-one reminder chain: the newest signup whose verification email went out takes the chain over
-where it stood, so the reminders add up to what one signup gets. A signup over the budget
-stays mute (its link was never sent); the resend page reaches it later. Every function that
-changes what an address is sent locks its Address row first, then the signups: the order
-every transaction takes them in.
+However many signups name a mailbox, in whatever spelling (workflow.mailbox), it is sent at
+most one verification (or "you already have an account") email per SIGNUP_ADDRESS_COOLDOWN,
+SIGNUP_ADDRESS_DAILY_LIMIT a day, and SIGNUP_ADDRESS_NETWORK_DAILY_LIMIT a day for the
+signups of any one network, so that one network's signups can't spend the budget of the
+owner's; and one reminder chain: the newest signup whose verification email went out takes
+the chain over where it stood, so the reminders add up to what one signup gets. A signup over
+the budget stays mute (its link was never sent) and expires after SIGNUP_UNSENT_EXPIRES_AFTER
+unless the resend page reaches it. Every function that changes what an address is sent locks
+its Address row first, then the signups: the order every transaction takes them in.
 """
 
 import hashlib
@@ -14,11 +16,9 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models.functions import Lower
-from django.db.models.lookups import Exact
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from signup.forms import canonical_email
 from signup.models import Address, Signup
 from signup.workflow.common import (
     _PLAN_FIELDS,
@@ -29,23 +29,14 @@ from signup.workflow.common import (
     _lock,
 )
 from signup.workflow.ledger import _queue_email, _skip_unsent
+from signup.workflow.mailbox import mailbox
 from signup.workflow.reminders import _plan_next_step, _plan_reminder, _schedule_next_step
 
 
 def address_digest(email: str) -> str:
-    """Return what an address is counted by: the same for every case and form of it (an
-    international domain and its punycode are one)."""
-    return hashlib.sha256(_address_key(email).encode()).hexdigest()
-
-
-def _address_key(email: str) -> str:
-    return canonical_email(email.strip()).lower()
-
-
-def _same_address(email: str) -> Exact:
-    """A filter for the signups whose address is `email`, in any case (signups store it in
-    its canonical form)."""
-    return Exact(Lower("email"), _address_key(email))
+    """Return what an address is counted by: the digest of the mailbox it reaches, the same
+    for every spelling of it."""
+    return hashlib.sha256(mailbox(email).encode()).hexdigest()
 
 
 def _lock_address(email: str) -> Address:
@@ -56,11 +47,19 @@ def _lock_address(email: str) -> Address:
 
 
 _LOCK_ADDRESS = (
-    f"INSERT INTO {Address._meta.db_table} (digest, sent_today) VALUES (%s, 0)"
+    f"INSERT INTO {Address._meta.db_table} (digest, sent_today, sent_today_by_network)"
+    " VALUES (%s, 0, '{}')"
     " ON CONFLICT (digest) DO UPDATE SET digest = EXCLUDED.digest RETURNING *"
 )
 # The fields of an Address the workflow changes.
-_ADDRESS_FIELDS = ["live_signup", "verified_signup", "last_sent_at", "day_started_at", "sent_today"]
+_ADDRESS_FIELDS = [
+    "live_signup",
+    "verified_signup",
+    "last_sent_at",
+    "day_started_at",
+    "sent_today",
+    "sent_today_by_network",
+]
 
 
 def _lock_address_of(signup_id: int) -> Address | None:
@@ -70,25 +69,30 @@ def _lock_address_of(signup_id: int) -> Address | None:
     return _lock_address(email) if email is not None else None
 
 
-def _held_back(address: Address, *, now) -> str:
-    """Why the address may not be sent another verification email now; "" if it may."""
+def _held_back(address: Address, *, network: str, now) -> str:
+    """Why the address may not be sent another verification email now for a signup of
+    `network`; "" if it may."""
     if address.last_sent_at is not None:
         wait = settings.SIGNUP_ADDRESS_COOLDOWN - (now - address.last_sent_at).total_seconds()
         if wait > 0:
             return f"the address was sent one less than {settings.SIGNUP_ADDRESS_COOLDOWN} s ago"
-    if (
-        address.day_started_at is not None
-        and now - address.day_started_at < timedelta(days=1)
-        and address.sent_today >= settings.SIGNUP_ADDRESS_DAILY_LIMIT
-    ):
+    if address.day_started_at is None or now - address.day_started_at >= timedelta(days=1):
+        return ""
+    if address.sent_today >= settings.SIGNUP_ADDRESS_DAILY_LIMIT:
         return f"the address was sent {address.sent_today} today"
+    from_network = address.sent_today_by_network.get(network, 0)
+    if from_network >= settings.SIGNUP_ADDRESS_NETWORK_DAILY_LIMIT:
+        return f"the address was sent {from_network} today for this network's signups"
     return ""
 
 
-def _spend(address: Address, *, now) -> None:
+def _spend(address: Address, *, network: str, now) -> None:
     if address.day_started_at is None or now - address.day_started_at >= timedelta(days=1):
         address.day_started_at, address.sent_today = now, 0
+        address.sent_today_by_network = {}
     address.sent_today += 1
+    by_network = address.sent_today_by_network
+    by_network[network] = by_network.get(network, 0) + 1
     address.last_sent_at = now
 
 
@@ -114,45 +118,64 @@ def _mute(signup: Signup) -> None:
     signup.next_reminder_at = signup.reminder_enqueued_at = None
 
 
-def _tell_account_exists(address: Address, *, now, asked_by: Signup | None = None) -> None:
+def _mute_unsent(signup: Signup, *, now) -> None:
+    """Mute a signup whose address is sent nothing for it, and let it expire soon: nobody
+    can verify it until the resend page reaches it, and meanwhile it holds its username."""
+    _mute(signup)
+    soon = now + timedelta(seconds=settings.SIGNUP_UNSENT_EXPIRES_AFTER)
+    signup.expires_at = min(signup.expires_at, soon)
+
+
+def _restore_expiry(signup: Signup) -> None:
+    """Give a signup whose verification email goes out after all the time every signup has."""
+    usual = signup.created_at + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER)
+    signup.expires_at = max(signup.expires_at, usual)
+
+
+def _tell_account_exists(
+    address: Address, *, network: str, now, asked_by: Signup | None = None
+) -> None:
     """Queue a "you already have an account" email to the owner of the address's verified
     signup, instead of another verification email."""
     account = _lock(address.verified_signup_id)
     last = account.emails.filter(kind=EmailKind.ACCOUNT_EXISTS).order_by("-sequence").first()
     _queue_email(account, EmailKind.ACCOUNT_EXISTS, sequence=last.sequence + 1 if last else 1)
-    _spend(address, now=now)
+    _spend(address, network=network, now=now)
     if asked_by is not None:
         _add_event(asked_by, Event.VERIFICATION_HELD, detail="the address already has an account")
 
 
-def request_verification_email(*, email: str) -> str:
-    """Answer the resend page for an address, within its budget: a fresh verification email
-    for its newest pending signup (which takes the reminder chain over), else a "you already
-    have an account" email if it has one. Return what was done, for the logs only: the page
-    says the same whatever happened.
+def request_verification_email(*, email: str, network: str = "") -> str:
+    """Answer the resend page for an address, asked from `network`, within its budget: a
+    fresh verification email for its newest pending signup (which takes the reminder chain
+    over; one made from `network` first, so that others' newer signups do not come before the
+    owner's own), else a "you already have an account" email if it has one. Return what was
+    done, for the logs only: the page says the same whatever happened.
     """
     now = timezone.now()
     with transaction.atomic():
         address = _lock_address(email)
-        held = _held_back(address, now=now)
+        held = _held_back(address, network=network, now=now)
         if held:
             return "held back: " + held
         newest = (
             Signup.objects.select_for_update(no_key=True)
-            .filter(_same_address(email), status=Status.PENDING)
-            .order_by("-created_at", "-id")
+            .filter(address=address, status=Status.PENDING)
+            .order_by(
+                Case(When(client_network=network, then=Value(0)), default=Value(1)),
+                "-created_at",
+                "-id",
+            )
             .first()
         )
         if address.verified_signup_id is not None:
-            _tell_account_exists(address, now=now)
+            _tell_account_exists(address, network=network, now=now)
             outcome = "account exists email queued"
         elif newest is not None:
             if address.live_signup_id != newest.pk:
-                # A signup whose greeting task has not run yet (never the live one) is
-                # greeted here; the task then finds it done.
-                newest.greeted_at = newest.greeted_at or now
+                _restore_expiry(newest)
                 previous = _take_over_chain(address, newest, now=now)
-                fields = [*_PLAN_FIELDS, "reminders_sent", "greeted_at", "updated_at"]
+                fields = [*_PLAN_FIELDS, "reminders_sent", "expires_at", "updated_at"]
                 newest.save(update_fields=fields)
                 if previous is not None:
                     _add_event(previous, Event.SUPERSEDED, detail=f"by signup {newest.pk}")
@@ -162,7 +185,7 @@ def request_verification_email(*, email: str) -> str:
             sequence = last.sequence + 1 if last else 1
             _add_event(newest, Event.VERIFICATION_REQUESTED, number=sequence)
             _queue_email(newest, EmailKind.VERIFICATION, sequence=sequence)
-            _spend(address, now=now)
+            _spend(address, network=network, now=now)
             outcome = "verification email queued"
         else:
             return "nothing pending"

@@ -1,5 +1,6 @@
 """Personal data ends: closed signups are anonymised after SIGNUP_RETENTION_DAYS, an operator
-erases one at once, and addresses nobody has written to for that long are forgotten."""
+erases one at once, and the budget rows of addresses nobody has written to for a day are
+forgotten."""
 
 import logging
 from datetime import timedelta
@@ -96,10 +97,14 @@ def _erase(signup: Signup, address: Address, *, operator: str) -> None:
 
 
 def forget_idle_addresses(*, batch_size: int = 500) -> int:
-    """Delete the rows of addresses that were sent nothing for SIGNUP_RETENTION_DAYS (and at
-    least a day, the budget's own memory) and hold no pending or verified signup; return how
-    many were. A digest of an address is still about a person."""
-    idle_since = timezone.now() - timedelta(days=max(settings.SIGNUP_RETENTION_DAYS, 1))
+    """Delete the rows of addresses that were sent nothing for a day (the budget's window: its
+    cooldown and daily counts) and hold no pending or verified signup; return how many were.
+
+    A digest of an address is still about a person: it is kept only while the budget needs
+    it, or while the address has a signup under way or an account. An erased or anonymised
+    signup's address is forgotten that way within a day and an hour (this runs hourly).
+    """
+    idle_since = timezone.now() - timedelta(days=1)
     forgotten = 0
     while True:
         with transaction.atomic():
@@ -107,6 +112,7 @@ def forget_idle_addresses(*, batch_size: int = 500) -> int:
                 Address.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(Q(last_sent_at__lt=idle_since) | Q(last_sent_at__isnull=True))
                 .filter(verified_signup__isnull=True)
+                .exclude(signups__status=Status.PENDING)
                 .exclude(live_signup__status=Status.PENDING)
                 .values_list("id", flat=True)[:batch_size]
             )
@@ -119,7 +125,8 @@ def forget_idle_addresses(*, batch_size: int = 500) -> int:
 def _anonymise(signups: list[Signup], *, now, detail: str) -> None:
     """Replace the personal data of these signups (locked by the caller) with placeholders:
     their names, username and address, the address in their ledger rows, and addresses in
-    their ledger errors and timeline details.
+    their ledger errors and timeline details; and drop what was derived from their address
+    and client (their budget row's link, their network's digest).
 
     What the counts need stays: statuses and times, reminders sent, the verified source,
     event kinds and numbers, the ledger's kinds, states and attempts. Emails still queued
@@ -131,11 +138,15 @@ def _anonymise(signups: list[Signup], *, now, detail: str) -> None:
         signup.username = _ANONYMOUS_USERNAME.format(id=signup.pk)
         signup.email = _ANONYMOUS_ADDRESS.format(id=signup.pk)
         signup.first_name = _ANONYMOUS_NAME
-        signup.last_name = ""
+        signup.last_name = signup.client_network = ""
+        signup.address = None
         signup.anonymised_at = signup.updated_at = now
     Signup.objects.bulk_update(
         signups,
-        ["username", "email", "first_name", "last_name", "anonymised_at", "updated_at"],
+        [
+            *("username", "email", "first_name", "last_name", "client_network", "address"),
+            *("anonymised_at", "updated_at"),
+        ],
     )
     signup_ids = [signup.pk for signup in signups]
     ledger_rows = list(

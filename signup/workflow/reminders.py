@@ -114,10 +114,10 @@ def extend_expiry(*, signup_id: int, by: timedelta, operator: str):
     """Give a pending signup `by` more time from now: it expires at now + `by` unless it
     already expires later. Return the new expiry, or None if the signup is not pending.
 
-    Safe to repeat (the same call sets the same time), and bounded: a signup never expires
-    later than SIGNUP_MAX_EXTENSION after its first expiry, which its links are signed to
-    outlive (signup.tokens). A reminder chain that had stopped at the old expiry goes on, one
-    SIGNUP_REMINDER_INTERVAL from now.
+    Never shortens: a repeat sets `by` from its own now (a double click, a moment later), and
+    bounded: a signup never expires later than SIGNUP_MAX_EXTENSION after its first expiry
+    (the links of earlier releases are signed to outlive that: signup.tokens). A reminder
+    chain that had stopped at the old expiry goes on, one SIGNUP_REMINDER_INTERVAL from now.
     """
     now = timezone.now()
     with transaction.atomic():

@@ -14,6 +14,7 @@ from signup.workflow.addresses import (
     _lock_address,
     _lock_address_of,
     _mute,
+    _mute_unsent,
     _spend,
     _take_over_chain,
     _tell_account_exists,
@@ -41,6 +42,7 @@ def start_signup(
     last_name: str = "",
     language: str = "",
     time_zone: str = "",
+    client_network: str = "",
     greet_later: bool = False,
 ) -> Signup:
     """Record a new pending signup and greet its address: send it what it may be sent.
@@ -49,8 +51,9 @@ def start_signup(
     signup stays mute; the resend page reaches it later) or the address already has an
     account (its owner is told so instead). Its emails are written in `language` (one of
     LANGUAGES, else the default) and give times in `time_zone` (an IANA name the caller has
-    checked, else the site's). Raise UsernameTaken if a pending or verified signup holds the
-    username (in any case).
+    checked, else the site's). `client_network` is the network it came from
+    (limits.client_network), which the address's daily budget counts. Raise UsernameTaken
+    if a pending or verified signup holds the username (in any case).
 
     With `greet_later` (the form and the API), the transaction records the signup only, the
     same work whatever its address, and the task greet_signup greets the address after
@@ -66,6 +69,7 @@ def start_signup(
         # Its emails are written in it (a language not offered: the default one).
         language=language if language in _offered_languages() else settings.LANGUAGE_CODE,
         time_zone=time_zone,
+        client_network=client_network,
         expires_at=now + timedelta(seconds=settings.SIGNUP_EXPIRES_AFTER),
     )
     try:
@@ -103,8 +107,8 @@ def greet_signup(*, signup_id: int) -> bool:
         if signup.expires_at <= now:
             return False  # the sweeper expires it
         if _greeted_unmarked(signup, address):
-            signup.greeted_at = now
-            signup.save(update_fields=["greeted_at", "updated_at"])
+            signup.greeted_at, signup.address = now, address
+            signup.save(update_fields=["greeted_at", "address", "updated_at"])
             return False
         # An operator may have sent it a verification email already: not a second one.
         emailed = signup.emails.filter(kind=EmailKind.VERIFICATION).exists()
@@ -125,21 +129,25 @@ def _greeted_unmarked(signup: Signup, address: Address) -> bool:
 def _greet(signup: Signup, address: Address, *, now, emailed: bool = False) -> None:
     """Decide what the address of this new, saved signup is sent (both locked by the caller);
     `emailed`: its verification email went out already (an operator's resend)."""
-    held = _held_back(address, now=now)
+    network = signup.client_network
+    held = _held_back(address, network=network, now=now)
     greets = not held and address.verified_signup_id is None
     previous = _take_over_chain(address, signup, now=now) if greets else None
-    if not greets:
-        _mute(signup)
-    signup.greeted_at = now
-    signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "greeted_at", "updated_at"])
-    if held:
+    if not greets and emailed:
+        _mute(signup)  # its link is out already: it keeps its time
+    elif not greets:
+        _mute_unsent(signup, now=now)
+    signup.greeted_at, signup.address = now, address
+    fields = [*_PLAN_FIELDS, "reminders_sent", "expires_at", "greeted_at", "address", "updated_at"]
+    signup.save(update_fields=fields)
+    if not greets and held:
         _add_event(signup, Event.VERIFICATION_HELD, detail=held)
     elif not greets:
-        _tell_account_exists(address, now=now, asked_by=signup)
+        _tell_account_exists(address, network=network, now=now, asked_by=signup)
     else:
         if not emailed:
             _queue_email(signup, EmailKind.VERIFICATION, sequence=1)
-        _spend(address, now=now)
+        _spend(address, network=network, now=now)
         address.live_signup = signup
         if previous is not None:
             _add_event(previous, Event.SUPERSEDED, detail=f"by signup {signup.pk}")

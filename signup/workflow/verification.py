@@ -4,9 +4,9 @@ word, and sending another verification email to a pending signup."""
 from django.db import transaction
 from django.utils import timezone
 
-from signup import tokens
+from signup import selectors, tokens
 from signup.models import Address, Signup
-from signup.workflow.addresses import _lock_address_of, _mute
+from signup.workflow.addresses import _lock_address_of, _mute, _restore_expiry
 from signup.workflow.common import (
     _PLAN_FIELDS,
     EmailKind,
@@ -36,13 +36,13 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
     """
     if not tokens.is_token_source(source):
         raise tokens.InvalidToken("unknown source")
-    signup_id, created_ts = tokens.read_token(token)
+    signup_id = selectors.signup_for_token(token).pk
 
-    def genuine(signup: Signup | None) -> None:
-        if signup is None or int(signup.created_at.timestamp()) != created_ts:
+    def exists(signup: Signup | None) -> None:
+        if signup is None:
             raise tokens.InvalidToken("no such signup")
 
-    return _verify_when_no_email_is_out(signup_id, source=source, check=genuine)
+    return _verify_when_no_email_is_out(signup_id, source=source, check=exists)
 
 
 def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
@@ -93,12 +93,12 @@ def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
         raise SignupClosed(signup.status)
     signup.status = Status.VERIFIED
     signup.verified_at = timezone.now()
-    signup.verified_source = source
+    signup.verified_source = _provable(source, signup)
     signup.next_reminder_at = signup.reminder_enqueued_at = None
     signup.save(
         update_fields=["status", "verified_at", "verified_source", *_PLAN_FIELDS, "updated_at"]
     )
-    _add_event(signup, Event.VERIFIED, detail=f"source: {source}")
+    _add_event(signup, Event.VERIFIED, detail=f"source: {signup.verified_source}")
     _announce(signup, VERIFIED)
     _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
     _queue_email(signup, EmailKind.WELCOME, sequence=1)
@@ -113,6 +113,15 @@ def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
     address.live_signup = address.verified_signup = signup
     address.save(update_fields=["live_signup", "verified_signup"])
     return VerifyResult(signup, already_verified=False)
+
+
+def _provable(source: str, signup: Signup) -> str:
+    """The source as far as the server can tell it is true: a link's reminder-N counts only
+    if reminder N was sent (a link's source travels beside its signature, not inside it)."""
+    number = tokens.reminder_number(source)
+    if number is not None and number > signup.reminders_sent:
+        return tokens.VERIFICATION_SOURCE
+    return source
 
 
 def resend_verification(*, signup_id: int) -> bool:
@@ -133,4 +142,6 @@ def resend_verification(*, signup_id: int) -> bool:
         sequence = last.sequence + 1 if last else 1
         _add_event(signup, Event.VERIFICATION_REQUESTED, number=sequence)
         _queue_email(signup, EmailKind.VERIFICATION, sequence=sequence)
+        _restore_expiry(signup)  # a mute signup's link goes out now
+        signup.save(update_fields=["expires_at", "updated_at"])
     return True

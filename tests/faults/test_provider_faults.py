@@ -14,6 +14,7 @@ import pytest
 
 from harness.provider import Answer, FakePostmark
 from signup import workflow
+from signup.emails import message_id
 from signup.models import OutboundEmail, SignupEvent
 from tests.helpers import signup_data, wait_for
 
@@ -451,7 +452,7 @@ def test_an_accepted_email_whose_answer_is_lost_arrives_at_least_once(
         assert row.provider_message_id == copies[-1].message_id
         assert row.attempts == len(postmark.attempts_for(email.pk))
         message_ids = {copy.headers.get("Message-ID") for copy in copies}
-        assert message_ids == {f"<signup-email-{email.pk}.verification.1@testserver>"}
+        assert message_ids == {message_id(row)}
 
     fault_report.update(
         fault=f"provider: {_FAULT_NAMES[Answer.ACCEPT_THEN_DROP]}, once",

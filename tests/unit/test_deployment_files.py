@@ -1,12 +1,19 @@
 """What the deployment files promise: no default secrets, dashboards on this machine only."""
 
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
+import requests
+
+from harness.processes import BIN, free_port, start_process, stop_all
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = (ROOT / "docker-compose.yml").read_text()
+README = (ROOT / "README.md").read_text()
 SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")
 
 
@@ -77,3 +84,41 @@ def test_the_production_image_leaves_the_tests_and_benchmarks_out():
 def test_development_pins_the_same_versions_as_production():
     runtime, development = _pins("requirements.lock"), _pins("requirements-dev.lock")
     assert {name: development.get(name) for name in runtime} == runtime
+
+
+@pytest.mark.processes
+def test_the_readmes_flower_command_runs_as_written(tmp_path):
+    """The README's production command for Flower, run by a shell as an operator would
+    (on a free port instead of 5555, the one change): it listens and wants its password."""
+    (command,) = re.findall(r"^FLOWER_BASIC_AUTH=.*celery -A config flower.*$", README, re.M)
+    port = str(free_port())
+    assert "5555" in command
+    command = command.replace("5555", port)
+    env = {
+        **os.environ,
+        "PASSWORD": "a-password-of-the-operators",
+        "DEBUG": "true",
+        "CELERY_BROKER_URL": "memory://",
+        "SIGNUP_VAR_DIR": str(tmp_path),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    flower = start_process("flower", ["sh", "-c", command], env, tmp_path)
+    try:
+        (answer,) = wait_for(
+            lambda: flower.popen.poll() is not None or _get(f"http://127.0.0.1:{port}/"),
+            timeout=60,
+            message="Flower to listen",
+        )
+        assert flower.popen.poll() is None, flower.output()
+        assert answer.status_code == 401  # basic auth, as the command says
+        assert answer.headers["WWW-Authenticate"].startswith("Basic")
+    finally:
+        os.killpg(flower.popen.pid, signal.SIGTERM)  # the shell and the Flower it started
+        stop_all([flower])
+
+
+def _get(url: str) -> list[requests.Response]:
+    try:
+        return [requests.get(url, timeout=2)]
+    except requests.ConnectionError:
+        return []

@@ -2,6 +2,7 @@
 link, and the headers that tie a message to its ledger row."""
 
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +19,7 @@ def signup(settings) -> Signup:
     settings.SIGNUP_MAX_REMINDERS = 3
     return Signup(
         pk=42,
+        public_id=uuid.uuid4(),
         username="ada",
         email="ada@example.com",
         first_name="Ada <b>",
@@ -36,9 +38,14 @@ def _email(kind: str, sequence: int = 1) -> OutboundEmail:
 @pytest.mark.parametrize(
     ("kind", "sequence", "subject", "source"),
     [
-        ("verification", 1, "Verify your email address for ada", "verification"),
-        ("verification", 2, "Verify your email address for ada", "verification"),
-        ("reminder", 2, "Reminder: verify your email address for ada", "reminder-2"),
+        ("verification", 1, "Verify your email address for accounts.example.com", "verification"),
+        ("verification", 2, "Verify your email address for accounts.example.com", "verification"),
+        (
+            "reminder",
+            2,
+            "Reminder: verify your email address for accounts.example.com",
+            "reminder-2",
+        ),
     ],
 )
 def test_verification_and_reminders_carry_a_link_crediting_their_email(
@@ -53,7 +60,7 @@ def test_verification_and_reminders_carry_a_link_crediting_their_email(
         r"https://accounts\.example\.com/signup/verify/([^/\s]+)/\?source=(\S+)", message.body
     )
     assert [(tokens.read_token(token), link_source) for token, link_source in links] == [
-        ((42, int(CREATED.timestamp())), source)
+        (tokens.SignupRef(public_id=signup.public_id), source)
     ]
     html, mimetype = message.alternatives[0]
     assert mimetype == "text/html"
@@ -70,19 +77,59 @@ def test_the_welcome_email_has_no_link_to_verify(signup):
 
 
 def test_names_are_escaped_in_html_and_kept_as_typed_in_text(signup):
-    message = emails.build_message(_email("verification"), signup)
+    message = emails.build_message(_email("welcome"), signup)
     assert "Ada <b>" in message.body
     html = message.alternatives[0][0]
     assert "Ada &lt;b&gt;" in html
     assert "Ada <b>" not in html
 
 
+SPAM = "WIN 500 EUR: claim at prize-claim.example today!"
+
+
+@pytest.mark.parametrize(("kind", "sequence"), [("verification", 1), ("reminder", 1)])
+@pytest.mark.parametrize("language", ["en", "de", "fr", "es"])
+def test_mail_to_an_unverified_address_carries_nothing_a_stranger_typed(
+    signup, settings, kind, sequence, language
+):
+    """Registration spam: a stranger's name or username would travel in our sender's mail to
+    any address. The site, the time and the language say what the signup is."""
+    signup.first_name, signup.last_name, signup.username = SPAM, SPAM, "prize-claim.example"
+    signup.language = language
+    message = emails.build_message(_email(kind, sequence), signup)
+    html = message.alternatives[0][0]
+    for text in (message.subject, message.body, html):
+        assert "prize-claim" not in text
+        assert "WIN 500" not in text
+    assert "accounts.example.com" in message.subject
+    assert (
+        "1 November 2026" in message.body
+        or "1. November 2026" in message.body
+        or ("1 novembre 2026" in message.body or "1 de noviembre de 2026" in message.body)
+    )  # when the signup was made, in its language
+
+
+def test_the_welcome_names_the_account_the_verified_address_owns(signup):
+    signup.username = "prize-claim.example"
+    message = emails.build_message(_email("welcome"), signup)
+    assert "prize-claim.example" in message.subject
+
+
+def test_the_site_name_can_be_set(signup, settings):
+    settings.SIGNUP_SITE_NAME = "Example Accounts"
+    message = emails.build_message(_email("verification"), signup)
+    assert message.subject == "Verify your email address for Example Accounts"
+
+
 def test_the_message_id_is_the_same_on_every_attempt_and_names_the_site(signup):
     first = emails.build_message(_email("reminder", 2), signup)
     again = emails.build_message(_email("reminder", 2), signup)
     message_id = first.extra_headers["Message-ID"]
-    assert message_id == again.extra_headers["Message-ID"]
-    assert message_id == "<signup-email-7.reminder.2@accounts.example.com>"
+    assert message_id == again.extra_headers["Message-ID"] == emails.message_id(_email("reminder"))
+    assert re.fullmatch(r"<signup-[0-9a-f]{32}@accounts\.example\.com>", message_id)
+    # Keyed: the next id's is unrelated to it.
+    other = OutboundEmail(pk=8, signup_id=42, kind="reminder", sequence=2)
+    assert emails.message_id(other) != message_id
 
 
 def test_provider_events_can_be_matched_back_to_the_ledger(signup):

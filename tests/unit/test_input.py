@@ -2,7 +2,8 @@
 
 import pytest
 
-from signup.forms import ResendForm, SignupForm, canonical_email
+from signup.forms import ResendForm, SignupForm
+from signup.workflow.mailbox import canonical_email
 from tests.helpers import signup_data
 
 

@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from harness.processes import free_port
 from signup.redaction import redact
 from tests.helpers import wait_for
@@ -100,3 +102,27 @@ def _get(url: str) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        "550 5.1.1 <jane.doe/team={address}>: Recipient address rejected",
+        "550 5.1.1 <o'{address}>: no such user",
+        "550 5.1.1 {address}... User unknown",
+        '550 <"{local} doe"@bombed.example>: unknown',
+        "{{'{address}': (550, b'5.1.1 <{address}>: unknown')}}",
+        "550 5.1.1 <#{address}>: unknown",
+        "550 5.1.1 {{{address}}} unknown",
+        "550 5.1.1 <a!b&c*d=e?f^g`h|i~j-{address}>: unknown",
+    ],
+)
+def test_an_address_is_masked_in_any_spelling_a_provider_echoes(echoed):
+    """Whatever a provider quotes back (quoted local parts, slashes, apostrophes, angle
+    brackets, every character RFC 5322 allows), nothing of the local part survives."""
+    local = "victim"
+    text = echoed.format(address=f"{local}@bombed.example", local=local)
+    masked = redact(text)
+    assert local not in masked and "bombed" not in masked, masked
+    assert "jane" not in masked and "doe" not in masked, masked
+    assert "<address>" in masked

@@ -5,12 +5,13 @@ import os
 import secrets
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
-from django.core import signing
 
-from signup import tokens
+from signup import checks, tokens
+from signup.models import Signup
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = secrets.token_urlsafe(50)
@@ -85,16 +86,17 @@ def test_debug_is_off_unless_turned_on(tmp_path):
 def test_a_link_signed_with_the_previous_key_verifies_while_it_is_a_fallback(settings, tmp_path):
     previous, current = secrets.token_urlsafe(50), secrets.token_urlsafe(50)
     settings.SECRET_KEY = previous
-    token = signing.dumps([7, 1234], salt=tokens.SALT)
+    public_id = uuid.uuid4()
+    token = tokens.make_token(Signup(public_id=public_id))
     read = [
         "shell",
         "--no-imports",
         "-c",
-        f"from signup import tokens; print(tokens.read_token({token!r}))",
+        f"from signup import tokens; print(tokens.read_token({token!r}).public_id.hex)",
     ]
 
     rotated = manage(tmp_path, *read, SECRET_KEY=current, SECRET_KEY_FALLBACKS=previous)
-    assert rotated.stdout.strip() == "(7, 1234)", rotated.stderr
+    assert rotated.stdout.strip() == public_id.hex, rotated.stderr
     dropped = manage(tmp_path, *read, SECRET_KEY=current)
     assert "InvalidToken" in dropped.stderr
 
@@ -183,3 +185,47 @@ def test_the_https_settings_follow_the_environment(tmp_path):
 def test_a_plain_http_site_gets_none_of_the_https_settings(tmp_path):
     plain = _https_settings(tmp_path, SITE_URL="http://localhost:8000")
     assert not any(plain.values()), plain
+
+
+GOOD_SECRET = secrets.token_urlsafe(32)
+
+
+@pytest.mark.parametrize(
+    ("name", "weak"),
+    [
+        ("SIGNUP_API_KEY", "abc"),
+        ("SIGNUP_API_KEY", "x" * 40),
+        ("SIGNUP_METRICS_TOKEN", "x"),
+        ("SIGNUP_METRICS_TOKEN", "0123456789012345678901234567890"),  # 31 characters
+        ("SIGNUP_WEBHOOK_SECRET", "whsec_" + "A" * 40),
+        ("ANYMAIL_WEBHOOK_SECRET", "a:b"),
+        ("ANYMAIL_WEBHOOK_SECRET", "hooks:" + "z" * 40),
+    ],
+)
+def test_the_deploy_check_refuses_a_guessable_secret(settings, name, weak):
+    if name.startswith("ANYMAIL_"):
+        settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": weak}
+    else:
+        setattr(settings, name, weak)
+    (error,) = checks.secrets_are_secret(None)
+    assert error.id == "signup.E002" and name in error.msg
+    assert "secrets.token_urlsafe(32)" in error.hint
+    assert weak not in error.msg + error.hint  # it names the setting, never the value
+
+
+def test_the_deploy_check_names_a_short_api_key_in_a_real_run(tmp_path):
+    result = manage(tmp_path, "check", "--deploy", **PRODUCTION, SIGNUP_API_KEY="abc")
+    assert result.returncode != 0
+    assert "signup.E002" in result.stderr and "SIGNUP_API_KEY" in result.stderr
+
+
+def test_the_deploy_check_accepts_random_secrets(tmp_path):
+    secrets_set = {
+        "SIGNUP_API_KEY": GOOD_SECRET,
+        "SIGNUP_METRICS_TOKEN": secrets.token_urlsafe(32),
+        "ANYMAIL_WEBHOOK_SECRET": f"hooks:{secrets.token_urlsafe(32)}",
+    }
+    result = manage(
+        tmp_path, "check", "--deploy", "--fail-level", "WARNING", **PRODUCTION, **secrets_set
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

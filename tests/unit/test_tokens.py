@@ -1,6 +1,10 @@
-"""Verification tokens: signed, bound to one record, expiring; and the sources a verification
-may credit. No service needed."""
+"""Verification tokens: signed, bound to one record, telling nothing; old-style links still
+read until they expire; and the sources a verification may credit. No service needed."""
 
+import base64
+import contextlib
+import re
+import uuid
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,11 +18,43 @@ CREATED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 def _signup(pk: int = 42, created_at: datetime = CREATED) -> Signup:
-    return Signup(pk=pk, created_at=created_at)
+    return Signup(pk=pk, created_at=created_at, public_id=uuid.uuid4())
 
 
-def test_a_token_names_its_signup_and_creation_time():
-    assert tokens.read_token(tokens.make_token(_signup())) == (42, int(CREATED.timestamp()))
+def test_a_token_names_its_signup_by_its_random_public_id():
+    signup = _signup()
+    assert tokens.read_token(tokens.make_token(signup)) == tokens.SignupRef(
+        public_id=signup.public_id
+    )
+
+
+def _readable(token: str) -> str:
+    """Everything a token's parts say when read as text, base64 or base62 numbers."""
+    said = [token]
+    for part in re.split(r"[:.]", token):
+        padded = part + "=" * (-len(part) % 4)
+        said.append(base64.urlsafe_b64decode(padded).decode("latin-1") if part else "")
+        with contextlib.suppress(ValueError):
+            said.append(str(signing.b62_decode(part)))
+    return "\n".join(said)
+
+
+def test_a_token_tells_neither_the_signups_id_nor_when_it_was_made():
+    signup = _signup(pk=123457, created_at=datetime(2026, 11, 1, 12, 0, 7, tzinfo=UTC))
+    token = tokens.make_token(signup)
+    readable = _readable(token)
+    assert "123457" not in readable
+    assert str(int(signup.created_at.timestamp())) not in readable
+    # Made now, and no clock in it either: the same token a minute later.
+    assert str(int(signing.time.time()))[:7] not in readable
+    # The old kind of link said both, in plain base64.
+    old = signing.dumps([123457, int(signup.created_at.timestamp())], salt=tokens.SALT)
+    assert "123457" in _readable(old)
+
+
+def test_links_sent_before_public_ids_still_name_their_signup():
+    old = signing.dumps([42, int(CREATED.timestamp())], salt=tokens.SALT)
+    assert tokens.read_token(old) == tokens.SignupRef(legacy=(42, int(CREATED.timestamp())))
 
 
 @pytest.mark.parametrize(
@@ -59,15 +95,17 @@ def test_a_signed_payload_of_the_wrong_shape_is_invalid(payload):
         tokens.read_token(signing.dumps(payload, salt=tokens.SALT))
 
 
-def test_a_token_outlives_the_signup_by_the_longest_extension_and_no_more(settings, monkeypatch):
+def test_an_old_link_outlives_its_signup_by_the_longest_extension_and_no_more(
+    settings, monkeypatch
+):
     """Whether a signup is still pending is the signup's to say (an operator may have
-    extended it); the signature only bounds how long any could be."""
+    extended it); an old link's signature only bounds how long any could be."""
     settings.SIGNUP_EXPIRES_AFTER = 3600
     settings.SIGNUP_MAX_EXTENSION = 7200
-    token = tokens.make_token(_signup())
+    token = signing.dumps([42, int(CREATED.timestamp())], salt=tokens.SALT)
     now = signing.time.time()
     monkeypatch.setattr(signing.time, "time", lambda: now + 10799)
-    assert tokens.read_token(token)[0] == 42
+    assert tokens.read_token(token).legacy[0] == 42
     monkeypatch.setattr(signing.time, "time", lambda: now + 10801)
     with pytest.raises(tokens.ExpiredToken):
         tokens.read_token(token)
@@ -75,10 +113,11 @@ def test_a_token_outlives_the_signup_by_the_longest_extension_and_no_more(settin
 
 def test_the_emailed_link_is_absolute_and_carries_its_source(settings):
     settings.SITE_URL = "https://accounts.example.com"
-    url = urlsplit(tokens.verification_url(_signup(), source="reminder-2"))
+    signup = _signup()
+    url = urlsplit(tokens.verification_url(signup, source="reminder-2"))
     assert (url.scheme, url.netloc) == ("https", "accounts.example.com")
     token = url.path.removeprefix("/signup/verify/").rstrip("/")
-    assert tokens.read_token(token)[0] == 42
+    assert tokens.read_token(token).public_id == signup.public_id
     assert parse_qs(url.query) == {"source": ["reminder-2"]}
 
 
@@ -103,6 +142,6 @@ def test_only_the_api_adds_a_source_to_the_links_and_never_operator():
 
 def test_verifying_by_token_cannot_credit_the_operator():
     # A genuine token: without the source rule, the workflow would go on to the database.
-    token = signing.dumps([1, 0], salt=tokens.SALT)
+    token = tokens.make_token(_signup())
     with pytest.raises(tokens.InvalidToken, match="unknown source"):
         workflow.verify_signup(token=token, source="operator")
