@@ -60,14 +60,17 @@ messages: install gettext
 		--ignore=bench --ignore=tests --ignore=harness --ignore=deploy -l de -l fr -l es
 	DEBUG=true $(PY) manage.py compilemessages --ignore=.venv
 
-# Every test, on the real services (about 11 minutes).
+# Every test, on the real services, TEST_PROCESSES at a time (pytest-xdist; about 5 minutes on
+# two cores: most of a test's time is waiting for processes it started).
+TEST_PROCESSES ?= 4
 test: install browser prometheus gettext
-	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
 # The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser, Prometheus or gettext),
-# in under 30 s: the `processes` tests are left out for their time even where they need none.
+# in under 30 s, two at a time: the `processes` tests are left out for their time even where
+# they need none.
 test-fast: install
-	$(TEST_ENV) $(BIN)/pytest -m "not (postgres or redis or rabbitmq or chromium or prometheus or gettext or processes)" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -n 2 -m "not (postgres or redis or rabbitmq or chromium or prometheus or gettext or processes)" $(PYTEST_ARGS)
 
 # The README's pictures of the admin (funnel, timeline), taken again by headless Chromium.
 screenshots: install browser

@@ -32,3 +32,9 @@ class RedactingLogger(Logger):
 
 
 logger_class = RedactingLogger
+
+# The application is imported once, in the master, before the workers fork: they start at
+# once and share its memory (copy-on-write) instead of each importing Django and the project.
+# Nothing opens a connection at import (Django's, the broker's and the metrics' files are
+# made on first use in each worker).
+preload_app = True

@@ -262,18 +262,32 @@ if isinstance(ANYMAIL["REQUESTS_TIMEOUT"], str):
 # --- The signup workflow (intervals in seconds) ------------------------------------------
 SIGNUP_REMINDER_INTERVAL = env.int("SIGNUP_REMINDER_INTERVAL", default=24 * 3600)
 SIGNUP_EXPIRES_AFTER = env.int("SIGNUP_EXPIRES_AFTER", default=7 * 24 * 3600)
-# How much later than SIGNUP_EXPIRES_AFTER an operator may extend a signup's expiry at most;
-# its links are signed to last that long too.
+# How much later than SIGNUP_EXPIRES_AFTER an operator may extend a signup's expiry at most
+# (the links of the previous release are signed to last that long too).
 SIGNUP_MAX_EXTENSION = env.int("SIGNUP_MAX_EXTENSION", default=30 * 24 * 3600)
 SIGNUP_MAX_REMINDERS = env.int("SIGNUP_MAX_REMINDERS", default=6)
 SIGNUP_SWEEP_INTERVAL = env.int("SIGNUP_SWEEP_INTERVAL", default=60)
+# Settings renamed by this release: the old name still works, with a warning from the system
+# checks (signup.W002), until the next release drops it.
+SIGNUP_SETTINGS_UNDER_OLD_NAMES = {
+    old: new
+    for old, new in (
+        ("SIGNUP_REMINDER_GRACE", "SIGNUP_LOST_TASK_GRACE"),
+        ("SIGNUP_EMAIL_REDRIVE_AFTER", "SIGNUP_REDRIVE_AFTER"),
+    )
+    if old in os.environ
+}
 # A pending signup whose next reminder is this late lost its countdown task, and one still
-# not greeted this long after its greeting was enqueued lost that task: the sweeper
-# re-enqueues them.
-SIGNUP_REMINDER_GRACE = env.int("SIGNUP_REMINDER_GRACE", default=10)
-# An email or a webhook delivery left unsent this long after it was (re-)enqueued lost its
-# task: the sweeper re-enqueues it.
-SIGNUP_EMAIL_REDRIVE_AFTER = env.int("SIGNUP_EMAIL_REDRIVE_AFTER", default=120)
+# not contacted this long after its first-contact task was enqueued lost that task: the
+# sweeper re-enqueues them.
+SIGNUP_LOST_TASK_GRACE = env.int(
+    "SIGNUP_LOST_TASK_GRACE", default=env.int("SIGNUP_REMINDER_GRACE", default=10)
+)
+# An email or a webhook delivery left unsent this long after it was (re-)enqueued, or after
+# its last attempt began, lost its task: the sweeper re-enqueues it.
+SIGNUP_REDRIVE_AFTER = env.int(
+    "SIGNUP_REDRIVE_AFTER", default=env.int("SIGNUP_EMAIL_REDRIVE_AFTER", default=120)
+)
 # The broker holds only the reminders and expiries due within this many seconds; the sweeper
 # hands over the rest as they come this close. It must outlast a sweep interval comfortably.
 SIGNUP_SCHEDULE_AHEAD = env.int("SIGNUP_SCHEDULE_AHEAD", default=300)
@@ -455,8 +469,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     # On the hour rather than 3600 s after beat starts: where beat's schedule file does not
     # survive a restart (a new container), a beat restarted hourly would never run it.
-    "anonymise-closed-signups": {
-        "task": "signup.tasks.anonymise_closed_signups",
+    "forget-personal-data": {
+        "task": "signup.tasks.forget_personal_data",
         "schedule": crontab(minute=0),
         "options": {"expires": 3600.0},
     },

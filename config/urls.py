@@ -2,8 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from signup import api, health, metrics, webhooks
-from signup.admin import funnel_urlpatterns
+from signup import api, funnel, health, metrics, provider_events
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="signup:form", permanent=False)),
@@ -12,12 +11,12 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/", include(api.urlpatterns)),
     # The funnel page, /admin/signup/funnel/ (staff with the view-signup permission).
-    *funnel_urlpatterns,
+    *funnel.urlpatterns,
     path("admin/", admin.site.urls),
     # Liveness and readiness probes (docs/OPERATIONS.md#health).
     path("", include(health.urlpatterns)),
     # Prometheus, with a bearer token (docs/OPERATIONS.md#metrics).
     path("", include(metrics.urlpatterns)),
     # Email-provider tracking webhooks, e.g. /anymail/postmark/tracking/ (basic auth).
-    path("anymail/", include(webhooks.urlpatterns)),
+    path("anymail/", include(provider_events.urlpatterns)),
 ]

@@ -3,6 +3,7 @@ fresh PostgreSQL database, a private redis-server) and subprocesses with their l
 
 import email
 import email.policy
+import hashlib
 import os
 import secrets
 import signal
@@ -80,12 +81,15 @@ def pg_url(database: str, server=PG_SERVER) -> str:
 
 
 @contextmanager
-def fresh_database(prefix: str = "signup_e2e", server=PG_SERVER):
-    """A new, empty PostgreSQL database `<prefix>_<hex>` on `server`, dropped afterwards;
-    yields its URL."""
+def fresh_database(prefix: str = "signup_e2e", server=PG_SERVER, *, migrated: bool = False):
+    """A new PostgreSQL database `<prefix>_<hex>` on `server`, dropped afterwards: empty, or
+    `migrated` (a copy of migrated_template's, which costs no run of the migrations); yields
+    its URL."""
     name = f"{prefix}_{secrets.token_hex(4)}"
+    template = sql.SQL(" TEMPLATE {}").format(sql.Identifier(migrated_template(server)))
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     with psycopg.connect(pg_url("postgres", server), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(create + template if migrated else create)
     try:
         yield pg_url(name, server)
     finally:
@@ -93,6 +97,49 @@ def fresh_database(prefix: str = "signup_e2e", server=PG_SERVER):
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def migrated_template(server=PG_SERVER) -> str:
+    """The name of a database on `server` that the migrations ran on, made the first time it
+    is asked for (by whichever process of a test run comes first) and named after what it
+    was made from: the migrations and the pinned packages (another checkout's test run may be
+    using an older one at the same time: those stay)."""
+    digest = hashlib.sha256()
+    for path in [
+        *sorted((ROOT / "signup" / "migrations").glob("*.py")),
+        ROOT / "requirements.lock",
+    ]:
+        digest.update(path.read_bytes())
+    name = f"signup_template_{digest.hexdigest()[:16]}"
+    with psycopg.connect(pg_url("postgres", server), autocommit=True) as admin:
+        # One process makes it; the others wait here, then find it.
+        admin.execute("SELECT pg_advisory_lock(hashtext('signup_template'))")
+        try:
+            found = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            if not found:
+                _make_template(admin, name, server)
+        finally:
+            admin.execute("SELECT pg_advisory_unlock(hashtext('signup_template'))")
+    return name
+
+
+def _make_template(admin: psycopg.Connection, name: str, server) -> None:
+    making = f"{name}_making"
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(making)))
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(making)))
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DATABASE_URL": pg_url(making, server),
+        "CELERY_BROKER_URL": "memory://",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "DEBUG": "false",
+    }
+    command = [str(BIN / "python"), "manage.py", "migrate", "--noinput"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
+    rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
+    admin.execute(rename.format(sql.Identifier(making), sql.Identifier(name)))
 
 
 class RedisServer:

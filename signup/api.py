@@ -20,7 +20,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 from django.views.decorators.csrf import csrf_exempt
 
-from signup import limits, selectors, tokens, workflow
+from signup import languages, limits, selectors, tokens, workflow
 from signup.forms import USERNAME_PATTERN, SignupForm, reject_control_characters
 from signup.models import USERNAME_MAX_LENGTH, Signup
 
@@ -130,7 +130,8 @@ def create_signup(request, body):
         errors["client_ip"] = [_("Use the person's IPv4 or IPv6 address, like 192.0.2.1.")]
     if errors:
         return _error(400, _("Some fields are not valid."), errors=errors)
-    language = _language(body.pop("language", ""), default=translation.get_language())
+    # The request's Accept-Language where the body's is not offered: no error.
+    language = languages.offered(body.pop("language", ""), default=translation.get_language())
     form = SignupForm(body)
     if not form.is_valid():
         errors = {
@@ -151,7 +152,6 @@ def create_signup(request, body):
             language=language,
             time_zone=time_zone,
             client_network=network,
-            greet_later=True,
         )
     except workflow.UsernameTaken:
         return _error(
@@ -159,7 +159,7 @@ def create_signup(request, body):
             _("The username %(username)r is already taken.")
             % {"username": form.cleaned_data["username"]},
         )
-    # The same for every address (docs/SECURITY.md): its address is greeted after the answer.
+    # The same for every address (docs/SECURITY.md): its address is contacted after the answer.
     return JsonResponse(signup_json(signup), status=201)
 
 
@@ -173,17 +173,6 @@ def _status(status: str) -> str:
         Signup.Status.UNDELIVERABLE: pgettext("signup status", "undeliverable"),
     }
     return words.get(status, status)
-
-
-def _language(asked: str, *, default: str) -> str:
-    """The offered language closest to `asked` ("de-AT" gets "de"); else `default` (the
-    request's Accept-Language, then LANGUAGE_CODE): a language not offered is no error."""
-    try:
-        if not asked:
-            return default
-        return translation.get_supported_language_variant(asked.replace("_", "-").lower())
-    except (LookupError, ValueError):
-        return default
 
 
 def _is_time_zone(name: str) -> bool:

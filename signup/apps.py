@@ -9,4 +9,4 @@ class SignupConfig(AppConfig):
     def ready(self) -> None:
         # Imported for what importing does: the deployment checks register themselves, and
         # the anymail tracking receiver connects.
-        from signup import checks, webhooks  # noqa: F401
+        from signup import checks, provider_events  # noqa: F401

@@ -80,3 +80,16 @@ def _weakness(name: str, secret: str) -> str:
     if len(set(random_part)) <= 1:
         return "is one character repeated"
     return ""
+
+
+@checks.register()
+def settings_under_old_names(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """A setting renamed by the last release still works under its old name, for a release."""
+    return [
+        checks.Warning(
+            f"{old} is now called {new}; the old name goes in the next release.",
+            hint=f"Set {new} instead of {old} (where both are set, {new} wins).",
+            id="signup.W002",
+        )
+        for old, new in settings.SIGNUP_SETTINGS_UNDER_OLD_NAMES.items()
+    ]

@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 from django.utils import formats, timezone, translation
 from django.utils.crypto import salted_hmac
 
-from signup import tokens
+from signup import languages, tokens
 from signup.models import OutboundEmail, Signup
 
 Kind = OutboundEmail.Kind
@@ -46,14 +46,9 @@ def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternative
     A worker has no request to take them from, and sends days later: they are the signup's,
     never the worker's defaults.
     """
-    with translation.override(language_of(signup)), timezone.override(_zone(signup.time_zone)):
+    language = languages.offered(signup.language)
+    with translation.override(language), timezone.override(_zone(signup.time_zone)):
         return _render(email, signup)
-
-
-def language_of(signup: Signup) -> str:
-    """The signup's language while it is offered (SIGNUP_LANGUAGES), else the default."""
-    offered = {code for code, _name in settings.LANGUAGES}
-    return signup.language if signup.language in offered else settings.LANGUAGE_CODE
 
 
 def _zone(name: str):

@@ -1,6 +1,6 @@
 """The funnel: of the signups started in a date range, how many were sent their verification
 email, how many verified and after which email, how many expired, bounced or were cancelled,
-and how long verifying took. Read for the admin's funnel page and its CSV.
+and how long verifying took; and its page in the admin, with a CSV download.
 
 Two queries over one covering index (signup_funnel_idx: created_at with the columns counted),
 so that a range of signups is counted without reading the table: the counts grouped by
@@ -8,13 +8,22 @@ status, converting email and reminders received, and the time-to-verify percenti
 sample when the range holds more than PERCENTILE_SAMPLE verified signups).
 """
 
+import csv
 import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from urllib.parse import urlencode
 
+from django import forms
+from django.conf import settings
+from django.contrib import admin
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import PermissionDenied
 from django.db.models import Aggregate, Count, DurationField, F
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
 
 from signup.models import Signup
@@ -179,3 +188,101 @@ def funnel(start: date, end: date, *, language: str = "") -> Funnel:
         )["p"]
         result.median_to_verify, result.p90_to_verify = percentiles or (None, None)
     return result
+
+
+# --- The page: /admin/signup/funnel/ ----------------------------------------------------------
+
+FUNNEL_DAYS = 30  # the range the page opens on: the last 30 days, today included
+
+
+class FunnelRangeForm(forms.Form):
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    language = forms.ChoiceField(required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["language"].choices = [("", "every language"), *settings.LANGUAGES]
+
+    def clean(self):
+        data = super().clean()
+        today = timezone.localdate()
+        data["end"] = data.get("end") or today
+        data["start"] = data.get("start") or data["end"] - timedelta(days=FUNNEL_DAYS - 1)
+        if data["start"] > data["end"]:
+            raise forms.ValidationError("The first day comes after the last one.")
+        return data
+
+
+def funnel_view(request: HttpRequest) -> HttpResponse:
+    """GET /admin/signup/funnel/[?start=YYYY-MM-DD&end=YYYY-MM-DD][&format=csv]"""
+    if not request.user.has_perm("signup.view_signup"):
+        raise PermissionDenied
+    form = FunnelRangeForm(request.GET)
+    context = {
+        **admin.site.each_context(request),
+        "title": "Signup funnel",
+        "opts": Signup._meta,
+        "form": form,
+    }
+    if not form.is_valid():
+        return TemplateResponse(request, "admin/signup/funnel.html", context, status=400)
+    language = form.cleaned_data["language"]
+    counted = funnel(form.cleaned_data["start"], form.cleaned_data["end"], language=language)
+    if request.GET.get("format") == "csv":
+        return _funnel_csv(counted)
+    context.update(
+        # The range shown, defaults filled in, in the inputs.
+        form=FunnelRangeForm(
+            initial={"start": counted.start, "end": counted.end, "language": language}
+        ),
+        funnel=counted,
+        median=_duration(counted.median_to_verify),
+        p90=_duration(counted.p90_to_verify),
+        csv_query=urlencode(
+            {"start": counted.start, "end": counted.end, "language": language, "format": "csv"}
+        ),
+        chart_height=26 * len(counted.steps) + 4,
+        time_zone=timezone.get_current_timezone_name(),
+    )
+    return TemplateResponse(request, "admin/signup/funnel.html", context)
+
+
+def _funnel_csv(counted: Funnel) -> HttpResponse:
+    scope = f"-{counted.language}" if counted.language else ""
+    name = f"signup-funnel-{counted.start}-{counted.end}{scope}.csv"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    out = csv.writer(response)
+    out.writerow(["stage", "signups", "share_of_started"])
+    for step in counted.steps:
+        share = "" if step.of_started is None else f"{step.of_started:.4f}"
+        out.writerow([step.key, step.count, share])
+    for reminder in counted.reminders:
+        out.writerow([f"reminder:{reminder.number}:reached", reminder.reached, ""])
+        out.writerow([f"reminder:{reminder.number}:verified", reminder.verified, ""])
+    for key, value in (("median", counted.median_to_verify), ("p90", counted.p90_to_verify)):
+        seconds = "" if value is None else f"{value.total_seconds():.0f}"
+        out.writerow([f"seconds_to_verify:{key}", seconds, ""])
+    return response
+
+
+def _duration(value: timedelta | None) -> str:
+    """A time to verify as an operator reads it: 45 s, 12 min, 3 h 20 min, 2 d 5 h."""
+    if value is None:
+        return "none verified"
+    seconds = int(value.total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if minutes < 60:
+        return f"{minutes} min"
+    if hours < 24:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days} d {hours % 24} h"
+
+
+# Mounted before the admin's own URLs (config/urls.py), beside the signups' pages.
+urlpatterns = [
+    path("admin/signup/funnel/", admin.site.admin_view(funnel_view), name="signup_funnel"),
+]

@@ -13,10 +13,10 @@ Every name starts with `signup_`. The endpoint wants `Authorization: Bearer
 $SIGNUP_METRICS_TOKEN`, and does not exist (404) while that setting is empty.
 """
 
+import itertools
 import os
 
 from django.conf import settings
-from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import path
 from django.utils import timezone
@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from signup import limits
 from signup.models import OutboundEmail, Signup, WebhookDelivery
+from signup.selectors import WEBHOOK_STATES, count_by
 
 # --- Measured in the processes ----------------------------------------------------------------
 
@@ -81,7 +82,7 @@ sweep_duration = Histogram(
 )
 sweep_repairs = Counter(
     "signup_sweep_repairs",
-    "Lost work the sweeper put back in the broker: a greeting or a reminder whose task was"
+    "Lost work the sweeper put back in the broker: a first contact or a reminder whose task was"
     " lost, an email or a webhook delivery left unsent.",
     ["kind"],
     registry=_PROCESS,
@@ -97,99 +98,83 @@ class SignupCollector(Collector):
     def collect(self):
         from signup import workflow  # the workflow records into this module's metrics
 
-        signups = GaugeMetricFamily(
-            "signup_signups", "Signups by status (started = the sum).", labels=["status"]
+        emails = count_by(OutboundEmail.objects, "kind", "status")
+        yield _family(
+            "signups",
+            "Signups by status (started = the sum).",
+            {"status": Signup.Status.values},
+            count_by(Signup.objects, "status"),
         )
-        counted = dict(
-            Signup.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n")
-        )
-        for status in Signup.Status.values:
-            signups.add_metric([status], counted.get(status, 0))
-        yield signups
-
-        verified = GaugeMetricFamily(
-            "signup_verified",
+        verified = count_by(Signup.objects.filter(status=Signup.Status.VERIFIED), "verified_source")
+        yield _family(
+            "verified",
             "Verified signups by the link or actor that verified them (verification,"
             " reminder-N, operator, api).",
-            labels=["source"],
+            {"source": [source or "unknown" for source in verified]},
+            {source or "unknown": number for source, number in verified.items()},
         )
-        for source, number in (
-            Signup.objects.filter(status=Signup.Status.VERIFIED)
-            .values_list("verified_source")
-            .annotate(n=Count("id"))
-            .values_list("verified_source", "n")
-        ):
-            verified.add_metric([source or "unknown"], number)
-        yield verified
-
-        emails = GaugeMetricFamily(
-            "signup_emails",
+        yield _family(
+            "emails",
             "Ledger emails by kind and status (queued, sending, sent, failed, skipped).",
-            labels=["kind", "status"],
+            {"kind": OutboundEmail.Kind.values, "status": OutboundEmail.Status.values},
+            emails,
         )
-        by_kind = {
-            (kind, status): number
-            for kind, status, number in OutboundEmail.objects.values_list("kind", "status")
-            .annotate(n=Count("id"))
-            .values_list("kind", "status", "n")
-        }
-        for kind in OutboundEmail.Kind.values:
-            for status in OutboundEmail.Status.values:
-                emails.add_metric([kind, status], by_kind.get((kind, status), 0))
-        yield emails
-
-        webhooks = GaugeMetricFamily(
-            "signup_webhook_deliveries",
+        yield _family(
+            "webhook_deliveries",
             "Webhook deliveries (one per event and receiver) by status (queued, sending, sent,"
             " failed: dead letters).",
-            labels=["status"],
+            {"status": WEBHOOK_STATES},
+            count_by(WebhookDelivery.objects, "status"),
         )
-        by_status = dict(
-            WebhookDelivery.objects.values_list("status")
-            .annotate(n=Count("id"))
-            .values_list("status", "n")
-        )
-        for status in WebhookDelivery.Status.values:
-            webhooks.add_metric([status], by_status.get(status, 0))
-        yield webhooks
-
-        waiting = sum(
-            number
-            for (_, status), number in by_kind.items()
-            if status in (OutboundEmail.Status.QUEUED, OutboundEmail.Status.SENDING)
-        )
-        yield GaugeMetricFamily(
-            "signup_emails_waiting", "Emails not sent yet (queued or with the provider).", waiting
+        waiting = sum(n for (_, status), n in emails.items() if status in ("queued", "sending"))
+        yield _family(
+            "emails_waiting",
+            "Emails not sent yet (queued or with the provider).",
+            {},
+            {(): waiting},
         )
         stuck = workflow.stuck_work()
-        yield GaugeMetricFamily(
-            "signup_dead_letters",
-            "Failed emails, waiting for an operator to re-drive them.",
-            stuck["dead_letters"],
-        )
-        yield GaugeMetricFamily(
-            "signup_stuck_reminders",
-            "Pending signups whose next reminder is overdue past the grace and two sweeps.",
-            stuck["reminders_overdue"],
-        )
-        yield GaugeMetricFamily(
-            "signup_stuck_emails",
-            "Emails unsent past SIGNUP_EMAIL_REDRIVE_AFTER and two sweeps.",
-            stuck["emails_unsent"],
-        )
-        yield GaugeMetricFamily(
-            "signup_stuck_webhooks",
-            "Webhook deliveries unsent past SIGNUP_EMAIL_REDRIVE_AFTER and two sweeps.",
-            stuck["webhooks_unsent"],
-        )
-
+        for name, key, description in _STUCK:
+            yield _family(name, description, {}, {(): stuck[key]})
         last = workflow.last_sweep_at()
         since = (timezone.now() - last).total_seconds() if last else float("inf")
-        yield GaugeMetricFamily(
-            "signup_seconds_since_last_sweep",
+        yield _family(
+            "seconds_since_last_sweep",
             "Seconds since the sweeper last completed a run (+Inf: never).",
-            since,
+            {},
+            {(): since},
         )
+
+
+_STUCK = (
+    ("dead_letters", "dead_letters", "Failed emails, waiting for an operator to re-drive them."),
+    (
+        "stuck_contacts",
+        "contacts_overdue",
+        "Pending signups not contacted yet, the grace and two sweeps after they were made.",
+    ),
+    (
+        "stuck_reminders",
+        "reminders_overdue",
+        "Pending signups whose next reminder is overdue past the grace and two sweeps.",
+    ),
+    ("stuck_emails", "emails_unsent", "Emails unsent past SIGNUP_REDRIVE_AFTER and two sweeps."),
+    (
+        "stuck_webhooks",
+        "webhooks_unsent",
+        "Webhook deliveries unsent past SIGNUP_REDRIVE_AFTER and two sweeps.",
+    ),
+)
+
+
+def _family(name: str, description: str, labels: dict, counts: dict) -> GaugeMetricFamily:
+    """A gauge `signup_<name>` with a sample for every combination of the labels' values (0
+    where `counts` has none)."""
+    family = GaugeMetricFamily(f"signup_{name}", description, labels=list(labels))
+    for values in itertools.product(*labels.values()):
+        key = values if len(values) != 1 else values[0]
+        family.add_metric(list(values), counts.get(key, 0))
+    return family
 
 
 # --- The endpoint ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class Signup(models.Model):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     username = models.CharField(max_length=USERNAME_MAX_LENGTH)
     email = models.EmailField()
-    # The budget row of the mailbox its address reaches, set when its address is greeted.
+    # The budget row of the mailbox its address reaches, set at its first contact.
     address = models.ForeignKey(
         "Address", null=True, blank=True, on_delete=models.SET_NULL, related_name="signups"
     )
@@ -62,10 +62,10 @@ class Signup(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
     # When its names and address were replaced by placeholders; done once.
     anonymised_at = models.DateTimeField(null=True, blank=True)
-    # When what its address may be sent was decided (workflow.greet_signup): a verification
-    # email, a held-back or mute signup, or "you already have an account". Null while the
-    # form's or the API's signup waits for its greeting task.
-    greeted_at = models.DateTimeField(null=True, blank=True)
+    # When what its address is sent first was decided (workflow.contact_address): a
+    # verification email, a held-back or mute signup, or "you already have an account". Null
+    # while the signup waits for its first-contact task.
+    contacted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -101,11 +101,11 @@ class Signup(models.Model):
                 condition=models.Q(status="pending"),
                 name="signup_pending_expiry_idx",
             ),
-            # Signups whose greeting task may be lost, by when it was last enqueued.
+            # Signups whose first-contact task may be lost, by when it was last enqueued.
             models.Index(
                 fields=["updated_at"],
-                condition=models.Q(status="pending", greeted_at__isnull=True),
-                name="signup_ungreeted_idx",
+                condition=models.Q(status="pending", contacted_at__isnull=True),
+                name="signup_uncontacted_idx",
             ),
             # What the anonymiser scans: closed signups not anonymised yet, by closing time.
             models.Index(
@@ -154,7 +154,7 @@ class SignupEvent(models.Model):
         EMAIL_FAILED = "email_failed", "Email failed"
         EMAIL_SKIPPED = "email_skipped", "Email not sent (signup moved on)"
         CHAIN_REPAIRED = "chain_repaired", "Lost reminder re-enqueued by the sweeper"
-        GREETING_REPAIRED = "greeting_repaired", "Lost greeting re-enqueued by the sweeper"
+        CONTACT_REPAIRED = "contact_repaired", "Lost first contact re-enqueued by the sweeper"
         EMAIL_REDRIVEN = "email_redriven", "Email re-enqueued"
         EMAIL_DELIVERED = "email_delivered", "Email delivered"
         EMAIL_OPENED = "email_opened", "Email opened"
@@ -186,14 +186,10 @@ class SignupEvent(models.Model):
         return f"{self.get_kind_display()}{suffix}"
 
 
-class OutboundEmail(models.Model):
-    """The ledger: one row per email the workflow means to send, so each is sent once."""
-
-    class Kind(models.TextChoices):
-        VERIFICATION = "verification", "Verification"
-        REMINDER = "reminder", "Reminder"
-        WELCOME = "welcome", "Welcome"
-        ACCOUNT_EXISTS = "account_exists", "You already have an account"
+class Outbound(models.Model):
+    """A ledger row: one thing the workflow means to send (an email, a webhook delivery),
+    claimed with a lease, sent, retried or dead-lettered, so that each is sent once
+    (signup.workflow.internal.ledger, one mechanism for both ledgers)."""
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -202,34 +198,51 @@ class OutboundEmail(models.Model):
         FAILED = "failed", "Failed"
         SKIPPED = "skipped", "Skipped"
 
-    signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="emails")
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    sequence = models.PositiveSmallIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    to_email = models.EmailField()
     attempts = models.PositiveSmallIntegerField(default=0)
-    provider_message_id = models.CharField(max_length=255, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When its task was last handed to the broker or its last attempt began, or, ahead of
+    # now, when its next attempt is due (a retry's backoff).
     enqueued_at = models.DateTimeField(null=True, blank=True)
-    # While an attempt is with the provider: until when it may be (EMAIL_TIMEOUT + 1 s after
-    # the claim). No row lock is held meanwhile; a verification, a cancellation or an erasure
+    # While an attempt is out: until when it may be (its lease: the far end's time limit and
+    # a second). No row lock is held meanwhile; a verification, a cancellation or an erasure
     # waits for the lease of a verification email or a reminder of its signup.
     in_flight_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["signup", "kind", "sequence"], name="email_once_per_kind_and_sequence"
-            ),
-        ]
+        abstract = True
         indexes = [
+            # What the sweeper scans for rows whose task was lost.
             models.Index(
                 fields=["enqueued_at"],
                 condition=models.Q(status__in=["queued", "sending"]),
-                name="email_unsent_idx",
+                name="%(class)s_unsent_idx",
+            ),
+        ]
+
+
+class OutboundEmail(Outbound):
+    """The email ledger: one row per email the workflow means to send."""
+
+    class Kind(models.TextChoices):
+        VERIFICATION = "verification", "Verification"
+        REMINDER = "reminder", "Reminder"
+        WELCOME = "welcome", "Welcome"
+        ACCOUNT_EXISTS = "account_exists", "You already have an account"
+
+    signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="emails")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    sequence = models.PositiveSmallIntegerField()
+    to_email = models.EmailField()
+    provider_message_id = models.CharField(max_length=255, blank=True)
+
+    class Meta(Outbound.Meta):
+        constraints = [
+            models.UniqueConstraint(
+                fields=["signup", "kind", "sequence"], name="email_once_per_kind_and_sequence"
             ),
         ]
 
@@ -237,15 +250,9 @@ class OutboundEmail(models.Model):
         return f"{self.get_kind_display()} #{self.sequence} to {self.to_email} ({self.status})"
 
 
-class WebhookDelivery(models.Model):
-    """The events ledger: one row per (event, endpoint), so that each receiver gets each event
+class WebhookDelivery(Outbound):
+    """The webhook ledger: one row per (event, endpoint), so that each receiver gets each event
     once, under the same webhook-id however often it is tried (Standard Webhooks)."""
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        SENDING = "sending", "Sending"
-        SENT = "sent", "Sent"
-        FAILED = "failed", "Failed"
 
     signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="webhooks")
     # The webhook-id header: one per event, the same for every endpoint and every attempt.
@@ -256,29 +263,13 @@ class WebhookDelivery(models.Model):
     # SIGNUP_WEBHOOK_INCLUDE_PII is on and the signup still has it).
     payload = models.JSONField()
     occurred_at = models.DateTimeField()
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    attempts = models.PositiveSmallIntegerField(default=0)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True)
-    # While an attempt is with the receiver: until when it may be (its timeout and a second).
-    in_flight_until = models.DateTimeField(null=True, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
-    class Meta:
+    class Meta(Outbound.Meta):
         verbose_name_plural = "webhook deliveries"
         constraints = [
             models.UniqueConstraint(
                 fields=["event_id", "endpoint"], name="webhook_once_per_event_and_endpoint"
-            ),
-        ]
-        indexes = [
-            models.Index(
-                fields=["enqueued_at"],
-                condition=models.Q(status__in=["queued", "sending"]),
-                name="webhook_unsent_idx",
             ),
         ]
 

@@ -5,6 +5,8 @@ from django.db.models import Count
 from signup import tokens
 from signup.models import OutboundEmail, Signup, WebhookDelivery
 
+WEBHOOK_STATES = [state for state in WebhookDelivery.Status.values if state != "skipped"]
+
 
 def signup_by_username(username: str) -> Signup | None:
     """Return the signup that holds this username now, else its most recent one."""
@@ -38,16 +40,23 @@ def next_step(signup: Signup) -> dict | None:
     return {"step": "expiry", "number": None, "at": signup.expires_at}
 
 
-def _by_status(rows, statuses) -> dict[str, int]:
-    counted = dict(rows.order_by().values_list("status").annotate(n=Count("id")))
-    return {status: counted.get(status, 0) for status in statuses}
+def count_by(rows, *columns: str) -> dict:
+    """How many rows have each value of `columns` (a tuple of them for several), in one
+    GROUP BY; a value no row has is missing."""
+    counted = rows.order_by().values_list(*columns).annotate(n=Count("id"))
+    if len(columns) == 1:
+        return dict(counted.values_list(columns[0], "n"))
+    return {tuple(row[:-1]): row[-1] for row in counted.values_list(*columns, "n")}
 
 
 def email_counts(signup: Signup) -> dict[str, int]:
     """The signup's ledger emails by state (queued, sending, sent, failed, skipped)."""
-    return _by_status(signup.emails, OutboundEmail.Status.values)
+    counted = count_by(signup.emails, "status")
+    return {status: counted.get(status, 0) for status in OutboundEmail.Status.values}
 
 
 def webhook_counts(signup: Signup) -> dict[str, int]:
-    """The signup's webhook deliveries by state (queued, sending, sent, failed)."""
-    return _by_status(signup.webhooks, WebhookDelivery.Status.values)
+    """The signup's webhook deliveries by state (queued, sending, sent, failed: a delivery
+    is never skipped)."""
+    counted = count_by(signup.webhooks, "status")
+    return {status: counted.get(status, 0) for status in WEBHOOK_STATES}

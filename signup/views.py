@@ -7,7 +7,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_safe
 
-from signup import emails, limits, selectors, tasks, tokens, workflow
+from signup import languages, limits, selectors, tasks, tokens, workflow
 from signup.forms import ResendForm, SignupForm
 from signup.models import Signup
 
@@ -22,7 +22,6 @@ def signup_form(request):
                 **form.cleaned_data,
                 language=translation.get_language(),
                 client_network=limits.client_network(request),
-                greet_later=True,
             )
         except workflow.UsernameTaken:
             form.add_error("username", _("This username is already taken."))
@@ -65,7 +64,7 @@ def _language_of(request, token: str) -> str:
     if settings.LANGUAGE_COOKIE_NAME in request.COOKIES:
         return translation.get_language()
     try:
-        return emails.language_of(selectors.signup_for_token(token))
+        return languages.offered(selectors.signup_for_token(token).language)
     except tokens.InvalidToken:
         return translation.get_language()
 

@@ -6,6 +6,11 @@ chromium, prometheus; processes for the slow ones that start the service's own p
 test that uses the database or a worker is marked from its fixtures as well, so it can't slip
 into the fast tier (`make test-fast`: no marker). Before such a test runs, the service is
 probed once; a missing one fails the test with what to start, never skips it.
+
+Side by side (`make test` runs pytest-xdist): each process has its own test database
+(pytest-django's `_gw<n>` suffix) and its own two Redis databases (below), the RabbitMQ tests
+share one process (one vhost, one "celery" queue), and the tests of one deployment of the
+process tests run in one process, which starts that deployment once.
 """
 
 import os
@@ -13,7 +18,7 @@ import shutil
 import socket
 from contextlib import contextmanager
 from functools import cache
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -25,6 +30,22 @@ from playwright.sync_api import sync_playwright
 from config.celery import app as celery_app
 from signup import health
 from tests.helpers import API_KEY
+
+
+def _own_redis_databases() -> None:
+    """Give this xdist process its own Redis databases, two below the previous process's: the
+    suite's broker (which tests flush) and, the one below it, the process tests' (which their
+    deployments flush). Done at import, before anything reads the broker's URL."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    url = urlsplit(settings.CELERY_BROKER_URL)
+    if not worker or url.scheme != "redis":
+        return
+    database = int(url.path.strip("/") or 0) - 2 * int(worker.removeprefix("gw"))
+    own = urlunsplit(url._replace(path=f"/{database}"))
+    settings.CELERY_BROKER_URL = os.environ["CELERY_BROKER_URL"] = own
+
+
+_own_redis_databases()
 
 # Fixtures that reach a service, and the marker each implies.
 _FIXTURE_SERVICES = {
@@ -44,6 +65,11 @@ RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1
 
 def pytest_collection_modifyitems(items):
     for item in items:
+        if item.get_closest_marker("rabbitmq"):
+            item.add_marker(pytest.mark.xdist_group("rabbitmq"))
+        elif "service" in getattr(getattr(item, "callspec", None), "params", {}):
+            deployment = item.callspec.params["service"]
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{deployment}"))
         implied = {
             _FIXTURE_SERVICES[name] for name in item.fixturenames if name in _FIXTURE_SERVICES
         }
@@ -155,8 +181,8 @@ def workflow_settings(settings):
     settings.SIGNUP_EXPIRES_AFTER = 7 * 24 * 3600
     settings.SIGNUP_MAX_REMINDERS = 3
     settings.SIGNUP_SWEEP_INTERVAL = 60
-    settings.SIGNUP_REMINDER_GRACE = 1
-    settings.SIGNUP_EMAIL_REDRIVE_AFTER = 120
+    settings.SIGNUP_LOST_TASK_GRACE = 1
+    settings.SIGNUP_REDRIVE_AFTER = 120
     settings.SIGNUP_SCHEDULE_AHEAD = 300
     # One address, one signup's worth of mail: tests that mean two people use two addresses.
     settings.SIGNUP_ADDRESS_COOLDOWN = 180
@@ -168,6 +194,9 @@ def workflow_settings(settings):
     settings.SIGNUP_RATE_LIMIT_API = settings.SIGNUP_RATE_LIMIT_PROBES = "100000/m"
     settings.SIGNUP_API_KEY = API_KEY
     settings.SITE_URL = "http://testserver"
+    # Admin logins hash their password quickly here (the real hasher costs half a second a
+    # login, and the lockout tests log in many times).
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     return settings
 
 

@@ -3,6 +3,7 @@ database faults some tests cause."""
 
 import html
 import logging
+import os
 import re
 import smtplib
 import time
@@ -16,10 +17,15 @@ from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.db import connection
 
 API_KEY = "test-api-key-0123456789-abcdefghijklmn"
+# How much longer than on an idle machine waiting may take: `make test` runs four tests at a
+# time on two cores, so every process of a test shares them with three other tests'.
+LOAD = 2.0 if os.environ.get("PYTEST_XDIST_WORKER") else 1.0
 
 
-def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message: str = ""):
-    """Poll until predicate() is truthy and return its value; fail after `timeout` seconds."""
+def wait_for(predicate, *, timeout: float = 15, interval: float = 0.1, message: str = ""):
+    """Poll until predicate() is truthy and return its value; fail after `timeout` seconds
+    (times LOAD)."""
+    timeout *= LOAD
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -30,14 +36,36 @@ def wait_for(predicate, *, timeout: float = 15, interval: float = 0.05, message:
         time.sleep(interval)
 
 
-def greet_waiting() -> int:
-    """Do what a worker does with the greeting tasks the form and the API enqueued (for the
-    tests that run no worker); return how many signups were greeted."""
+def signed_up(**fields):
+    """Start a signup and make its first contact, as the form or the API and then a worker
+    do; return it as they left it."""
+    from signup import workflow
+
+    signup = workflow.start_signup(**fields)
+    workflow.contact_address(signup_id=signup.pk)
+    signup.refresh_from_db()
+    return signup
+
+
+def send_reminder(signup_id: int, number: int) -> bool:
+    """Do here what the task send_reminder does: take reminder `number` and send its email
+    (to the locmem outbox); return whether it was taken."""
+    from signup import workflow
+
+    email_id = workflow.take_reminder(signup_id=signup_id, number=number)
+    return email_id is not None and workflow.deliver(workflow.EMAIL, email_id, claimed=True)
+
+
+def contact_waiting() -> int:
+    """Do what a worker does with the first-contact tasks the form and the API enqueued (for
+    the tests that run no worker); return how many signups were contacted."""
     from signup import workflow
     from signup.models import Signup
 
-    waiting = Signup.objects.filter(greeted_at__isnull=True).order_by("id")
-    return sum(workflow.greet_signup(signup_id=pk) for pk in waiting.values_list("id", flat=True))
+    waiting = Signup.objects.filter(contacted_at__isnull=True).order_by("id")
+    return sum(
+        workflow.contact_address(signup_id=pk) for pk in waiting.values_list("id", flat=True)
+    )
 
 
 @contextmanager

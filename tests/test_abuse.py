@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from signup import limits, tokens, workflow
 from signup.models import Address, OutboundEmail, Signup
-from tests.helpers import API_KEY, greet_waiting, signup_data
+from tests.helpers import API_KEY, contact_waiting, send_reminder, signed_up, signup_data
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -27,8 +27,7 @@ def _emails(kind: str) -> int:
 
 def _signups_naming(address: str, count: int, **fields) -> list[Signup]:
     return [
-        workflow.start_signup(**signup_data(username=f"user{n}", email=address, **fields))
-        for n in range(count)
+        signed_up(**signup_data(username=f"user{n}", email=address, **fields)) for n in range(count)
     ]
 
 
@@ -53,9 +52,9 @@ def test_many_signups_naming_one_address_send_it_one_verification_email():
 
 
 def test_an_address_is_one_address_in_any_case():
-    workflow.start_signup(**signup_data(username="one", email="Victim@Example.com"))
-    workflow.start_signup(**signup_data(username="two", email="VICTIM@example.com"))
-    workflow.start_signup(**signup_data(username="three", email="victim@example.com"))
+    signed_up(**signup_data(username="one", email="Victim@Example.com"))
+    signed_up(**signup_data(username="two", email="VICTIM@example.com"))
+    signed_up(**signup_data(username="three", email="victim@example.com"))
     assert _emails("verification") == 1
 
 
@@ -68,7 +67,7 @@ def test_an_international_address_is_one_address_in_either_form(api, client):
         )
         page = client.post("/signup/", signup_data(username=f"form{n}", email=address))
         assert page.status_code == 302
-    assert greet_waiting() == 6
+    assert contact_waiting() == 6
     assert _emails("verification") == 1
     assert set(Signup.objects.values_list("email", flat=True)) <= {
         "eve@xn--bcher-kva.example",
@@ -77,11 +76,11 @@ def test_an_international_address_is_one_address_in_either_form(api, client):
 
 
 def test_after_the_cooldown_the_newest_signup_takes_the_reminder_chain_over(settings):
-    first = workflow.start_signup(**signup_data(username="first", email=VICTIM))
-    assert workflow.take_reminder(signup_id=first.pk, number=1) is not None
+    first = signed_up(**signup_data(username="first", email=VICTIM))
+    assert send_reminder(signup_id=first.pk, number=1)
     first.refresh_from_db()
     _cooldown_over()
-    second = workflow.start_signup(**signup_data(username="second", email=VICTIM))
+    second = signed_up(**signup_data(username="second", email=VICTIM))
     assert _emails("verification") == 2
     second.refresh_from_db()
     # The chain goes on where it stood: reminder 2 at the time it was due for the first.
@@ -100,7 +99,7 @@ def test_the_reminders_of_an_address_add_up_to_one_signups(settings):
     settings.SIGNUP_ADDRESS_DAILY_LIMIT = 100
     sent = 0
     for n in range(10):
-        signup = workflow.start_signup(**signup_data(username=f"user{n}", email=VICTIM))
+        signup = signed_up(**signup_data(username=f"user{n}", email=VICTIM))
         signup.refresh_from_db()
         # Take whatever reminder is next for the signup that now holds the chain.
         if signup.next_reminder_at is not None:
@@ -119,34 +118,34 @@ def test_the_daily_limits_hold_when_the_cooldown_allows(settings):
     _signups_naming(VICTIM, 5, client_network="one")
     assert _emails("verification") == settings.SIGNUP_ADDRESS_NETWORK_DAILY_LIMIT == 3
     for network in range(10):
-        workflow.start_signup(
+        signed_up(
             **signup_data(username=f"net{network}", email=VICTIM), client_network=f"n{network}"
         )
     assert _emails("verification") == settings.SIGNUP_ADDRESS_DAILY_LIMIT == 10
     Address.objects.update(day_started_at=timezone.now() - timedelta(days=1, seconds=1))
-    workflow.start_signup(**signup_data(username="nextday", email=VICTIM), client_network="one")
+    signed_up(**signup_data(username="nextday", email=VICTIM), client_network="one")
     assert _emails("verification") == 11
 
 
 def test_an_address_with_an_account_gets_told_so_instead_of_a_verification_email():
-    account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
+    account = signed_up(**signup_data(username="owner", email=VICTIM))
     workflow.verify_signup_by_operator(signup_id=account.pk)
     _cooldown_over()
-    again = workflow.start_signup(**signup_data(username="again", email=VICTIM))
+    again = signed_up(**signup_data(username="again", email=VICTIM))
     assert _emails("verification") == 1
     (note,) = OutboundEmail.objects.filter(kind="account_exists")
     assert note.signup_id == account.pk  # the email is about the account, to its owner
     again.refresh_from_db()
     assert again.next_reminder_at is None
     # Within the same budget: another try right away is held back.
-    workflow.start_signup(**signup_data(username="third", email=VICTIM))
+    signed_up(**signup_data(username="third", email=VICTIM))
     assert _emails("account_exists") == 1
 
 
 def test_verifying_one_signup_stops_the_reminders_of_the_addresss_other_one():
-    older = workflow.start_signup(**signup_data(username="older", email=VICTIM))
+    older = signed_up(**signup_data(username="older", email=VICTIM))
     _cooldown_over()
-    newer = workflow.start_signup(**signup_data(username="newer", email=VICTIM))
+    newer = signed_up(**signup_data(username="newer", email=VICTIM))
     workflow.verify_signup(token=tokens.make_token(older), source="verification")
     newer.refresh_from_db()
     assert newer.status == "pending"
@@ -157,7 +156,7 @@ def test_verifying_one_signup_stops_the_reminders_of_the_addresss_other_one():
 def test_the_owner_can_always_finish_through_the_resend_page():
     # Someone else's signups hold the address's budget; the owner's own signup is mute.
     _signups_naming(VICTIM, 3)
-    mine = workflow.start_signup(**signup_data(username="me", email=VICTIM))
+    mine = signed_up(**signup_data(username="me", email=VICTIM))
     assert workflow.request_verification_email(email=VICTIM).startswith("held back")
     _cooldown_over()
     assert workflow.request_verification_email(email=VICTIM) == "verification email queued"
@@ -171,7 +170,7 @@ def test_the_owner_can_always_finish_through_the_resend_page():
 
 def test_resend_to_an_unknown_address_sends_nothing_and_to_an_account_a_note():
     assert workflow.request_verification_email(email="nobody@example.com") == "nothing pending"
-    account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
+    account = signed_up(**signup_data(username="owner", email=VICTIM))
     workflow.verify_signup_by_operator(signup_id=account.pk)
     _cooldown_over()
     assert workflow.request_verification_email(email=VICTIM) == "account exists email queued"
@@ -180,7 +179,7 @@ def test_resend_to_an_unknown_address_sends_nothing_and_to_an_account_a_note():
 
 
 def test_the_address_table_holds_no_address():
-    workflow.start_signup(**signup_data(email=VICTIM))
+    signed_up(**signup_data(email=VICTIM))
     (row,) = Address.objects.values_list("digest", flat=True)
     assert "victim" not in row
     assert row == workflow.address_digest("VICTIM@example.com")
@@ -195,14 +194,10 @@ KNOWN = ["pending@example.com", "reminded@example.com", "verified@example.com"]
 def _known_addresses() -> None:
     """One address with a pending signup, one whose reminder chain has gone on (a new signup
     takes it over, the cooldown being over) and one with an account."""
-    workflow.start_signup(**signup_data(username="pending1", email="pending@example.com"))
-    reminded = workflow.start_signup(
-        **signup_data(username="reminded1", email="reminded@example.com")
-    )
+    signed_up(**signup_data(username="pending1", email="pending@example.com"))
+    reminded = signed_up(**signup_data(username="reminded1", email="reminded@example.com"))
     Signup.objects.filter(pk=reminded.pk).update(reminders_sent=2)
-    account = workflow.start_signup(
-        **signup_data(username="verified1", email="verified@example.com")
-    )
+    account = signed_up(**signup_data(username="verified1", email="verified@example.com"))
     workflow.verify_signup_by_operator(signup_id=account.pk)
     Address.objects.filter(digest=workflow.address_digest("reminded@example.com")).update(
         last_sent_at=timezone.now() - timedelta(seconds=181)
@@ -231,8 +226,8 @@ def test_the_api_answers_a_known_address_as_an_unknown_one(api, address):
     mine, theirs = Signup.objects.get(username="newname1"), Signup.objects.get(username="newname2")
     assert _without(known.content, mine) == _without(unknown.content, theirs)
     if address == "reminded@example.com":
-        # Greeted after the answer, the new signup takes the chain over where it stood.
-        greet_waiting()
+        # Contacted after the answer, the new signup takes the chain over where it stood.
+        contact_waiting()
         mine.refresh_from_db()
         assert mine.reminders_sent == 2
 
@@ -261,7 +256,7 @@ def _shape(sql: str) -> str:
 @pytest.mark.parametrize("path", ["/signup/", "/api/signups"])
 def test_the_form_and_the_api_do_the_same_work_whatever_the_address(client, api, path):
     """What takes time in the answer is its database work: the same statements for every
-    address, known or not, within its cooldown or past it. The address is greeted after the
+    address, known or not, within its cooldown or past it. The address is contacted after the
     answer, by a task (what differs is there)."""
     _known_addresses()
     post = api.post if path.startswith("/api/") else client.post
@@ -274,8 +269,8 @@ def test_the_form_and_the_api_do_the_same_work_whatever_the_address(client, api,
     assert done["new@example.com"]
     for address, statements in done.items():
         assert statements == done["new@example.com"], address
-    # And the greetings, which differ, do happen.
-    assert greet_waiting() == len(done)
+    # And the first contacts, which differ, do happen.
+    assert contact_waiting() == len(done)
 
 
 def _strip_csrf(page: bytes) -> bytes:
@@ -336,7 +331,7 @@ def test_an_ipv6_client_is_counted_by_its_64(client, settings):
 
 def test_invalid_links_past_the_limit_get_429_even_with_a_good_one(client, settings):
     settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     for n in range(3):
         assert client.get(f"/signup/verify/guess{n}/").status_code == 400
     good = f"/signup/verify/{tokens.make_token(signup)}/"
@@ -351,7 +346,7 @@ def test_a_backends_invalid_tokens_do_not_lock_its_other_users_out(api, settings
     """The API's caller relays everyone's tokens from one address: its invalid ones are
     bounded by the key's limit, not by the links' per-client one."""
     settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     for n in range(10):
         assert api.post("/api/signups/verify", {"token": f"mistyped{n}"}).status_code == 400
     response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
@@ -408,21 +403,21 @@ def test_an_ipv6_client_cannot_escape_the_admin_lockout_within_its_64(client, se
 
 
 def test_erasing_an_account_frees_its_address_for_a_new_signup():
-    account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
+    account = signed_up(**signup_data(username="owner", email=VICTIM))
     workflow.verify_signup_by_operator(signup_id=account.pk)
     assert workflow.erase_personal_data(signup_id=account.pk, operator="ops")
     _cooldown_over()
-    again = workflow.start_signup(**signup_data(username="again", email=VICTIM))
+    again = signed_up(**signup_data(username="again", email=VICTIM))
     assert again.emails.get().kind == "verification"  # no "you already have an account"
     assert not OutboundEmail.objects.filter(kind="account_exists").exists()
 
 
 def test_addresses_idle_past_the_retention_are_forgotten_unless_they_hold_a_signup(settings):
     settings.SIGNUP_RETENTION_DAYS = 30
-    workflow.start_signup(**signup_data(username="pending", email="pending@example.com"))
-    account = workflow.start_signup(**signup_data(username="owner", email="owner@example.com"))
+    signed_up(**signup_data(username="pending", email="pending@example.com"))
+    account = signed_up(**signup_data(username="owner", email="owner@example.com"))
     workflow.verify_signup_by_operator(signup_id=account.pk)
-    closed = workflow.start_signup(**signup_data(username="gone", email="gone@example.com"))
+    closed = signed_up(**signup_data(username="gone", email="gone@example.com"))
     workflow.cancel_signup(signup_id=closed.pk)
     Address.objects.update(last_sent_at=timezone.now() - timedelta(days=31))
     assert workflow.forget_idle_addresses() == 1
@@ -430,7 +425,7 @@ def test_addresses_idle_past_the_retention_are_forgotten_unless_they_hold_a_sign
     assert workflow.address_digest("gone@example.com") not in remaining
     assert len(remaining) == 2
     # A new signup for the forgotten address starts afresh.
-    workflow.start_signup(**signup_data(username="back", email="gone@example.com"))
+    signed_up(**signup_data(username="back", email="gone@example.com"))
     assert Address.objects.count() == 3
 
 
@@ -476,7 +471,7 @@ def test_every_spelling_of_a_mailbox_shares_its_budget_and_its_one_chain(api, sp
     for n, address in enumerate(spellings):
         answer = api.post("/api/signups", signup_data(username=f"spelling{n}", email=address))
         assert answer.status_code == 201, answer.content
-    assert greet_waiting() == len(spellings)
+    assert contact_waiting() == len(spellings)
     assert _emails("verification") == 1
     assert _live_chains() == 1
     assert Address.objects.count() == 1
@@ -484,16 +479,16 @@ def test_every_spelling_of_a_mailbox_shares_its_budget_and_its_one_chain(api, sp
 
 def test_a_sub_address_is_still_the_signups_own_address(api, mailoutbox):
     api.post("/api/signups", signup_data(username="shopper", email="Ada+shop@example.com"))
-    greet_waiting()
+    contact_waiting()
     signup = Signup.objects.get(username="shopper")
     assert signup.email == "Ada+shop@example.com"
-    workflow.deliver_email(email_id=signup.emails.get().pk)
+    workflow.deliver(workflow.EMAIL, signup.emails.get().pk)
     assert mailoutbox[0].to == ["Ada+shop@example.com"]
 
 
 def test_a_quoted_address_is_stored_and_sent_without_its_quotes(client):
     client.post("/signup/", signup_data(username="quoted", email='"victim"@Bombed.Example'))
-    greet_waiting()
+    contact_waiting()
     signup = Signup.objects.get(username="quoted")
     assert signup.email == "victim@bombed.example"
     assert signup.emails.get().to_email == "victim@bombed.example"
@@ -509,7 +504,7 @@ def _form_signup(client, username: str, address: str, *, client_address: str) ->
         "/signup/", signup_data(username=username, email=address), REMOTE_ADDR=client_address
     )
     assert answer.status_code == 302, answer.content
-    greet_waiting()
+    contact_waiting()
 
 
 def test_a_strangers_signups_cannot_spend_the_owners_budget(client):
@@ -548,7 +543,7 @@ def test_the_owners_resend_reaches_their_own_signup_before_a_strangers_newer_one
 
 @pytest.mark.parametrize("path", ["page", "api"])
 def test_a_reminder_source_counts_only_for_a_reminder_that_was_sent(client, api, path):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     token = tokens.make_token(signup)
     if path == "page":
         answer = client.post(f"/signup/verify/{token}/", {"source": "reminder-99"})
@@ -561,8 +556,8 @@ def test_a_reminder_source_counts_only_for_a_reminder_that_was_sent(client, api,
 
 
 def test_a_sent_reminders_source_is_credited(client):
-    signup = workflow.start_signup(**signup_data())
-    assert workflow.take_reminder(signup_id=signup.pk, number=1) is not None
+    signup = signed_up(**signup_data())
+    assert send_reminder(signup_id=signup.pk, number=1)
     answer = client.post(f"/signup/verify/{tokens.make_token(signup)}/", {"source": "reminder-1"})
     assert answer.status_code == 200
     signup.refresh_from_db()
@@ -573,8 +568,8 @@ def test_a_sent_reminders_source_is_credited(client):
 
 
 def test_a_signup_whose_address_was_sent_nothing_frees_its_username_soon(settings):
-    first = workflow.start_signup(**signup_data(username="first", email=VICTIM))
-    held = workflow.start_signup(**signup_data(username="squatter", email=VICTIM))
+    first = signed_up(**signup_data(username="first", email=VICTIM))
+    held = signed_up(**signup_data(username="squatter", email=VICTIM))
     held.refresh_from_db()
     assert not held.emails.exists()
     soon = timezone.now() + timedelta(seconds=settings.SIGNUP_UNSENT_EXPIRES_AFTER)
@@ -586,12 +581,12 @@ def test_a_signup_whose_address_was_sent_nothing_frees_its_username_soon(setting
     held.refresh_from_db()
     assert held.status == "expired"
     # The username is free for someone who can receive mail.
-    workflow.start_signup(**signup_data(username="squatter", email="someone@example.com"))
+    signed_up(**signup_data(username="squatter", email="someone@example.com"))
 
 
 def test_a_mute_signup_the_resend_page_reaches_gets_its_full_time_back(settings):
-    workflow.start_signup(**signup_data(username="first", email=VICTIM))
-    mine = workflow.start_signup(**signup_data(username="mine", email=VICTIM))
+    signed_up(**signup_data(username="first", email=VICTIM))
+    mine = signed_up(**signup_data(username="mine", email=VICTIM))
     _cooldown_over()
     assert workflow.request_verification_email(email=VICTIM) == "verification email queued"
     mine.refresh_from_db()
@@ -601,10 +596,10 @@ def test_a_mute_signup_the_resend_page_reaches_gets_its_full_time_back(settings)
 
 
 def test_a_signup_to_an_address_with_an_account_frees_its_username_soon(settings):
-    account = workflow.start_signup(**signup_data(username="owner", email=VICTIM))
+    account = signed_up(**signup_data(username="owner", email=VICTIM))
     workflow.verify_signup_by_operator(signup_id=account.pk)
     _cooldown_over()
-    again = workflow.start_signup(**signup_data(username="again", email=VICTIM))
+    again = signed_up(**signup_data(username="again", email=VICTIM))
     again.refresh_from_db()
     assert again.expires_at <= timezone.now() + timedelta(
         seconds=settings.SIGNUP_UNSENT_EXPIRES_AFTER

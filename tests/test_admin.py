@@ -4,16 +4,16 @@ import pytest
 
 from signup import workflow
 from signup.models import OutboundEmail, Signup
-from tests.helpers import signup_data
+from tests.helpers import signed_up, signup_data
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 
 @pytest.fixture
 def three_signups():
-    alice = workflow.start_signup(**signup_data())
-    bob = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
-    carol = workflow.start_signup(**signup_data(username="carol", email="carol@example.com"))
+    alice = signed_up(**signup_data())
+    bob = signed_up(**signup_data(username="bob", email="bob@example.com"))
+    carol = signed_up(**signup_data(username="carol", email="carol@example.com"))
     workflow.verify_signup_by_operator(signup_id=carol.pk)
     return alice, bob, carol
 
@@ -54,7 +54,7 @@ def test_actions_go_through_the_workflow(admin_client, three_signups):
     assert "0 of 1 signup(s) sent a new verification email (1 skipped: not pending, or its" in (
         response.content.decode()
     )
-    workflow.deliver_email(email_id=alice.emails.get(kind="verification").pk)
+    workflow.deliver(workflow.EMAIL, alice.emails.get(kind="verification").pk)
     response = _act(admin_client, "resend_verification", [alice, carol])
     assert "1 of 2 signup(s) sent a new verification email" in response.content.decode()
     assert alice.emails.filter(kind="verification").count() == 2
@@ -75,9 +75,9 @@ def test_actions_go_through_the_workflow(admin_client, three_signups):
 
 
 def test_dead_letters_are_listed_and_can_be_re_driven(admin_client):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
-    workflow.deliver_email(email_id=email.pk)  # sends it: a sent email is not re-driven
+    workflow.deliver(workflow.EMAIL, email.pk)  # sends it: a sent email is not re-driven
     failed = OutboundEmail.objects.create(
         signup=signup,
         kind="verification",

@@ -7,7 +7,7 @@ import requests
 
 from signup import tokens, workflow
 from signup.models import Signup
-from tests.helpers import API_KEY, signup_data
+from tests.helpers import API_KEY, send_reminder, signed_up, signup_data
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -67,7 +67,7 @@ def test_read_answers_the_status_and_404(api):
 
 
 def test_read_shows_the_signup_holding_the_username(api):
-    old = workflow.start_signup(**signup_data())
+    old = signed_up(**signup_data())
     workflow.cancel_signup(signup_id=old.pk)
     api.post("/api/signups", signup_data())
     assert api.get("/api/signups/alice").json()["status"] == "pending"
@@ -88,9 +88,9 @@ def test_json_with_its_charset_or_in_capitals_is_json(client, content_type):
 
 
 def test_verify_by_token_answers_done_then_already_verified(api):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     for number in (1, 2):  # the token came from reminder 2's link, which was sent
-        assert workflow.take_reminder(signup_id=signup.pk, number=number) is not None
+        assert send_reminder(signup_id=signup.pk, number=number)
     token = tokens.make_token(signup)
     first = api.post("/api/signups/verify", {"token": token, "source": "reminder-2"})
     second = api.post("/api/signups/verify", {"token": token, "source": "verification"})
@@ -115,7 +115,7 @@ def test_verify_by_token_answers_done_then_already_verified(api):
     ],
 )
 def test_verify_with_a_bad_token_gets_4xx_and_changes_nothing(api, body, status):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     token = tokens.make_token(signup)
     body = {k: v.replace("{token}", token) if isinstance(v, str) else v for k, v in body.items()}
     response = api.post("/api/signups/verify", body)
@@ -126,7 +126,7 @@ def test_verify_with_a_bad_token_gets_4xx_and_changes_nothing(api, body, status)
 
 
 def test_verify_cannot_claim_the_operator_source(api):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     response = api.post(
         "/api/signups/verify", {"token": tokens.make_token(signup), "source": "operator"}
     )
@@ -137,7 +137,7 @@ def test_verify_cannot_claim_the_operator_source(api):
 
 
 def test_verify_credits_the_api_unless_told_which_email(api):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
     assert response.status_code == 200
     signup.refresh_from_db()
@@ -145,7 +145,7 @@ def test_verify_credits_the_api_unless_told_which_email(api):
 
 
 def test_verify_after_expiry_gets_410(api, settings):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     Signup.objects.filter(pk=signup.pk).update(expires_at=signup.created_at)
     response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
     assert response.status_code == 410
@@ -154,7 +154,7 @@ def test_verify_after_expiry_gets_410(api, settings):
 
 
 def test_verify_a_cancelled_signup_gets_410(api):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     workflow.cancel_signup(signup_id=signup.pk)
     response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
     assert response.status_code == 410

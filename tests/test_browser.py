@@ -3,8 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from signup import workflow
-from tests.helpers import sent_to, signup_data, verify_link, wait_for_emails
+from tests.helpers import sent_to, signed_up, signup_data, verify_link, wait_for_emails
 
 pytestmark = [pytest.mark.browser, pytest.mark.chromium, pytest.mark.postgres, pytest.mark.redis]
 
@@ -56,7 +55,7 @@ def operator_and_signup(transactional_db, broker, django_user_model):
     """An operator's account and a signup, made before `page` starts the browser (under its
     event loop the ORM would open a connection of its own that nothing closes)."""
     django_user_model.objects.create_superuser("ops", "ops@example.com", "a long pass phrase")
-    return workflow.start_signup(**signup_data())
+    return signed_up(**signup_data())
 
 
 def test_the_pages_and_the_admin_work_within_the_content_security_policy(operator_and_signup, page):

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from signup import tokens, workflow
 from signup.models import OutboundEmail, Signup
-from tests.helpers import signup_data
+from tests.helpers import signed_up, signup_data
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -65,9 +65,9 @@ def _reminder_taken(signup: Signup) -> OutboundEmail:
 
 
 def test_no_row_is_locked_while_the_provider_takes_its_time(gated):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
-    sender, outcome = in_thread(lambda: workflow.deliver_email(email_id=email.pk))
+    sender, outcome = in_thread(lambda: workflow.deliver(workflow.EMAIL, email.pk))
     assert gated.entered.wait(10)
     try:
         with transaction.atomic():  # NOWAIT: an error, not a wait, if anything held them
@@ -86,13 +86,13 @@ def test_no_row_is_locked_while_the_provider_takes_its_time(gated):
 def _verification_email(signup: Signup) -> tuple[OutboundEmail, object]:
     """The first verification email, and how to send it."""
     email = signup.emails.get(kind="verification")
-    return email, lambda: workflow.deliver_email(email_id=email.pk)
+    return email, lambda: workflow.deliver(workflow.EMAIL, email.pk)
 
 
 def _reminder(signup: Signup) -> tuple[OutboundEmail, object]:
     """Reminder 1, taken and claimed, and how its task sends it."""
     reminder = _reminder_taken(signup)
-    return reminder, lambda: workflow.send_claimed_email(email_id=reminder.pk)
+    return reminder, lambda: workflow.deliver(workflow.EMAIL, reminder.pk, claimed=True)
 
 
 def _verify(signup: Signup):
@@ -113,7 +113,7 @@ def _erase(signup: Signup):
 )
 @pytest.mark.parametrize("out", [_verification_email, _reminder], ids=["verify-email", "reminder"])
 def test_closing_a_signup_waits_for_its_email_that_is_with_the_provider(gated, out, closing):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email, send = out(signup)
     sender, sent = in_thread(send)
     assert gated.entered.wait(10)
@@ -133,9 +133,9 @@ def test_closing_a_signup_waits_for_its_email_that_is_with_the_provider(gated, o
 
 def test_the_wait_ends_with_the_lease_even_if_the_provider_never_answers(gated, settings):
     settings.EMAIL_TIMEOUT = 1  # the lease: the provider's time limit and a second
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     reminder = _reminder_taken(signup)
-    sender, _ = in_thread(lambda: workflow.send_claimed_email(email_id=reminder.pk))
+    sender, _ = in_thread(lambda: workflow.deliver(workflow.EMAIL, reminder.pk, claimed=True))
     assert gated.entered.wait(10)
     started = time.monotonic()
     result = workflow.verify_signup(token=tokens.make_token(signup), source="verification")
@@ -149,31 +149,32 @@ def test_the_wait_ends_with_the_lease_even_if_the_provider_never_answers(gated, 
 @pytest.mark.django_db
 def test_a_copy_of_a_task_waits_for_the_planned_retry(settings, mailoutbox):
     settings.EMAIL_BACKEND = "tests.helpers.TemporarilyRefusingBackend"
-    signup = workflow.start_signup(**signup_data())
+    settings.SIGNUP_EMAIL_RETRY_DELAY = settings.SIGNUP_EMAIL_RETRY_MAX_DELAY = 900.0
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
-    with pytest.raises(smtplib.SMTPRecipientsRefused):
-        workflow.deliver_email(email_id=email.pk)
-    assert workflow.record_email_error(email_id=email.pk, error="450", retry_in=900)
+    then = workflow.attempt(workflow.EMAIL, email.pk)  # the provider said 450: try again later
+    assert isinstance(then.error, smtplib.SMTPRecipientsRefused)
+    assert 450 <= then.countdown <= 900
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     # A redelivered or re-enqueued copy of its task: not before the backoff says.
-    with pytest.raises(workflow.EmailInFlight) as later:
-        workflow.deliver_email(email_id=email.pk)
-    assert (later.value.until - timezone.now()).total_seconds() > 800
+    with pytest.raises(workflow.InFlight) as later:
+        workflow.deliver(workflow.EMAIL, email.pk)
+    assert (later.value.until - timezone.now()).total_seconds() > 400
     email.refresh_from_db()
     assert (email.attempts, len(mailoutbox)) == (1, 0)
 
 
 def test_a_second_delivery_while_one_is_out_comes_back_after_the_lease(gated, mailoutbox):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
-    sender, _ = in_thread(lambda: workflow.deliver_email(email_id=email.pk))
+    sender, _ = in_thread(lambda: workflow.deliver(workflow.EMAIL, email.pk))
     assert gated.entered.wait(10)
-    with pytest.raises(workflow.EmailInFlight) as out:
-        workflow.deliver_email(email_id=email.pk)
+    with pytest.raises(workflow.InFlight) as out:
+        workflow.deliver(workflow.EMAIL, email.pk)
     email.refresh_from_db()
     assert out.value.until == email.in_flight_until
     assert email.attempts == 1  # the second delivery counted no attempt
     gated.release.set()
     sender.join(15)
-    assert workflow.deliver_email(email_id=email.pk) is False  # sent by the first
+    assert workflow.deliver(workflow.EMAIL, email.pk) is False  # sent by the first
     assert len(mailoutbox) == 1

@@ -12,9 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from signup import hooks, signals, tokens, workflow
+from signup import signals, tokens, webhooks_out, workflow
 from signup.models import Signup, SignupEvent, WebhookDelivery
-from tests.helpers import signup_data, wait_for
+from tests.helpers import send_reminder, signed_up, signup_data, wait_for
 from tests.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -46,8 +46,8 @@ def delivered(receiver: Receiver, event_type: str, count: int = 1, timeout: floa
 
 
 def test_a_verified_signup_sends_one_signed_verified_event(receiver, worker, settings):
-    signup = workflow.start_signup(**signup_data())
-    assert workflow.take_reminder(signup_id=signup.pk, number=1) is not None
+    signup = signed_up(**signup_data())
+    assert send_reminder(signup_id=signup.pk, number=1)
     workflow.verify_signup(token=tokens.make_token(signup), source="reminder-1")
     (started,) = delivered(receiver, "signup.started")
     (event,) = delivered(receiver, "signup.verified")
@@ -67,7 +67,7 @@ def test_a_verified_signup_sends_one_signed_verified_event(receiver, worker, set
     assert len(receiver.received) == 2  # one of each, nothing twice
 
     settings.SIGNUP_WEBHOOK_INCLUDE_PII = True
-    other = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
+    other = signed_up(**signup_data(username="bob", email="bob@example.com"))
     (with_pii,) = [r for r in delivered(receiver, "signup.started", 2) if "bob" in r.body]
     assert verified(with_pii)["data"]["email"] == "bob@example.com"
     assert verified(with_pii)["data"]["username"] == other.username
@@ -75,7 +75,7 @@ def test_a_verified_signup_sends_one_signed_verified_event(receiver, worker, set
 
 def test_a_receiver_that_fails_then_recovers_gets_each_event_once_under_one_id(receiver, worker):
     receiver.statuses = [503, 500, 429]
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     attempts = delivered(receiver, "signup.started", 4)
     assert len({a.headers["webhook-id"] for a in attempts}) == 1
     assert all(verified(a)["data"]["username"] == signup.username for a in attempts)
@@ -88,8 +88,7 @@ def test_a_receiver_down_for_a_while_loses_nothing(receiver, worker, settings):
     port = receiver.port
     receiver.stop()
     signups = [
-        workflow.start_signup(**signup_data(username=f"u{n}", email=f"u{n}@example.com"))
-        for n in range(3)
+        signed_up(**signup_data(username=f"u{n}", email=f"u{n}@example.com")) for n in range(3)
     ]
     workflow.verify_signup_by_operator(signup_id=signups[0].pk)
     wait_for(
@@ -110,7 +109,7 @@ def test_a_receiver_down_for_a_while_loses_nothing(receiver, worker, settings):
 
 def test_a_4xx_dead_letters_at_once_and_an_operator_redrives_it(receiver, worker, admin_client):
     receiver.status = 400
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     wait_for(lambda: WebhookDelivery.objects.filter(status="failed").exists())
     delivery = WebhookDelivery.objects.get()
     assert (delivery.attempts, delivery.response_status) == (1, 400)
@@ -135,7 +134,7 @@ def test_a_4xx_dead_letters_at_once_and_an_operator_redrives_it(receiver, worker
 
 @pytest.mark.django_db(transaction=True)
 def test_the_sweeper_redelivers_an_event_whose_task_was_lost(receiver, settings, broker):
-    signup = workflow.start_signup(**signup_data())  # no worker: its task waits in the broker
+    signup = signed_up(**signup_data())  # no worker: its task waits in the broker
     broker.flushdb()  # and is lost
     WebhookDelivery.objects.update(enqueued_at=timezone.now() - timedelta(hours=1))
     assert workflow.sweep()["webhooks_requeued"] == 1
@@ -157,18 +156,18 @@ def test_signals_are_sent_after_commit_and_never_for_a_rollback(broker):
         signal.connect(listener, weak=False)
     try:
         with pytest.raises(RuntimeError), transaction.atomic():
-            workflow.start_signup(**signup_data(username="ghost", email="ghost@example.com"))
+            signed_up(**signup_data(username="ghost", email="ghost@example.com"))
             assert heard == []  # not before the commit
             raise RuntimeError("rolled back")
         assert heard == []
 
-        alice = workflow.start_signup(**signup_data())
+        alice = signed_up(**signup_data())
         workflow.verify_signup_by_operator(signup_id=alice.pk)
-        bob = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
+        bob = signed_up(**signup_data(username="bob", email="bob@example.com"))
         workflow.cancel_signup(signup_id=bob.pk, reason="asked to")
-        carol = workflow.start_signup(**signup_data(username="carol", email="carol@example.com"))
+        carol = signed_up(**signup_data(username="carol", email="carol@example.com"))
         workflow.mark_undeliverable(signup_id=carol.pk, reason="hard bounce")
-        dave = workflow.start_signup(**signup_data(username="dave", email="dave@example.com"))
+        dave = signed_up(**signup_data(username="dave", email="dave@example.com"))
         Signup.objects.filter(pk=dave.pk).update(expires_at=timezone.now())
         workflow.expire_signup(signup_id=dave.pk)
     finally:
@@ -199,7 +198,7 @@ def test_a_failing_listener_undoes_nothing_and_stops_nothing(receiver, worker):
     signals.signup_verified.connect(broken, weak=False)
     signals.signup_verified.connect(after_it, weak=False)
     try:
-        alice = workflow.start_signup(**signup_data())
+        alice = signed_up(**signup_data())
         workflow.verify_signup_by_operator(signup_id=alice.pk)
     finally:
         signals.signup_verified.disconnect(broken)
@@ -211,7 +210,7 @@ def test_a_failing_listener_undoes_nothing_and_stops_nothing(receiver, worker):
 
 
 def test_the_event_body_is_the_documented_shape(receiver, worker):
-    workflow.start_signup(**signup_data())
+    signed_up(**signup_data())
     (event,) = delivered(receiver, "signup.started")
     document = json.loads(event.body)
     assert set(document) == {"type", "timestamp", "data"}
@@ -231,16 +230,17 @@ def test_the_event_body_is_the_documented_shape(receiver, worker):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_copy_of_a_task_waits_for_the_planned_retry(receiver, broker):
+def test_a_copy_of_a_task_waits_for_the_planned_retry(receiver, broker, settings):
     receiver.status = 503
-    workflow.start_signup(**signup_data())
+    settings.SIGNUP_WEBHOOK_RETRY_DELAY = settings.SIGNUP_WEBHOOK_RETRY_MAX_DELAY = 1800.0
+    signed_up(**signup_data())
     delivery = WebhookDelivery.objects.get()
-    with pytest.raises(hooks.ReceiverRefused):
-        workflow.deliver_webhook(delivery_id=delivery.pk)
-    workflow.record_webhook_error(delivery_id=delivery.pk, error="503", retry_in=900, status=503)
+    then = workflow.attempt(workflow.WEBHOOK, delivery.pk)  # the receiver said 503: try again later
+    assert isinstance(then.error, webhooks_out.ReceiverRefused) and then.countdown >= 900
+    assert WebhookDelivery.objects.get().response_status == 503
     # A redelivered or re-enqueued copy of the task: it may not post before the backoff says.
-    with pytest.raises(workflow.WebhookInFlight) as later:
-        workflow.deliver_webhook(delivery_id=delivery.pk)
+    with pytest.raises(workflow.InFlight) as later:
+        workflow.deliver(workflow.WEBHOOK, delivery.pk)
     assert (later.value.until - timezone.now()).total_seconds() > 800
     assert len(receiver.received) == 1
     assert WebhookDelivery.objects.get().attempts == 1
@@ -248,11 +248,11 @@ def test_a_copy_of_a_task_waits_for_the_planned_retry(receiver, broker):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_ledger_keeps_no_username_and_sends_the_anonymised_one(receiver, broker):
-    alice = workflow.start_signup(**signup_data())
+    alice = signed_up(**signup_data())
     workflow.erase_personal_data(signup_id=alice.pk, operator="op")
     assert all("alice" not in json.dumps(d.payload) for d in WebhookDelivery.objects.all())
     for delivery in WebhookDelivery.objects.order_by("id"):
-        workflow.deliver_webhook(delivery_id=delivery.pk)
+        workflow.deliver(workflow.WEBHOOK, delivery.pk)
     assert [verified(r)["type"] for r in receiver.received] == [
         "signup.started",
         "signup.cancelled",

@@ -17,6 +17,7 @@ from tests.helpers import (
     kill_own_connection,
     queued,
     sent_to,
+    signed_up,
     signup_data,
     verify_link,
     wait_for,
@@ -61,7 +62,7 @@ def test_happy_path_signup_verify_welcome(worker, api, client):
 def test_reminders_reschedule_themselves_at_the_interval(worker, settings):
     settings.SIGNUP_REMINDER_INTERVAL = 1
     settings.SIGNUP_MAX_REMINDERS = 3
-    workflow.start_signup(**signup_data())
+    signed_up(**signup_data())
 
     reminders = wait_for_emails("alice@example.com", "Reminder", count=3, timeout=20)
     time.sleep(1.5)  # a fourth would be due by now
@@ -83,7 +84,7 @@ def test_reminders_out_of_reach_wait_in_the_database_and_are_handed_over_on_time
     settings.SIGNUP_MAX_REMINDERS = 2
     addresses = [f"user{n}@example.com" for n in range(3)]
     for n, address in enumerate(addresses):
-        workflow.start_signup(**signup_data(username=f"user{n}", email=address))
+        signed_up(**signup_data(username=f"user{n}", email=address))
     for address in addresses:
         wait_for_emails(address, "Verify")
     # Nothing of the pending signups is in the broker: no queued task, none held by the worker.
@@ -111,7 +112,7 @@ def test_reminders_out_of_reach_wait_in_the_database_and_are_handed_over_on_time
 def test_verify_stops_reminders(worker, settings, client):
     settings.SIGNUP_REMINDER_INTERVAL = 1
     settings.SIGNUP_MAX_REMINDERS = 10
-    workflow.start_signup(**signup_data())
+    signed_up(**signup_data())
     (reminder,) = wait_for_emails("alice@example.com", "Reminder", timeout=10)[:1]
     path, _, source = verify_link(reminder)
     assert client.post(path, {"source": source}).status_code == 200
@@ -124,7 +125,7 @@ def test_verify_stops_reminders(worker, settings, client):
 
 
 def test_verify_twice_welcomes_once(worker, client):
-    workflow.start_signup(**signup_data())
+    signed_up(**signup_data())
     path, _, source = verify_link(wait_for_emails("alice@example.com", "Verify")[0])
     first = client.post(path, {"source": source})
     second = client.post(path, {"source": source})
@@ -139,7 +140,7 @@ def test_expiry_stops_reminders_and_frees_the_username(worker, settings, api):
     settings.SIGNUP_REMINDER_INTERVAL = 1
     settings.SIGNUP_EXPIRES_AFTER = 3
     settings.SIGNUP_MAX_REMINDERS = 10
-    first = workflow.start_signup(**signup_data())
+    first = signed_up(**signup_data())
     wait_for(lambda: _status("alice") == "expired", timeout=10, message="expiry")
     reminders = len(sent_to("alice@example.com", "Reminder"))
     assert 1 <= reminders <= 2
@@ -156,8 +157,8 @@ def test_expiry_stops_reminders_and_frees_the_username(worker, settings, api):
 def test_sweeper_restores_a_chain_whose_task_was_deleted(worker_factory, broker, settings):
     settings.SIGNUP_REMINDER_INTERVAL = 1
     settings.SIGNUP_MAX_REMINDERS = 2
-    settings.SIGNUP_EMAIL_REDRIVE_AFTER = 0
-    signup = workflow.start_signup(**signup_data())
+    settings.SIGNUP_REDRIVE_AFTER = 0
+    signup = signed_up(**signup_data())
     # No worker yet: the verification email and reminder 1 wait in Redis. Then they are lost.
     wait_for(lambda: queued(broker) >= 2, message="two tasks queued")
     broker.flushdb()
@@ -180,7 +181,7 @@ def test_sweeper_restores_a_chain_whose_task_was_deleted(worker_factory, broker,
 
 def test_rolled_back_signup_sends_nothing(worker, broker):
     with pytest.raises(RuntimeError), transaction.atomic():
-        workflow.start_signup(**signup_data())
+        signed_up(**signup_data())
         raise RuntimeError("the caller's transaction fails after the signup")
     time.sleep(1.5)
     assert mail.outbox == []
@@ -190,7 +191,7 @@ def test_rolled_back_signup_sends_nothing(worker, broker):
 
 def test_duplicated_tasks_send_each_email_once(worker, settings):
     settings.SIGNUP_REMINDER_INTERVAL = 3600
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     wait_for_emails("alice@example.com", "Verify")
     verification = OutboundEmail.objects.get(kind="verification")
     for _ in range(3):
@@ -225,25 +226,25 @@ def test_a_signup_made_while_the_broker_is_down_is_kept_and_sent_by_the_sweeper(
 ):
     settings.SIGNUP_REMINDER_INTERVAL = 1
     settings.SIGNUP_MAX_REMINDERS = 1
-    settings.SIGNUP_REMINDER_GRACE = 1
+    settings.SIGNUP_LOST_TASK_GRACE = 1
     with broker_unreachable():
         response = api.post("/api/signups", signup_data())
     assert response.status_code == 201, response.content
-    # Its greeting task never reached the broker: nothing is decided or sent yet.
+    # Its first-contact task never reached the broker: nothing is decided or sent yet.
     signup = Signup.objects.get()
-    assert signup.greeted_at is None and not signup.emails.exists()
+    assert signup.contacted_at is None and not signup.emails.exists()
     time.sleep(1.5)  # past the grace
     assert mail.outbox == []
 
     counts = workflow.sweep()
-    assert counts["greetings_requeued"] == 1
+    assert counts["contacts_requeued"] == 1
     wait_for_emails("alice@example.com", "Verify")
     wait_for_emails("alice@example.com", "Reminder")
     time.sleep(1)
     assert len(sent_to("alice@example.com", "Verify")) == 1
     assert len(sent_to("alice@example.com", "Reminder")) == 1
-    assert signup.events.filter(kind="greeting_repaired").count() == 1
-    assert workflow.sweep()["greetings_requeued"] == 0  # greeted: nothing more to repair
+    assert signup.events.filter(kind="contact_repaired").count() == 1
+    assert workflow.sweep()["contacts_requeued"] == 0  # contacted: nothing more to repair
 
 
 @contextmanager
@@ -284,7 +285,7 @@ def test_an_email_whose_recording_failed_is_recorded_by_a_retry_not_sent_again(
     settings.SIGNUP_EMAIL_RETRY_DELAY = 0.2
     with ExitStack() as faults:
         struck = faults.enter_context(recording_fails_once_more()) if recording_fails_again else []
-        signup = workflow.start_signup(**signup_data())
+        signup = signed_up(**signup_data())
         wait_for_emails("alice@example.com", "Verify")
         settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
         email = wait_for(

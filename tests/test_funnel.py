@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from signup import funnel, tokens, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import remind, signup_data, wait_for_sent
+from tests.helpers import remind, signed_up, signup_data, wait_for_sent
 
 pytestmark = [pytest.mark.postgres]
 
@@ -21,7 +21,7 @@ URL = "/admin/signup/funnel/"
 
 
 def sign_up(name: str) -> Signup:
-    return workflow.start_signup(**signup_data(username=name, email=f"{name}@example.com"))
+    return signed_up(**signup_data(username=name, email=f"{name}@example.com"))
 
 
 def table(page, table_id: str, key: str) -> dict[str, list[str]]:
@@ -191,7 +191,7 @@ def test_only_staff_who_may_view_signups_see_the_funnel(client, admin_client):
 @pytest.mark.django_db
 def test_the_funnel_splits_by_language(admin_client):
     for name, language in (("hans", "de"), ("greta", "de"), ("pierre", "fr"), ("ann", "en")):
-        signup = workflow.start_signup(
+        signup = signed_up(
             **signup_data(username=name, email=f"{name}@example.com"), language=language
         )
         if name == "greta":

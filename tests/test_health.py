@@ -13,12 +13,12 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
-from harness.processes import BIN, ROOT, fresh_database
+from harness.processes import BIN, ROOT, RedisServer, fresh_database
 from harness.service import BEAT_SWEPT, Service
 from signup import health, workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
 from signup.workflow.sweeper import SWEEP_HEARTBEAT
-from tests.helpers import API_KEY, signup_data, wait_for
+from tests.helpers import API_KEY, signed_up, signup_data, wait_for
 
 
 @pytest.fixture
@@ -109,6 +109,7 @@ def test_doctor_is_well_and_exits_0_when_nothing_is_wrong(doctor_env, broker, sw
         "broker": "ok",
         "database": "ok",
         "sweeper": "ok",
+        "contacts_overdue": 0,
         "reminders_overdue": 0,
         "emails_unsent": 0,
         "webhooks_unsent": 0,
@@ -121,10 +122,10 @@ def test_doctor_is_well_and_exits_0_when_nothing_is_wrong(doctor_env, broker, sw
 @pytest.mark.redis
 def test_doctor_counts_stuck_work_and_exits_1(doctor_env, broker, swept, settings):
     long_ago = timezone.now() - timedelta(hours=2)
-    stuck = workflow.start_signup(**signup_data(username="stuck", email="stuck@example.com"))
+    stuck = signed_up(**signup_data(username="stuck", email="stuck@example.com"))
     Signup.objects.filter(pk=stuck.pk).update(next_reminder_at=long_ago)
     OutboundEmail.objects.filter(signup=stuck).update(status="queued", enqueued_at=long_ago)
-    dead = workflow.start_signup(**signup_data(username="dead", email="dead@example.com"))
+    dead = signed_up(**signup_data(username="dead", email="dead@example.com"))
     OutboundEmail.objects.filter(signup=dead).update(status="failed")
     done = doctor(doctor_env)
     assert done.returncode == 1, done.stdout
@@ -135,7 +136,7 @@ def test_doctor_counts_stuck_work_and_exits_1(doctor_env, broker, swept, setting
 
 @pytest.mark.redis
 def test_dead_letters_alone_are_reported_but_not_a_failure(doctor_env, broker, swept):
-    dead = workflow.start_signup(**signup_data(username="dead", email="dead@example.com"))
+    dead = signed_up(**signup_data(username="dead", email="dead@example.com"))
     OutboundEmail.objects.filter(signup=dead).update(status="failed")
     done = doctor(doctor_env)
     assert done.returncode == 0, done.stdout
@@ -162,7 +163,7 @@ def test_readyz_turns_503_within_three_sweeps_of_beat_stopping_and_200_after_it_
     tmp_path, broker
 ):
     interval = 1
-    with fresh_database() as database_url:
+    with fresh_database(migrated=True) as database_url:
         service = Service(
             tmp=tmp_path,
             database_url=database_url,
@@ -171,44 +172,51 @@ def test_readyz_turns_503_within_three_sweeps_of_beat_stopping_and_200_after_it_
             startup_timeout=60,
             env={"SIGNUP_SWEEP_INTERVAL": str(interval), "EMAIL_BACKEND": "", "CONN_MAX_AGE": "0"},
         )
-        service.migrate(timeout=60)
         try:
             service.start(beat_ready=BEAT_SWEPT)
 
-            def ready() -> int:
-                return requests.get(f"{service.url}/readyz", timeout=5).status_code
+            def answer(status: int) -> list[requests.Response]:
+                response = requests.get(f"{service.url}/readyz", timeout=5)
+                return [response] if response.status_code == status else []
 
-            wait_for(lambda: ready() == 200, timeout=10, message="ready with beat running")
+            wait_for(lambda: answer(200), timeout=10, message="ready with beat running")
             service.beat.stop()
             stopped_at = time.monotonic()
-            wait_for(lambda: ready() == 503, timeout=3 * interval + 5, message="503 without beat")
+            # Each web process looks again a second after its last look: the first 503.
+            (unready,) = wait_for(lambda: answer(503), timeout=3 * interval + 5, message="503")
             turned = time.monotonic() - stopped_at
-            body = requests.get(f"{service.url}/readyz", timeout=5).json()
+            body = unready.json()
             assert (body["database"], body["broker"]) == ("ok", "ok")
             assert "beat" in body["sweeper"]
-            # Within 3 sweep intervals of the last sweep, which came at most one before the stop.
-            assert turned <= 3 * interval + interval + 1, turned
+            # Within 3 sweep intervals of the last sweep, which came at most one before the
+            # stop, and the second a web process keeps its last look.
+            assert turned <= 3 * interval + interval + health.READY_CACHE_SECONDS + 1, turned
 
             service.start_beat(ready=BEAT_SWEPT)
-            wait_for(lambda: ready() == 200, timeout=10, message="ready again after beat restarts")
+            wait_for(lambda: answer(200), timeout=10, message="ready again after beat restarts")
         finally:
             service.stop()
 
 
 @pytest.mark.redis
-def test_readyz_answers_a_loop_of_calls_on_one_kept_broker_connection(client, broker, swept):
+def test_readyz_answers_a_loop_of_calls_on_one_kept_broker_connection(
+    client, swept, settings, tmp_path
+):
     """The audit: 200 calls opened 344 Redis connections. Each process keeps one for the
-    check (and answers from its last look for a second, left out here)."""
+    check (and answers from its last look for a second, left out here). Counted on a Redis
+    of the test's own, which nothing else connects to."""
     health.READY_CACHE_SECONDS, cached = 0.0, health.READY_CACHE_SECONDS
-    try:
-        client.get("/readyz")  # the kept connection is made
-        before = broker.info("stats")["total_connections_received"]
-        for _ in range(50):
-            assert client.get("/readyz").status_code == 200
-        opened = broker.info("stats")["total_connections_received"] - before
-    finally:
-        health.READY_CACHE_SECONDS = cached
-    assert opened <= 2, opened
+    with RedisServer(tmp_path).running() as own:
+        settings.CELERY_BROKER_URL = own.url()
+        try:
+            assert client.get("/readyz").status_code == 200  # the kept connection is made
+            before = own.client().info("stats")["total_connections_received"]
+            for _ in range(50):
+                assert client.get("/readyz").status_code == 200
+            opened = own.client().info("stats")["total_connections_received"] - before
+        finally:
+            health.READY_CACHE_SECONDS = cached
+    assert opened <= 2, opened  # the counting client's own
 
 
 @pytest.mark.redis
@@ -229,15 +237,15 @@ def test_readyz_is_rate_limited_per_client(client, broker, swept, settings):
 
 
 @pytest.mark.redis
-def test_readyz_reconnects_after_the_broker_was_away(client, broker, swept, settings):
-    assert client.get("/readyz").status_code == 200
-    from signup import health
-
-    broker.client_kill_filter(_type="normal", skipme=True)  # the broker drops every client
-    health.forget_readiness()
-    answer = client.get("/readyz")
-    # The kept connection was cut: this look may find it so, the next one reconnects.
-    if answer.status_code == 503:
+def test_readyz_reconnects_after_the_broker_was_away(client, swept, settings, tmp_path):
+    with RedisServer(tmp_path).running() as own:  # of its own: every client is cut
+        settings.CELERY_BROKER_URL = own.url()
+        assert client.get("/readyz").status_code == 200
+        own.client().client_kill_filter(_type="normal", skipme=True)
         health.forget_readiness()
         answer = client.get("/readyz")
-    assert answer.status_code == 200, answer.content
+        # The kept connection was cut: this look may find it so, the next one reconnects.
+        if answer.status_code == 503:
+            health.forget_readiness()
+            answer = client.get("/readyz")
+        assert answer.status_code == 200, answer.content

@@ -14,7 +14,14 @@ from django.utils import timezone
 
 from signup import workflow
 from signup.models import Signup
-from tests.helpers import hidden_fields, remind, signup_data, verify_link, wait_for_emails
+from tests.helpers import (
+    hidden_fields,
+    remind,
+    signed_up,
+    signup_data,
+    verify_link,
+    wait_for_emails,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGUAGES = ("de", "fr", "es")
@@ -242,7 +249,7 @@ def test_the_committed_mo_files_are_compiled_from_the_po_files(tmp_path, lang):
 def test_a_language_no_longer_offered_speaks_the_default(settings, broker):
     from signup.emails import build_message
 
-    signup = workflow.start_signup(**signup_data(), language="de")
+    signup = signed_up(**signup_data(), language="de")
     email = signup.emails.get()
     assert build_message(email, signup).subject.startswith("Bestätige")
     settings.LANGUAGES = [("en", "English"), ("fr", "Français")]
@@ -280,7 +287,7 @@ def test_the_admin_stays_english(admin_client):
 def test_the_link_s_page_speaks_the_signup_s_language_unless_the_person_chose(client, broker):
     from signup import tokens
 
-    signup = workflow.start_signup(**signup_data(), language="es")
+    signup = signed_up(**signup_data(), language="es")
     path = f"/signup/verify/{tokens.make_token(signup)}/?source=verification"
     page = client.get(path, headers={"Accept-Language": "de"})
     assert "Confirma tu cuenta" in page.content.decode()
@@ -293,7 +300,7 @@ def test_the_link_s_page_speaks_the_signup_s_language_unless_the_person_chose(cl
 
 @pytest.mark.django_db
 def test_api_sentences_name_the_status_in_their_language(api, broker):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     workflow.cancel_signup(signup_id=signup.pk, reason="asked to")
     answer = api.post("/api/signups/alice/extend", {"seconds": 60}, **{"Accept-Language": "fr"})
     assert answer.status_code == 409

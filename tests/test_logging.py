@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from harness.processes import free_port
-from signup import tasks, workflow
+from signup import tasks
 from signup.logs import JsonFormatter, TaskContextFilter
 from signup.models import OutboundEmail
 from signup.redaction import RedactingFilter
-from tests.helpers import signup_data, wait_for
+from tests.helpers import signed_up, signup_data, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -70,7 +70,7 @@ def test_json_masks_addresses_and_tokens_in_the_message_and_in_every_field():
 def test_json_lines_of_a_task_carry_its_id_and_the_ids_of_the_signup_and_email(worker, settings):
     settings.EMAIL_BACKEND = "tests.helpers.RefusingBackend"  # dead-letters the email at once
     with json_lines() as lines:
-        signup = workflow.start_signup(**signup_data())
+        signup = signed_up(**signup_data())
         email = signup.emails.get()
         wait_for(
             lambda: OutboundEmail.objects.filter(pk=email.pk, status="failed").exists(),
@@ -100,7 +100,7 @@ def test_json_lines_of_a_task_carry_its_id_and_the_ids_of_the_signup_and_email(w
 
 def test_a_line_outside_any_task_has_no_task_id():
     with json_lines() as lines:
-        logging.getLogger("signup.webhooks").info("no task here")
+        logging.getLogger("signup.provider_events").info("no task here")
     (line,) = lines()
     assert "task_id" not in line
     assert "task_name" not in line
@@ -240,6 +240,7 @@ def test_a_worker_and_beat_write_every_line_as_json(tmp_path):
         "from signup import tasks, workflow; "
         "signup = workflow.start_signup(username='quinn', email='quinn@example.com', "
         "first_name='Quinn'); "
+        "workflow.contact_address(signup_id=signup.pk); "
         "tasks.send_reminder.delay(signup.pk, 9); "
         "tasks.request_verification_email.delay('quinn@example.com'); "
         "print(signup.pk, signup.emails.get().pk)"

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from signup import tasks, tokens, workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
 from signup.workflow.sweeper import SWEEP_HEARTBEAT
-from tests.helpers import signup_data, wait_for
+from tests.helpers import signed_up, signup_data, wait_for
 
 TOKEN = "metrics-token-for-tests"
 
@@ -62,10 +62,9 @@ def test_guessing_the_metrics_token_is_slowed_per_client(client, metrics_on, set
     assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
-def test_metrics_count_what_the_workflow_did(client, metrics_on):
+def test_metrics_count_what_the_workflow_did(client, metrics_on, settings):
     started = [
-        workflow.start_signup(**signup_data(username=f"m{n}", email=f"m{n}@example.com"))
-        for n in range(5)
+        signed_up(**signup_data(username=f"m{n}", email=f"m{n}@example.com")) for n in range(5)
     ]
     OutboundEmail.objects.filter(kind="verification").update(status="sent", sent_at=timezone.now())
     verified, by_operator, expiring, bounced, _still_pending = started
@@ -77,7 +76,8 @@ def test_metrics_count_what_the_workflow_did(client, metrics_on):
     workflow.expire_signup(signup_id=expiring.pk)
     workflow.mark_undeliverable(signup_id=bounced.pk, reason="hard bounce")
     welcome = OutboundEmail.objects.get(signup=verified, kind="welcome")
-    workflow.record_email_failure(email_id=welcome.pk, error="rejected")
+    settings.EMAIL_BACKEND = "tests.helpers.RefusingBackend"  # 550: a dead letter at once
+    assert workflow.attempt(workflow.EMAIL, welcome.pk) is None
     workflow.sweep()
 
     figures = scrape(client)
@@ -123,8 +123,7 @@ def test_a_worker_measures_provider_calls_retries_lateness_welcomes_and_sweeps(
         )
 
     welcomed, reminded = (
-        workflow.start_signup(**signup_data(username=f"w{n}", email=f"w{n}@example.com"))
-        for n in range(2)
+        signed_up(**signup_data(username=f"w{n}", email=f"w{n}@example.com")) for n in range(2)
     )
     sent("verification", 2)
     workflow.verify_signup_by_operator(signup_id=welcomed.pk)
@@ -151,10 +150,10 @@ def test_a_worker_measures_provider_calls_retries_lateness_welcomes_and_sweeps(
     # for good (dead letter).
     settings.SIGNUP_EMAIL_RETRY_DELAY = 600
     settings.EMAIL_BACKEND = "tests.helpers.TemporarilyRefusingBackend"
-    workflow.start_signup(**signup_data(username="later", email="later@example.com"))
+    signed_up(**signup_data(username="later", email="later@example.com"))
     wait_for(lambda: grew("signup_email_attempts_total", kind="verification", result="retried"))
     settings.EMAIL_BACKEND = "tests.helpers.RefusingBackend"
-    workflow.start_signup(**signup_data(username="never", email="never@example.com"))
+    signed_up(**signup_data(username="never", email="never@example.com"))
     wait_for(lambda: grew("signup_email_attempts_total", kind="verification", result="failed"))
     assert grew("signup_provider_call_seconds_count", outcome="error") == 2
 

@@ -30,6 +30,7 @@ DATABASE_SERIES = (
     "signup_emails",
     "signup_emails_waiting",
     "signup_dead_letters",
+    "signup_stuck_contacts",
     "signup_stuck_reminders",
     "signup_stuck_emails",
     "signup_stuck_webhooks",
@@ -195,7 +196,7 @@ def verification_token(text: str) -> str:
 def test_prometheus_scrapes_the_service_and_evaluates_every_dashboard_query_and_alert(
     tmp_path, broker
 ):
-    with fresh_database() as database_url, SmtpSink().running() as mail:
+    with fresh_database(migrated=True) as database_url, SmtpSink().running() as mail:
         service = Service(
             tmp=tmp_path,
             database_url=database_url,
@@ -212,7 +213,6 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_dashboard_query_and_
             },
         )
         prometheus = Prometheus(tmp_path, target=f"127.0.0.1:{service.port}", token=METRICS_TOKEN)
-        service.migrate(timeout=60)
         try:
             # One worker per queue is all this needs, and starts faster on a small machine.
             service.start_web(wait=False)

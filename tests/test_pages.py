@@ -8,7 +8,7 @@ from django.core import signing
 
 from signup import tokens, workflow
 from signup.models import Signup
-from tests.helpers import sent_to, signup_data, wait_for_emails
+from tests.helpers import send_reminder, sent_to, signed_up, signup_data, wait_for_emails
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -41,9 +41,9 @@ def _link(signup, source="verification"):
 
 
 def test_the_link_asks_for_confirmation_and_only_post_verifies(client):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     for number in (1, 2):  # the link came from reminder 2, which was sent
-        assert workflow.take_reminder(signup_id=signup.pk, number=number) is not None
+        assert send_reminder(signup_id=signup.pk, number=number)
     page = client.get(_link(signup, "reminder-2"))
     assert page.status_code == 200
     assert b"Verify my account" in page.content
@@ -72,7 +72,7 @@ def test_the_link_asks_for_confirmation_and_only_post_verifies(client):
     ],
 )
 def test_bad_links_get_a_clear_page(client, path):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     path = path.replace("{token}", tokens.make_token(signup))
     for response in (client.get(path), client.post(path.split("?")[0], {"source": "x y"})):
         assert response.status_code == 400
@@ -83,7 +83,7 @@ def test_bad_links_get_a_clear_page(client, path):
 
 @pytest.mark.parametrize("source", ["operator", "api"])
 def test_a_link_cannot_claim_a_source_only_the_server_sets(client, source):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     path = _link(signup).split("?")[0]
     for response in (client.get(f"{path}?source={source}"), client.post(path, {"source": source})):
         assert response.status_code == 400
@@ -94,13 +94,13 @@ def test_a_link_cannot_claim_a_source_only_the_server_sets(client, source):
 
 
 def test_expired_and_cancelled_signups_get_their_own_page(client, settings):
-    expired = workflow.start_signup(**signup_data())
+    expired = signed_up(**signup_data())
     Signup.objects.filter(pk=expired.pk).update(expires_at=expired.created_at)
     response = client.post(_link(expired).split("?")[0], {"source": "verification"})
     assert response.status_code == 410
     assert b"expired" in response.content
 
-    cancelled = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
+    cancelled = signed_up(**signup_data(username="bob", email="bob@example.com"))
     workflow.cancel_signup(signup_id=cancelled.pk)
     response = client.get(_link(cancelled))
     assert response.status_code == 410
@@ -108,7 +108,7 @@ def test_expired_and_cancelled_signups_get_their_own_page(client, settings):
 
 
 def test_an_old_style_link_older_than_any_signup_could_be_pending_is_expired(client, settings):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     old = signing.dumps([signup.pk, int(signup.created_at.timestamp())], salt=tokens.SALT)
     link = f"/signup/verify/{old}/?source=verification"
     assert client.get(link).status_code == 200
@@ -125,8 +125,8 @@ def test_the_resend_page_answers_alike_for_every_address_and_a_worker_does_the_w
     client, worker, settings
 ):
     settings.SIGNUP_ADDRESS_COOLDOWN = 0
-    workflow.start_signup(**signup_data())
-    account = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
+    signed_up(**signup_data())
+    account = signed_up(**signup_data(username="bob", email="bob@example.com"))
     workflow.verify_signup_by_operator(signup_id=account.pk)
     answers = set()
     for address in ("ALICE@example.com", "bob@example.com", "nobody@example.com"):
@@ -145,7 +145,7 @@ def test_the_resend_page_answers_alike_for_every_address_and_a_worker_does_the_w
 
 def test_the_pages_answer_head_as_get_and_refuse_other_methods(client):
     """Monitors and link checkers ask with HEAD; it reads, so it changes nothing."""
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     verify = f"/signup/verify/{tokens.make_token(signup)}/"
     for path in ("/signup/", "/signup/sent/", "/signup/resend/", verify):
         assert client.head(path).status_code == 200, path

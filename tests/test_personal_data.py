@@ -15,9 +15,9 @@ from django.utils import timezone
 
 from config.celery import app as celery_app
 from harness.processes import BIN, free_port, pg_url, start_process, stop_all
-from signup import tasks, tokens, workflow
+from signup import tokens, workflow
 from signup.models import Address, OutboundEmail, Signup, SignupEvent
-from tests.helpers import greet_waiting, hidden_fields, signup_data, wait_for
+from tests.helpers import contact_waiting, hidden_fields, signed_up, signup_data, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -31,9 +31,9 @@ def _person(name: str) -> dict:
 def _closed(name: str, status: str, *, days_ago: float) -> Signup:
     """A signup of `name` that reached `status` days_ago, with the records an older release
     left: its address in a timeline detail and in the ledger's last error."""
-    signup = workflow.start_signup(**_person(name))
+    signup = signed_up(**_person(name))
     email = signup.emails.get()
-    workflow.deliver_email(email_id=email.pk)
+    workflow.deliver(workflow.EMAIL, email.pk)
     SignupEvent.objects.create(signup=signup, kind="verification_sent", detail=signup.email)
     OutboundEmail.objects.filter(pk=email.pk).update(
         last_error=f"SMTPRecipientsRefused: {{'{signup.email}': (450, b'try later')}}"
@@ -88,8 +88,8 @@ def test_closed_signups_are_anonymised_once_the_retention_period_is_over(setting
         _closed("gina", "undeliverable", days_ago=31),
     ]
     recent = _closed("hugo", "cancelled", days_ago=29)
-    pending = workflow.start_signup(**_person("ivan"))
-    verified = workflow.start_signup(**_person("judy"))
+    pending = signed_up(**_person("ivan"))
+    verified = signed_up(**_person("judy"))
     workflow.verify_signup_by_operator(signup_id=verified.pk)
     Signup.objects.filter(pk=verified.pk).update(verified_at=timezone.now() - timedelta(days=90))
     untouched = {s.pk: _records(s.pk) for s in (recent, pending, verified)}
@@ -118,9 +118,9 @@ def test_closed_signups_are_anonymised_once_the_retention_period_is_over(setting
 
 
 def test_new_timeline_entries_name_the_email_not_the_address(mailoutbox):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
-    workflow.deliver_email(email_id=email.pk)
+    workflow.deliver(workflow.EMAIL, email.pk)
     workflow.record_provider_event(
         email_id=email.pk,
         event_type="bounced",
@@ -133,8 +133,8 @@ def test_new_timeline_entries_name_the_email_not_the_address(mailoutbox):
 
 
 def test_erasing_cancels_a_pending_signup_first_and_keeps_a_verified_one_verified(mailoutbox):
-    pending = workflow.start_signup(**_person("kate"))
-    verified = workflow.start_signup(**_person("liam"))
+    pending = signed_up(**_person("kate"))
+    verified = signed_up(**_person("liam"))
     workflow.verify_signup_by_operator(signup_id=verified.pk)
     welcome = verified.emails.get(kind="welcome")
 
@@ -150,9 +150,9 @@ def test_erasing_cancels_a_pending_signup_first_and_keeps_a_verified_one_verifie
     for signup in (pending, verified):
         assert "@example.com" not in _records(signup.pk)
     # Nothing goes to a placeholder, and the verified username is free again.
-    assert workflow.deliver_email(email_id=welcome.pk) is False
+    assert workflow.deliver(workflow.EMAIL, welcome.pk) is False
     assert mailoutbox == []
-    assert workflow.start_signup(**_person("liam")).status == "pending"
+    assert signed_up(**_person("liam")).status == "pending"
 
 
 def test_the_beat_schedule_runs_the_anonymisation_on_a_real_worker(worker, settings):
@@ -161,7 +161,7 @@ def test_the_beat_schedule_runs_the_anonymisation_on_a_real_worker(worker, setti
     (entry,) = [
         entry
         for entry in django_settings.CELERY_BEAT_SCHEDULE.values()
-        if entry["task"] == "signup.tasks.anonymise_closed_signups"
+        if entry["task"] == "signup.tasks.forget_personal_data"
     ]
     celery_app.send_task(entry["task"], **entry["options"])
     wait_for(
@@ -183,10 +183,10 @@ def test_a_failed_email_is_logged_and_recorded_without_its_address(
     caplog, settings, backend, level
 ):
     settings.EMAIL_BACKEND = backend
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
     with caplog.at_level(logging.INFO):
-        tasks.attempt_delivery(email.pk)
+        workflow.attempt(workflow.EMAIL, email.pk)
     (line,) = [record for record in caplog.records if record.levelno == level]
     assert f"email {email.pk}" in line.getMessage()
     assert "SMTPRecipientsRefused" in line.getMessage()
@@ -211,7 +211,7 @@ def test_a_retried_email_leaves_no_address_in_the_worker_logs_or_its_retry_event
     task_retry.connect(record_retry)
     try:
         caplog.set_level(logging.INFO)
-        signup = workflow.start_signup(**signup_data())
+        signup = signed_up(**signup_data())
         wait_for(
             lambda: signup.emails.filter(status="failed").exists(),
             message="the email to be dead-lettered after its retry",
@@ -225,7 +225,7 @@ def test_a_retried_email_leaves_no_address_in_the_worker_logs_or_its_retry_event
 
 @pytest.mark.processes
 def test_gunicorn_logs_the_verify_path_without_its_token(transactional_db, broker, tmp_path):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     token = tokens.make_token(signup)
     url = f"http://127.0.0.1:{free_port()}"
     env = {
@@ -288,10 +288,10 @@ def test_an_address_a_provider_echoes_is_stored_and_logged_without_any_of_it(
     """Every spelling RFC 5322 allows in a local part, quoted back by the provider in its 550:
     nothing of it in the ledger's error, the timeline or the worker's log."""
     settings.EMAIL_BACKEND = "tests.helpers.RefusingBackend"
-    signup = workflow.start_signup(**signup_data(email=address))
+    signup = signed_up(**signup_data(email=address))
     email = signup.emails.get()
     with caplog.at_level(logging.INFO):
-        tasks.attempt_delivery(email.pk)
+        workflow.attempt(workflow.EMAIL, email.pk)
     email.refresh_from_db()
     assert email.status == "failed"
     stored = email.last_error + repr(list(signup.events.values_list("detail", flat=True)))
@@ -307,7 +307,7 @@ def test_an_erased_signup_leaves_nothing_derived_from_its_address_beyond_the_bud
     client.post(
         "/signup/", _person("gone") | {"email": "gone@example.com"}, REMOTE_ADDR="192.0.2.5"
     )
-    greet_waiting()
+    contact_waiting()
     signup = Signup.objects.get(username="gone")
     digest = workflow.address_digest("gone@example.com")
     assert signup.client_network and signup.address.digest == digest
@@ -326,9 +326,9 @@ def test_an_erased_signup_leaves_nothing_derived_from_its_address_beyond_the_bud
 
 
 def test_an_address_with_a_mute_pending_signup_is_remembered(settings):
-    first = workflow.start_signup(**signup_data(username="first", email="kept@example.com"))
+    first = signed_up(**signup_data(username="first", email="kept@example.com"))
     workflow.cancel_signup(signup_id=first.pk)
-    mute = workflow.start_signup(**signup_data(username="mute", email="kept@example.com"))
+    mute = signed_up(**signup_data(username="mute", email="kept@example.com"))
     mute.refresh_from_db()
     assert not mute.emails.exists() and mute.status == "pending"
     Address.objects.update(last_sent_at=timezone.now() - timedelta(days=2))

@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 
 from signup import tokens, workflow
 from signup.models import Signup
-from tests.helpers import remind, signup_data, wait_for_sent
+from tests.helpers import remind, signed_up, signup_data, wait_for_sent
 
 pytestmark = [pytest.mark.browser]
 
@@ -42,7 +42,7 @@ def a_month_of_signups() -> Signup:
     """Sixty signups over the last 30 days with the outcomes of a live site; return the one
     whose story the timeline picture tells (reminded twice, verified by the second)."""
     signups = [
-        workflow.start_signup(
+        signed_up(
             **signup_data(
                 username=f"{FIRST_NAMES[n % len(FIRST_NAMES)].lower()}{n}",
                 email=f"person{n}@example.com",

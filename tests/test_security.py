@@ -2,8 +2,8 @@
 
 import pytest
 
-from signup import tokens, workflow
-from tests.helpers import signup_data, written_lines
+from signup import tokens
+from tests.helpers import signed_up, signup_data, written_lines
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +23,7 @@ def _verify_path(signup) -> str:
 
 
 def test_pages_carry_a_strict_content_security_policy(client):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     for path in ("/signup/", "/signup/resend/", _verify_path(signup), "/admin/login/"):
         response = client.get(path)
         assert response.status_code == 200, path
@@ -32,7 +32,7 @@ def test_pages_carry_a_strict_content_security_policy(client):
 
 
 def test_pages_have_no_inline_style_or_script(client):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     for path in ("/signup/", _verify_path(signup)):
         html = client.get(path).content.decode()
         assert "<style" not in html
@@ -42,7 +42,7 @@ def test_pages_have_no_inline_style_or_script(client):
 
 
 def test_the_verify_page_is_never_cached(client):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     path = _verify_path(signup)
     for response in (
         client.get(f"{path}?source=verification"),

@@ -9,20 +9,20 @@ from django.utils import timezone
 
 from signup import emails, tokens, workflow
 from signup.models import OutboundEmail, Signup
-from tests.helpers import signup_data
+from tests.helpers import signed_up, signup_data
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 
 def _deliver_all() -> int:
     pending = OutboundEmail.objects.filter(status="queued").values_list("id", flat=True)
-    return sum(workflow.deliver_email(email_id=i) for i in list(pending))
+    return sum(workflow.deliver(workflow.EMAIL, i) for i in list(pending))
 
 
 def test_start_records_the_signup_its_timeline_and_its_first_email(settings):
     settings.SIGNUP_REMINDER_INTERVAL = 600
     before = timezone.now()
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     assert signup.status == "pending"
     assert signup.reminders_sent == 0
     assert before + timedelta(seconds=600) <= signup.next_reminder_at
@@ -32,12 +32,18 @@ def test_start_records_the_signup_its_timeline_and_its_first_email(settings):
     assert (email.kind, email.sequence, email.status) == ("verification", 1, "queued")
 
 
-def test_start_enqueues_only_after_commit(django_capture_on_commit_callbacks, settings):
+def test_start_and_the_first_contact_enqueue_only_after_commit(
+    django_capture_on_commit_callbacks, settings
+):
     settings.SIGNUP_REMINDER_INTERVAL = settings.SIGNUP_SCHEDULE_AHEAD
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         signup = workflow.start_signup(**signup_data())
-    # The signup.started announcement, the verification email and the first reminder.
-    assert len(callbacks) == 3
+    assert len(callbacks) == 2  # the signup.started announcement and the first contact
+    assert not signup.emails.exists()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        workflow.contact_address(signup_id=signup.pk)
+    assert len(callbacks) == 2  # the verification email and the first reminder
+    signup.refresh_from_db()
     assert signup.reminder_enqueued_at is not None
 
 
@@ -46,9 +52,11 @@ def test_a_reminder_out_of_reach_waits_in_the_database_until_the_sweep_hands_it_
 ):
     settings.SIGNUP_REMINDER_INTERVAL = 3600
     settings.SIGNUP_SCHEDULE_AHEAD = 300
+    signup = workflow.start_signup(**signup_data())
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        signup = workflow.start_signup(**signup_data())
-    assert len(callbacks) == 2  # the announcement and the verification email only
+        workflow.contact_address(signup_id=signup.pk)
+    assert len(callbacks) == 1  # the verification email only
+    signup.refresh_from_db()
     assert signup.reminder_enqueued_at is None
     assert workflow.sweep()["reminders_enqueued"] == 0  # still out of reach
 
@@ -71,13 +79,15 @@ def test_the_last_step_enqueues_the_expiry_only_when_it_is_within_reach(
     settings.SIGNUP_MAX_REMINDERS = 0
     settings.SIGNUP_SCHEDULE_AHEAD = 300
     settings.SIGNUP_EXPIRES_AFTER = 3600
+    first = workflow.start_signup(**signup_data())
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        workflow.start_signup(**signup_data())
-    assert len(callbacks) == 2  # the announcement, the verification email; no expiry yet
+        workflow.contact_address(signup_id=first.pk)
+    assert len(callbacks) == 1  # the verification email; no expiry yet
     settings.SIGNUP_EXPIRES_AFTER = 300
+    second = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
-    assert len(callbacks) == 3  # and the expiry
+        workflow.contact_address(signup_id=second.pk)
+    assert len(callbacks) == 2  # and the expiry
 
 
 def test_username_is_unique_among_pending_and_verified_in_any_case():
@@ -112,7 +122,7 @@ def test_expired_or_cancelled_usernames_can_sign_up_again_and_keep_history():
 
 
 def test_reminder_n_is_acted_on_once_and_stale_numbers_are_dropped():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     assert workflow.take_reminder(signup_id=signup.pk, number=2) is None  # too early
     assert workflow.take_reminder(signup_id=signup.pk, number=1) is not None
     assert workflow.take_reminder(signup_id=signup.pk, number=1) is None  # duplicate
@@ -124,7 +134,7 @@ def test_reminder_n_is_acted_on_once_and_stale_numbers_are_dropped():
 
 def test_the_last_reminder_plans_the_expiry_instead_of_another(settings):
     settings.SIGNUP_MAX_REMINDERS = 1
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     workflow.take_reminder(signup_id=signup.pk, number=1)
     signup.refresh_from_db()
     assert signup.next_reminder_at is None
@@ -132,7 +142,7 @@ def test_the_last_reminder_plans_the_expiry_instead_of_another(settings):
 
 
 def test_a_reminder_due_after_expiry_expires_the_signup():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now())
     assert workflow.take_reminder(signup_id=signup.pk, number=1) is None
     signup.refresh_from_db()
@@ -141,14 +151,14 @@ def test_a_reminder_due_after_expiry_expires_the_signup():
 
 
 def test_expiry_before_its_time_does_nothing():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     assert workflow.expire_signup(signup_id=signup.pk) is False
     signup.refresh_from_db()
     assert signup.status == "pending"
 
 
 def test_verify_is_idempotent_and_welcomes_once():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     token = tokens.make_token(signup)
     assert workflow.verify_signup(token=token, source="verification").message == "done"
     assert workflow.verify_signup(token=token, source="reminder-1").message == "already verified"
@@ -159,7 +169,7 @@ def test_verify_is_idempotent_and_welcomes_once():
 
 
 def test_verify_rejects_tampered_foreign_and_recycled_tokens():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     token = tokens.make_token(signup)
     for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), "x", "", token + ":x"):
         with pytest.raises(tokens.InvalidToken):
@@ -179,13 +189,13 @@ def test_verify_rejects_tampered_foreign_and_recycled_tokens():
 
 
 def test_an_old_style_link_still_verifies_its_signup():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     old = signing.dumps([signup.pk, int(signup.created_at.timestamp())], salt=tokens.SALT)
     assert workflow.verify_signup(token=old, source="verification").signup.pk == signup.pk
 
 
 def test_verify_after_expiry_expires_and_sends_nothing():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now())
     with pytest.raises(workflow.SignupClosed):
         workflow.verify_signup(token=tokens.make_token(signup), source="verification")
@@ -195,17 +205,17 @@ def test_verify_after_expiry_expires_and_sends_nothing():
 
 
 def test_emails_are_sent_once_and_only_while_wanted(mailoutbox):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     verification = signup.emails.get(kind="verification")
-    assert workflow.deliver_email(email_id=verification.pk) is True
-    assert workflow.deliver_email(email_id=verification.pk) is False
+    assert workflow.deliver(workflow.EMAIL, verification.pk) is True
+    assert workflow.deliver(workflow.EMAIL, verification.pk) is False
     assert [m.subject for m in mailoutbox] == ["Verify your email address for testserver"]
 
     # A reminder is taken and claimed at once; its task sends it.
     reminder_id = workflow.take_reminder(signup_id=signup.pk, number=1)
-    assert workflow.send_claimed_email(email_id=reminder_id) is True
-    assert workflow.send_claimed_email(email_id=reminder_id) is False
-    assert workflow.deliver_email(email_id=reminder_id) is False
+    assert workflow.deliver(workflow.EMAIL, reminder_id, claimed=True) is True
+    assert workflow.deliver(workflow.EMAIL, reminder_id, claimed=True) is False
+    assert workflow.deliver(workflow.EMAIL, reminder_id) is False
 
     workflow.verify_signup_by_operator(signup_id=signup.pk)
     assert _deliver_all() == 1  # the welcome email
@@ -214,23 +224,23 @@ def test_emails_are_sent_once_and_only_while_wanted(mailoutbox):
 
 
 def test_a_queued_verification_email_is_skipped_once_the_signup_is_verified(mailoutbox):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     workflow.verify_signup_by_operator(signup_id=signup.pk)
     verification = signup.emails.get(kind="verification")
     assert verification.status == "skipped"
-    assert workflow.deliver_email(email_id=verification.pk) is False
+    assert workflow.deliver(workflow.EMAIL, verification.pk) is False
     assert _deliver_all() == 1
     assert [m.subject.split()[0] for m in mailoutbox] == ["Welcome,"]
 
 
 def test_a_reminder_whose_attempt_died_is_not_sent_after_verification(mailoutbox):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     workflow.take_reminder(signup_id=signup.pk, number=1)
     reminder = signup.emails.get(kind="reminder")
     # Its worker died with the reminder claimed; the lease is over when the person verifies.
     OutboundEmail.objects.filter(pk=reminder.pk).update(in_flight_until=timezone.now())
     workflow.verify_signup_by_operator(signup_id=signup.pk)
-    assert workflow.deliver_email(email_id=reminder.pk) is False
+    assert workflow.deliver(workflow.EMAIL, reminder.pk) is False
     reminder.refresh_from_db()
     assert reminder.status == "skipped"
     assert mailoutbox == []
@@ -238,9 +248,10 @@ def test_a_reminder_whose_attempt_died_is_not_sent_after_verification(mailoutbox
 
 def test_email_links_carry_their_source_and_a_working_token(mailoutbox, settings):
     settings.SITE_URL = "https://accounts.example.org"
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     _deliver_all()
-    workflow.send_claimed_email(email_id=workflow.take_reminder(signup_id=signup.pk, number=1))
+    reminder_id = workflow.take_reminder(signup_id=signup.pk, number=1)
+    workflow.deliver(workflow.EMAIL, reminder_id, claimed=True)
     verification, reminder = mailoutbox
     assert "https://accounts.example.org/signup/verify/" in verification.body
     assert "?source=verification" in verification.body
@@ -251,29 +262,29 @@ def test_email_links_carry_their_source_and_a_working_token(mailoutbox, settings
 
 
 def test_a_failing_email_is_dead_lettered_after_too_many_attempts(mailoutbox, settings):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
     OutboundEmail.objects.filter(pk=email.pk).update(attempts=settings.SIGNUP_EMAIL_MAX_ATTEMPTS)
-    assert workflow.deliver_email(email_id=email.pk) is False
+    assert workflow.deliver(workflow.EMAIL, email.pk) is False
     email.refresh_from_db()
     assert email.status == "failed"
     assert signup.events.filter(kind="email_failed").exists()
-    assert workflow.redrive_email(email_id=email.pk) is True
-    assert workflow.deliver_email(email_id=email.pk) is True
+    assert workflow.redrive(workflow.EMAIL, email.pk) is True
+    assert workflow.deliver(workflow.EMAIL, email.pk) is True
     assert len(mailoutbox) == 1
 
 
 def test_sweep_expires_overdue_signups_and_finds_lost_reminders(settings):
-    settings.SIGNUP_REMINDER_GRACE = 5
-    overdue = workflow.start_signup(**signup_data())
+    settings.SIGNUP_LOST_TASK_GRACE = 5
+    overdue = signed_up(**signup_data())
     Signup.objects.filter(pk=overdue.pk).update(expires_at=timezone.now())
     # Both reminders were handed to the broker an hour ago, and both are now due.
     handed_over = timezone.now() - timedelta(seconds=3600)
-    late = workflow.start_signup(**signup_data(username="bob", email="bob@example.com"))
+    late = signed_up(**signup_data(username="bob", email="bob@example.com"))
     Signup.objects.filter(pk=late.pk).update(
         next_reminder_at=timezone.now() - timedelta(seconds=6), reminder_enqueued_at=handed_over
     )
-    on_time = workflow.start_signup(**signup_data(username="carol", email="c@example.com"))
+    on_time = signed_up(**signup_data(username="carol", email="c@example.com"))
     Signup.objects.filter(pk=on_time.pk).update(
         next_reminder_at=timezone.now() - timedelta(seconds=1), reminder_enqueued_at=handed_over
     )
@@ -288,7 +299,7 @@ def test_sweep_expires_overdue_signups_and_finds_lost_reminders(settings):
 
 
 def test_undeliverable_stops_the_signup():
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     assert workflow.mark_undeliverable(signup_id=signup.pk, reason="hard bounce")
     signup.refresh_from_db()
     assert signup.status == "undeliverable"
@@ -298,7 +309,7 @@ def test_undeliverable_stops_the_signup():
 
 
 def test_plain_text_emails_show_names_as_typed_and_html_escapes_them(mailoutbox):
-    signup = workflow.start_signup(**signup_data(first_name="Zoë O'Brien & Co"))
+    signup = signed_up(**signup_data(first_name="Zoë O'Brien & Co"))
     workflow.verify_signup_by_operator(signup_id=signup.pk)
     _deliver_all()
     (message,) = mailoutbox  # the welcome: the first to name the person
@@ -308,12 +319,12 @@ def test_plain_text_emails_show_names_as_typed_and_html_escapes_them(mailoutbox)
 
 
 def test_every_attempt_at_an_email_carries_the_same_message_id(mailoutbox):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
-    workflow.deliver_email(email_id=email.pk)
+    workflow.deliver(workflow.EMAIL, email.pk)
     # As if the worker died after the provider took it: the ledger still says "sending".
     OutboundEmail.objects.filter(pk=email.pk).update(status="sending")
-    workflow.deliver_email(email_id=email.pk)
+    workflow.deliver(workflow.EMAIL, email.pk)
     first, second = mailoutbox
     assert first.extra_headers["Message-ID"] == second.extra_headers["Message-ID"]
     assert first.extra_headers["Message-ID"] == emails.message_id(email)
@@ -323,68 +334,50 @@ def test_every_attempt_at_an_email_carries_the_same_message_id(mailoutbox):
 def test_an_email_sent_as_the_database_connection_dies_is_recorded_not_sent_again(
     mailoutbox, settings
 ):
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
     settings.EMAIL_BACKEND = "tests.helpers.ConnectionKillingBackend"
     with pytest.raises(workflow.SentButNotRecorded) as raised:
-        workflow.deliver_email(email_id=email.pk)
+        workflow.deliver(workflow.EMAIL, email.pk)
     connection.close()
     assert len(mailoutbox) == 1
     assert OutboundEmail.objects.get().status == "sending"
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    message_id = raised.value.provider_message_id
-    assert workflow.record_email_sent(email_id=email.pk, provider_message_id=message_id)
-    assert workflow.deliver_email(email_id=email.pk) is False
+    message_id = raised.value.answer
+    # What the task's next attempt does: record the provider's answer, send nothing.
+    assert workflow.attempt(workflow.EMAIL, email.pk, answer=message_id) is None
+    assert workflow.deliver(workflow.EMAIL, email.pk) is False
     email.refresh_from_db()
     assert (email.status, email.provider_message_id) == ("sent", message_id)
     assert len(mailoutbox) == 1
     assert signup.events.filter(kind="verification_sent").count() == 1
 
 
-# --- Greeting after the answer (the form's and the API's signups) ----------------------------
+# --- The first contact, after the answer --------------------------------------------------
 
 
-def test_a_signup_greeted_later_is_sent_its_verification_email_and_reminders_by_the_greeting():
-    signup = workflow.start_signup(**signup_data(), greet_later=True)
+def test_a_new_signup_is_sent_its_verification_email_and_reminders_by_its_first_contact():
+    signup = workflow.start_signup(**signup_data())
     assert not signup.emails.exists() and signup.next_reminder_at is None
-    assert workflow.greet_signup(signup_id=signup.pk)
-    assert not workflow.greet_signup(signup_id=signup.pk)  # a duplicate task: nothing more
+    assert workflow.contact_address(signup_id=signup.pk)
+    assert not workflow.contact_address(signup_id=signup.pk)  # a duplicate task: nothing more
     signup.refresh_from_db()
-    assert signup.greeted_at is not None and signup.next_reminder_at is not None
+    assert signup.contacted_at is not None and signup.next_reminder_at is not None
     assert list(signup.emails.values_list("kind", "sequence")) == [("verification", 1)]
 
 
-def test_an_operators_resend_before_the_greeting_is_not_doubled_by_it():
-    signup = workflow.start_signup(**signup_data(), greet_later=True)
+def test_an_operators_resend_before_the_first_contact_is_not_doubled_by_it():
+    signup = workflow.start_signup(**signup_data())
     assert workflow.resend_verification(signup_id=signup.pk)
-    assert workflow.greet_signup(signup_id=signup.pk)
+    assert workflow.contact_address(signup_id=signup.pk)
     signup.refresh_from_db()
     assert signup.emails.filter(kind="verification").count() == 1
-    assert signup.greeted_at is not None and signup.next_reminder_at is not None  # its chain
+    assert signup.contacted_at is not None and signup.next_reminder_at is not None  # its chain
 
 
-@pytest.mark.parametrize("held", [False, True], ids=["greeted", "held-back"])
-def test_a_signup_greeted_by_a_previous_release_only_gets_its_mark(held):
-    """While a deployment rolls over, a web process of the release before greets in the
-    signup's own transaction and leaves greeted_at empty; the sweeper then enqueues its
-    greeting, which must change nothing but the mark."""
-    if held:
-        workflow.start_signup(**signup_data(username="first"))
+def test_a_first_contact_that_comes_after_the_expiry_sends_nothing():
     signup = workflow.start_signup(**signup_data())
-    Signup.objects.filter(pk=signup.pk).update(greeted_at=None)
-    before = list(signup.events.values_list("kind", flat=True))
-    plan = Signup.objects.values_list("next_reminder_at").get(pk=signup.pk)
-    assert not workflow.greet_signup(signup_id=signup.pk)
-    signup.refresh_from_db()
-    assert signup.greeted_at is not None
-    assert list(signup.events.values_list("kind", flat=True)) == before
-    assert Signup.objects.values_list("next_reminder_at").get(pk=signup.pk) == plan
-    assert signup.emails.filter(kind="verification").count() == (0 if held else 1)
-
-
-def test_a_greeting_that_comes_after_the_expiry_sends_nothing():
-    signup = workflow.start_signup(**signup_data(), greet_later=True)
     Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert not workflow.greet_signup(signup_id=signup.pk)
+    assert not workflow.contact_address(signup_id=signup.pk)
     assert not OutboundEmail.objects.exists()

@@ -100,7 +100,7 @@ def recovery(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
             "window_s": sizes.timer_window,
             "reminder_interval_s": interval,
             "sweep_interval_s": SWEEP_INTERVAL,
-            "grace_s": float(STACK_SETTINGS["SIGNUP_REMINDER_GRACE"]),
+            "grace_s": float(STACK_SETTINGS["SIGNUP_LOST_TASK_GRACE"]),
             "population_s": round(population["seconds"], 1),
         },
         rows=[

@@ -112,7 +112,7 @@ def timer_accuracy(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Re
         f" created_at) p50 {ms(taken_figure['p50'])}, p99 {ms(taken_figure['p99'])} late.",
         f"Workers: the Procfile's, WORKER_CONCURRENCY={WORKER_CONCURRENCY}"
         f" ({workers_text(stack)}), with beat (sweep every {SWEEP_INTERVAL} s, grace"
-        f" {STACK_SETTINGS['SIGNUP_REMINDER_GRACE']} s). Reminders the sweeper re-enqueued as"
+        f" {STACK_SETTINGS['SIGNUP_LOST_TASK_GRACE']} s). Reminders the sweeper re-enqueued as"
         f" lost while they were only late: {repaired}.",
         "The verification emails of these signups were recorded as sent without sending"
         " (their tasks went to a queue no worker reads), so that only the reminders load the"
@@ -222,7 +222,7 @@ def timer_accuracy_provider(stack: Stack, sizes: Sizes, earlier: dict[str, Resul
         f" {late(handed['p99'])} late. Accepted only after a refused call: {retried}.",
         f"Workers: the Procfile's, WORKER_CONCURRENCY={WORKER_CONCURRENCY}"
         f" ({workers}); beat sweeping every {SWEEP_INTERVAL} s (grace"
-        f" {STACK_SETTINGS['SIGNUP_REMINDER_GRACE']} s). Reminders the sweeper re-enqueued as"
+        f" {STACK_SETTINGS['SIGNUP_LOST_TASK_GRACE']} s). Reminders the sweeper re-enqueued as"
         f" lost while they were only late: {repaired}.",
     ]
     if missing:

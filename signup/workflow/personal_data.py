@@ -12,10 +12,9 @@ from django.utils import timezone
 
 from signup.models import Address, OutboundEmail, Signup, SignupEvent
 from signup.redaction import redact
-from signup.workflow.addresses import _lock_address_of
-from signup.workflow.closing import _close
-from signup.workflow.common import EmailStatus, Event, Status, _lock
-from signup.workflow.ledger import _pending_email_out_until, _wait_for_lease
+from signup.workflow.internal.budget import when_no_email_is_out
+from signup.workflow.internal.endings import close
+from signup.workflow.internal.rows import Event, LedgerState, Status
 
 logger = logging.getLogger("signup.workflow")
 
@@ -24,8 +23,6 @@ logger = logging.getLogger("signup.workflow")
 # reserved to receive no mail (.invalid), so it is nobody's.
 _ANONYMOUS_USERNAME = "anonymised:{id}"
 _ANONYMOUS_ADDRESS = "signup-{id}@anonymised.invalid"
-
-
 _ANONYMOUS_NAME = "Anonymised"
 
 
@@ -71,29 +68,22 @@ def erase_personal_data(*, signup_id: int, operator: str) -> bool:
     verified, so the counts keep it, and its username is free again, as an erased account's
     is.
     """
-    while True:
-        with transaction.atomic():
-            address = _lock_address_of(signup_id)
-            signup = _lock(signup_id) if address is not None else None
-            if signup is None or signup.anonymised_at is not None:
-                return False
-            out_until = _pending_email_out_until(signup)
-            if out_until is None:
-                _erase(signup, address, operator=operator)
-                return True
-        _wait_for_lease(out_until)
 
+    def erase(signup: Signup | None, address: Address | None) -> bool:
+        if signup is None or signup.anonymised_at is not None:
+            return False
+        if signup.status == Status.PENDING:
+            close(signup, Status.CANCELLED, detail="to erase personal data")
+        # The address keeps its budget, but no longer has this account or this chain.
+        if address.verified_signup_id == signup.pk:
+            address.verified_signup = None
+        if address.live_signup_id == signup.pk:
+            address.live_signup = None
+        address.save(update_fields=["verified_signup", "live_signup"])
+        _anonymise([signup], now=timezone.now(), detail=f"erased by an operator ({operator})")
+        return True
 
-def _erase(signup: Signup, address: Address, *, operator: str) -> None:
-    if signup.status == Status.PENDING:
-        _close(signup, Status.CANCELLED, Event.CANCELLED, detail="to erase personal data")
-    # The address keeps its budget, but no longer has this account or this chain.
-    if address.verified_signup_id == signup.pk:
-        address.verified_signup = None
-    if address.live_signup_id == signup.pk:
-        address.live_signup = None
-    address.save(update_fields=["verified_signup", "live_signup"])
-    _anonymise([signup], now=timezone.now(), detail=f"erased by an operator ({operator})")
+    return when_no_email_is_out(signup_id, erase)
 
 
 def forget_idle_addresses(*, batch_size: int = 500) -> int:
@@ -155,8 +145,8 @@ def _anonymise(signups: list[Signup], *, now, detail: str) -> None:
     for email in ledger_rows:
         email.to_email = _ANONYMOUS_ADDRESS.format(id=email.signup_id)
         email.last_error = redact(email.last_error)
-        if email.status == EmailStatus.QUEUED:
-            email.status = EmailStatus.SKIPPED
+        if email.status == LedgerState.QUEUED:
+            email.status = LedgerState.SKIPPED
         email.updated_at = now
     OutboundEmail.objects.bulk_update(
         ledger_rows, ["to_email", "last_error", "status", "updated_at"], batch_size=1000
@@ -170,3 +160,12 @@ def _anonymise(signups: list[Signup], *, now, detail: str) -> None:
         SignupEvent(signup_id=signup_id, kind=Event.ANONYMISED, detail=redact(detail))
         for signup_id in signup_ids
     )
+
+
+def forget_personal_data() -> dict[str, int]:
+    """The hourly work (beat): anonymise the closed signups past their retention and forget
+    the budget rows of addresses idle for a day."""
+    return {
+        "anonymised": anonymise_closed_signups(),
+        "addresses_forgotten": forget_idle_addresses(),
+    }

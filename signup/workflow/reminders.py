@@ -11,19 +11,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from signup import metrics, tasks
-from signup.models import Address, OutboundEmail, Signup
-from signup.workflow.closing import _close
-from signup.workflow.common import (
-    _PLAN_FIELDS,
+from signup.models import OutboundEmail
+from signup.workflow.internal.budget import lock_address_of
+from signup.workflow.internal.endings import expire_if_due
+from signup.workflow.internal.ledger import queue_email
+from signup.workflow.internal.rows import (
     EmailKind,
     Event,
     Status,
-    _add_event,
-    _after_commit,
-    _drop,
-    _lock,
+    add_event,
+    after_commit,
+    drop,
+    lock,
 )
-from signup.workflow.ledger import _queue_email
+from signup.workflow.internal.timers import PLAN_FIELDS, plan_next_step, schedule_next_step
 
 
 def take_reminder(*, signup_id: int, number: int) -> int | None:
@@ -37,28 +38,25 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
     """
     now = timezone.now()
     with transaction.atomic():
-        signup = _lock(signup_id)
+        signup = lock(signup_id)
         if signup is None or signup.status != Status.PENDING:
-            return _drop("reminder", signup_id, number, "signup is not pending")
+            return drop("reminder", signup_id, number, "signup is not pending")
         if signup.reminders_sent != number - 1:
-            return _drop("reminder", signup_id, number, f"{signup.reminders_sent} already sent")
+            return drop("reminder", signup_id, number, f"{signup.reminders_sent} already sent")
         if signup.next_reminder_at is None:
-            return _drop("reminder", signup_id, number, "no reminder planned: its address moved on")
-        if signup.expires_at <= now:
-            _expire(signup)
+            return drop("reminder", signup_id, number, "no reminder planned: its address moved on")
+        if expire_if_due(signup, now=now):
             return None
         if number > settings.SIGNUP_MAX_REMINDERS:
-            return _drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
+            return drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
         planned = signup.next_reminder_at
         signup.reminders_sent = number
         # Claimed here, under the signup's lock: the task sends it next, without a second
         # transaction to claim it.
-        email = _queue_email(
-            signup, EmailKind.REMINDER, sequence=number, deliver=False, claimed=True
-        )
-        _plan_next_step(signup, now=now)
-        signup.save(update_fields=[*_PLAN_FIELDS, "reminders_sent", "updated_at"])
-        _schedule_next_step(signup, now=now)
+        email = queue_email(signup, EmailKind.REMINDER, sequence=number, claimed=True)
+        plan_next_step(signup, now=now)
+        signup.save(update_fields=[*PLAN_FIELDS, "reminders_sent", "updated_at"])
+        schedule_next_step(signup, now=now)
     metrics.reminder_lateness.observe(max((now - planned).total_seconds(), 0.0))
     return email.pk
 
@@ -87,7 +85,8 @@ def rush_next_reminder(*, signup_id: int, operator: str, number: int | None = No
     """
     now = timezone.now()
     with transaction.atomic():
-        signup = _lock(signup_id)
+        # The address first: the chain it moves is the mailbox's.
+        signup = lock(signup_id) if lock_address_of(signup_id) is not None else None
         if signup is None or signup.status != Status.PENDING:
             return NOT_PENDING
         next_number = signup.reminders_sent + 1
@@ -97,16 +96,16 @@ def rush_next_reminder(*, signup_id: int, operator: str, number: int | None = No
             return NO_REMINDER
         if signup.next_reminder_at <= now and signup.reminder_enqueued_at is not None:
             return ALREADY_DUE
-        # Whichever of the address's signups it went out for: one address, one chain.
+        # Whichever of the mailbox's signups it went out for: one mailbox, one chain.
         cooldown = now - timedelta(seconds=settings.SIGNUP_ADDRESS_COOLDOWN)
-        if OutboundEmail.objects.filter(
-            kind=EmailKind.REMINDER, to_email__iexact=signup.email, created_at__gt=cooldown
-        ).exists():
+        same_mailbox = {"signup__address": signup.address_id} if signup.address_id else {}
+        reminders = OutboundEmail.objects.filter(kind=EmailKind.REMINDER, created_at__gt=cooldown)
+        if reminders.filter(**(same_mailbox or {"signup": signup})).exists():
             return TOO_SOON
         signup.next_reminder_at = signup.reminder_enqueued_at = now
-        signup.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
-        _add_event(signup, Event.REMINDER_RUSHED, number=next_number, detail=f"by {operator}")
-        _after_commit(lambda: tasks.send_reminder.apply_async((signup_id, next_number)))
+        signup.save(update_fields=[*PLAN_FIELDS, "updated_at"])
+        add_event(signup.pk, Event.REMINDER_RUSHED, number=next_number, detail=f"by {operator}")
+        after_commit(lambda: tasks.send_reminder.apply_async((signup_id, next_number)))
     return RUSHED
 
 
@@ -121,7 +120,9 @@ def extend_expiry(*, signup_id: int, by: timedelta, operator: str):
     """
     now = timezone.now()
     with transaction.atomic():
-        signup = _lock(signup_id)
+        # The address first: a chain that stopped may go on, and the chain is the mailbox's.
+        address = lock_address_of(signup_id)
+        signup = lock(signup_id) if address is not None else None
         if signup is None or signup.status != Status.PENDING:
             return None
         latest = signup.created_at + timedelta(
@@ -137,73 +138,24 @@ def extend_expiry(*, signup_id: int, by: timedelta, operator: str):
             if (
                 signup.next_reminder_at is None
                 and signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
-                and Address.objects.filter(live_signup_id=signup.pk).exists()
+                and address.live_signup_id == signup.pk
             ):
-                _plan_next_step(signup, now=now)
-                _schedule_next_step(signup, now=now)
-                fields += _PLAN_FIELDS
+                plan_next_step(signup, now=now)
+                schedule_next_step(signup, now=now)
+                fields += PLAN_FIELDS
             signup.save(update_fields=fields)
             detail = f"by {operator}: from {before:%Y-%m-%d %H:%M} to {wanted:%Y-%m-%d %H:%M} UTC"
-            _add_event(signup, Event.EXPIRY_EXTENDED, detail=detail)
+            add_event(signup.pk, Event.EXPIRY_EXTENDED, detail=detail)
     return signup.expires_at
 
 
 def expire_signup(*, signup_id: int) -> bool:
     """Expire a pending signup whose time is up; return whether it changed."""
     with transaction.atomic():
-        signup = _lock(signup_id)
+        signup = lock(signup_id)
         if signup is None or signup.status != Status.PENDING:
             return False
-        if signup.expires_at > timezone.now():
-            _drop("expiry", signup_id, None, "not due yet")
-            return False
-        _expire(signup)
-    return True
-
-
-def _expire(signup: Signup) -> None:
-    _close(signup, Status.EXPIRED, Event.EXPIRED)
-
-
-def _plan_next_step(signup: Signup, *, now) -> None:
-    """Plan the reminder after the one just sent (or the first): SIGNUP_REMINDER_INTERVAL
-    from now.
-
-    This is the self-rescheduling chain: each reminder plans the next. The broker holds only
-    what is due soon, so its memory and the workers' do not grow with the number of pending
-    signups; the sweeper hands over each later step as it comes within reach, and repairs a
-    chain whose task was lost.
-    """
-    _plan_reminder(signup, at=now + timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL), now=now)
-
-
-def _plan_reminder(signup: Signup, *, at, now) -> None:
-    """Set when the next reminder is due (None if there is no next one before the signup
-    expires), and whether its task goes to the broker now: only one due within
-    SIGNUP_SCHEDULE_AHEAD does."""
-    if (
-        at is not None
-        and signup.reminders_sent < settings.SIGNUP_MAX_REMINDERS
-        and at < signup.expires_at
-    ):
-        signup.next_reminder_at = at
-    else:
-        signup.next_reminder_at = None
-    within_reach = signup.next_reminder_at is not None and signup.next_reminder_at <= _horizon(now)
-    signup.reminder_enqueued_at = now if within_reach else None
-
-
-def _schedule_next_step(signup: Signup, *, now) -> None:
-    """After commit, enqueue the task _plan_next_step planned: the next reminder if it is
-    within reach, else the expiry if that is; the sweeper takes care of later ones."""
-    signup_id = signup.pk
-    if signup.reminder_enqueued_at is not None:
-        number, due = signup.reminders_sent + 1, signup.next_reminder_at
-        _after_commit(lambda: tasks.send_reminder.apply_async((signup_id, number), eta=due))
-    elif signup.next_reminder_at is None and signup.expires_at <= _horizon(now):
-        due = signup.expires_at
-        _after_commit(lambda: tasks.expire_signup.apply_async((signup_id,), eta=due))
-
-
-def _horizon(now):
-    return now + timedelta(seconds=settings.SIGNUP_SCHEDULE_AHEAD)
+        if expire_if_due(signup):
+            return True
+    drop("expiry", signup_id, None, "not due yet")
+    return False

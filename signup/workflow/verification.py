@@ -1,31 +1,26 @@
 """Verifying: by the emailed link (crediting the email it came from) or on an operator's
-word, and sending another verification email to a pending signup."""
+word, and an operator's resend of the verification email."""
 
 from django.db import transaction
 from django.utils import timezone
 
 from signup import selectors, tokens
 from signup.models import Address, Signup
-from signup.workflow.addresses import _lock_address_of, _mute, _restore_expiry
-from signup.workflow.common import (
-    _PLAN_FIELDS,
+from signup.workflow.internal.announce import VERIFIED, announce
+from signup.workflow.internal.budget import restore_expiry, when_no_email_is_out
+from signup.workflow.internal.endings import expire_if_due
+from signup.workflow.internal.ledger import PENDING_KINDS, next_sequence, queue_email, skip_unsent
+from signup.workflow.internal.rows import (
     EmailKind,
-    EmailStatus,
     Event,
+    LedgerState,
     SignupClosed,
     Status,
     VerifyResult,
-    _add_event,
-    _lock,
+    add_event,
+    lock,
 )
-from signup.workflow.events import VERIFIED, _announce
-from signup.workflow.ledger import (
-    _pending_email_out_until,
-    _queue_email,
-    _skip_unsent,
-    _wait_for_lease,
-)
-from signup.workflow.reminders import _expire
+from signup.workflow.internal.timers import PLAN_FIELDS, mute
 
 
 def verify_signup(*, token: str, source: str) -> VerifyResult:
@@ -36,57 +31,35 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
     """
     if not tokens.is_token_source(source):
         raise tokens.InvalidToken("unknown source")
-    signup_id = selectors.signup_for_token(token).pk
-
-    def exists(signup: Signup | None) -> None:
-        if signup is None:
-            raise tokens.InvalidToken("no such signup")
-
-    return _verify_when_no_email_is_out(signup_id, source=source, check=exists)
+    return _verify(selectors.signup_for_token(token).pk, source=source)
 
 
 def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:
     """Mark a pending signup verified on an operator's word (source "operator")."""
-
-    def exists(signup: Signup | None) -> None:
-        if signup is None:
-            raise Signup.DoesNotExist(signup_id)
-
-    return _verify_when_no_email_is_out(signup_id, source="operator", check=exists)
+    if not Signup.objects.filter(pk=signup_id).exists():
+        raise Signup.DoesNotExist(signup_id)
+    return _verify(signup_id, source="operator")
 
 
-def _verify_when_no_email_is_out(signup_id: int, *, source: str, check) -> VerifyResult:
+def _verify(signup_id: int, *, source: str) -> VerifyResult:
     """Verify under the address's and the signup's locks, once no verification email or
-    reminder of the signup is with the provider.
+    reminder of the signup is with the provider (internal.budget.when_no_email_is_out); a
+    signup whose time is up expires instead."""
 
-    Such an email claimed before the verification is out until its lease ends (the
-    provider's own time limit): wait for it outside the transaction, so that it can record
-    itself, and look again. A claim made after the verification commits sees it and skips
-    the email. So neither leaves after a verification commits, and the wait is at most one
-    lease; usually it is none, or one provider call.
-    """
-    while True:
-        with transaction.atomic():
-            address = _lock_address_of(signup_id)
-            signup = _lock(signup_id) if address is not None else None
-            check(signup)
-            if _expire_if_due(signup):
-                break
-            out_until = _pending_email_out_until(signup)
-            if out_until is None:
-                return _verify(signup, address, source=source)
-        _wait_for_lease(out_until)
-    raise SignupClosed(Status.EXPIRED)  # after the expiry above has committed
+    def act(signup: Signup | None, address: Address | None) -> VerifyResult | None:
+        if signup is None:
+            raise tokens.InvalidToken("no such signup")  # gone since it was looked up
+        if expire_if_due(signup):
+            return None
+        return _verified(signup, address, source=source)
+
+    result = when_no_email_is_out(signup_id, act)
+    if result is None:
+        raise SignupClosed(Status.EXPIRED)  # after the expiry has committed
+    return result
 
 
-def _expire_if_due(signup: Signup) -> bool:
-    if signup.status == Status.PENDING and signup.expires_at <= timezone.now():
-        _expire(signup)
-        return True
-    return False
-
-
-def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
+def _verified(signup: Signup, address: Address, *, source: str) -> VerifyResult:
     if signup.status == Status.VERIFIED:
         return VerifyResult(signup, already_verified=True)
     if signup.status != Status.PENDING:
@@ -94,22 +67,23 @@ def _verify(signup: Signup, address: Address, *, source: str) -> VerifyResult:
     signup.status = Status.VERIFIED
     signup.verified_at = timezone.now()
     signup.verified_source = _provable(source, signup)
-    signup.next_reminder_at = signup.reminder_enqueued_at = None
+    mute(signup)
     signup.save(
-        update_fields=["status", "verified_at", "verified_source", *_PLAN_FIELDS, "updated_at"]
+        update_fields=["status", "verified_at", "verified_source", *PLAN_FIELDS, "updated_at"]
     )
-    _add_event(signup, Event.VERIFIED, detail=f"source: {signup.verified_source}")
-    _announce(signup, VERIFIED)
-    _skip_unsent(signup, kinds=(EmailKind.VERIFICATION, EmailKind.REMINDER))
-    _queue_email(signup, EmailKind.WELCOME, sequence=1)
+    add_event(signup.pk, Event.VERIFIED, detail=f"source: {signup.verified_source}")
+    announce(signup, VERIFIED)
+    skip_unsent(signup, kinds=PENDING_KINDS)
+    queue_email(signup, EmailKind.WELCOME, sequence=1)
     # The address has an account now: another signup's reminders would only nag its owner.
     if address.live_signup_id not in (None, signup.pk):
-        live = _lock(address.live_signup_id)
+        live = lock(address.live_signup_id)
         if live is not None and live.status == Status.PENDING:
-            _mute(live)
-            live.save(update_fields=[*_PLAN_FIELDS, "updated_at"])
-            _skip_unsent(live, kinds=(EmailKind.REMINDER,))
-            _add_event(live, Event.SUPERSEDED, detail=f"the address verified signup {signup.pk}")
+            mute(live)
+            live.save(update_fields=[*PLAN_FIELDS, "updated_at"])
+            skip_unsent(live, kinds=(EmailKind.REMINDER,))
+            detail = f"the address verified signup {signup.pk}"
+            add_event(live.pk, Event.SUPERSEDED, detail=detail)
     address.live_signup = address.verified_signup = signup
     address.save(update_fields=["live_signup", "verified_signup"])
     return VerifyResult(signup, already_verified=False)
@@ -132,16 +106,15 @@ def resend_verification(*, signup_id: int) -> bool:
     click, or two operators at once, send one.
     """
     with transaction.atomic():
-        signup = _lock(signup_id)
+        signup = lock(signup_id)
         if signup is None or signup.status != Status.PENDING:
             return False
-        waiting = (EmailStatus.QUEUED, EmailStatus.SENDING)
+        waiting = (LedgerState.QUEUED, LedgerState.SENDING)
         if signup.emails.filter(kind=EmailKind.VERIFICATION, status__in=waiting).exists():
             return False
-        last = signup.emails.filter(kind=EmailKind.VERIFICATION).order_by("-sequence").first()
-        sequence = last.sequence + 1 if last else 1
-        _add_event(signup, Event.VERIFICATION_REQUESTED, number=sequence)
-        _queue_email(signup, EmailKind.VERIFICATION, sequence=sequence)
-        _restore_expiry(signup)  # a mute signup's link goes out now
+        sequence = next_sequence(signup, EmailKind.VERIFICATION)
+        add_event(signup.pk, Event.VERIFICATION_REQUESTED, number=sequence)
+        queue_email(signup, EmailKind.VERIFICATION, sequence=sequence)
+        restore_expiry(signup)  # a mute signup's link goes out now
         signup.save(update_fields=["expires_at", "updated_at"])
     return True

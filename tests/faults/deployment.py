@@ -35,8 +35,8 @@ BASE_SETTINGS = {
     "SIGNUP_MAX_REMINDERS": 2,
     "SIGNUP_EXPIRES_AFTER": 3600,
     "SIGNUP_SWEEP_INTERVAL": 1,
-    "SIGNUP_REMINDER_GRACE": 1,
-    "SIGNUP_EMAIL_REDRIVE_AFTER": 2,
+    "SIGNUP_LOST_TASK_GRACE": 1,
+    "SIGNUP_REDRIVE_AFTER": 2,
     "SIGNUP_EMAIL_RETRY_DELAY": 0.5,
     "SIGNUP_EMAIL_RETRY_MAX_DELAY": 2,
     "SIGNUP_EMAIL_MAX_ATTEMPTS": 10,
@@ -229,10 +229,9 @@ def migrate(database_url: str, var_dir: Path) -> None:
 
 
 @contextmanager
-def migrated_database(var_dir: Path):
+def migrated_database():
     """A fresh PostgreSQL database with the project's tables; yields its URL."""
-    with processes.fresh_database() as database_url:
-        migrate(database_url, var_dir)
+    with processes.fresh_database(migrated=True) as database_url:
         yield database_url
 
 

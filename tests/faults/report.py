@@ -14,7 +14,7 @@ COLUMNS = [
     ("emails received", "emails_received", "sum"),
     ("lost", "lost", "sum"),
     ("duplicated", "duplicated", "sum"),
-    ("greetings restored", "greetings_restored", "sum"),
+    ("first contacts restored", "contacts_restored", "sum"),
     ("chains restored", "chains_restored", "sum"),
     ("worst lateness (s)", "seconds_to_restore", "max"),
 ]

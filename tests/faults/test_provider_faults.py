@@ -13,10 +13,9 @@ from collections.abc import Sequence
 import pytest
 
 from harness.provider import Answer, FakePostmark
-from signup import workflow
 from signup.emails import message_id
 from signup.models import OutboundEmail, SignupEvent
-from tests.helpers import signup_data, wait_for
+from tests.helpers import signed_up, signup_data, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.redis]
 
@@ -62,9 +61,7 @@ def postmark(settings):
 
 def _start(username: str) -> OutboundEmail:
     """Start a signup (the worker sends its verification email); return that ledger row."""
-    signup = workflow.start_signup(
-        **signup_data(username=username, email=f"{username}@example.com")
-    )
+    signup = signed_up(**signup_data(username=username, email=f"{username}@example.com"))
     return signup.emails.get()
 
 
@@ -333,7 +330,7 @@ def test_permanent_failures_are_dead_lettered_after_one_attempt(
         assert postmark.accepted_for(email.pk) == []
         assert _ledger(email).attempts == 1
         (event,) = SignupEvent.objects.filter(signup_id=email.signup_id, kind="email_failed")
-        assert event.detail.startswith("verification: ")
+        assert event.detail.startswith("verification #1: ")
         assert error_text in event.detail
 
     fault_report.update(

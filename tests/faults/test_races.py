@@ -24,9 +24,10 @@ from signup import tasks, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
 from tests.helpers import (
     API_KEY,
-    greet_waiting,
+    contact_waiting,
     hidden_fields,
     queued,
+    signed_up,
     signup_data,
     verify_link,
     wait_for,
@@ -158,9 +159,7 @@ def wait_for_kind(kind: str, count: int, *, timeout: float = 30) -> None:
 
 def start_signups(prefix: str, count: int) -> list[Signup]:
     return [
-        workflow.start_signup(
-            **signup_data(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com")
-        )
+        signed_up(**signup_data(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com"))
         for i in range(count)
     ]
 
@@ -172,7 +171,7 @@ def email_id(signup: Signup, kind: str, sequence: int = 1) -> int:
 def send_verification_emails(signups: list[Signup]) -> dict[str, str]:
     """Deliver each signup's verification email now; return the token its link carries."""
     for signup in signups:
-        assert workflow.deliver_email(email_id=email_id(signup, "verification"))
+        assert workflow.deliver(workflow.EMAIL, email_id(signup, "verification"))
     tokens = {}
     for message in mail.outbox:
         (to,) = message.to
@@ -221,7 +220,7 @@ def test_no_reminder_is_sent_after_a_verification_that_races_it(
                 (
                     partial(workflow.verify_signup, token=token, source="verification"),
                     partial(tasks.send_reminder, signup.pk, 2),
-                    partial(workflow.deliver_email, email_id=email_id(signup, "reminder")),
+                    partial(workflow.deliver, workflow.EMAIL, email_id(signup, "reminder")),
                 )
                 for signup, token in zip(signups, tokens, strict=True)
             ]
@@ -383,9 +382,9 @@ def test_signups_for_one_username_at_once_create_one_and_answer_409_to_the_rest(
             assert status == 201 or "is already taken" in message, attempt
     assert pending == Counter(f"dora{i}" for i in range(races))
     assert Signup.objects.count() == races
-    # Each created signup is greeted after its answer (here, as a worker would): one
+    # Each created signup is contacted after its answer (here, as a worker would): one
     # verification email each.
-    assert greet_waiting() == races
+    assert contact_waiting() == races
     assert OutboundEmail.objects.filter(kind="verification").count() == races
 
 
@@ -403,8 +402,8 @@ def test_a_task_run_twice_at_once_sends_its_email_once(outbox, fault_rounds, fau
     first = race(
         [
             (
-                partial(workflow.deliver_email, email_id=email_id(signup, "verification")),
-                partial(workflow.deliver_email, email_id=email_id(signup, "verification")),
+                partial(workflow.deliver, workflow.EMAIL, email_id(signup, "verification")),
+                partial(workflow.deliver, workflow.EMAIL, email_id(signup, "verification")),
                 partial(workflow.take_reminder, signup_id=signup.pk, number=1),
                 partial(workflow.take_reminder, signup_id=signup.pk, number=1),
             )
@@ -415,9 +414,9 @@ def test_a_task_run_twice_at_once_sends_its_email_once(outbox, fault_rounds, fau
     second = race(
         [
             (
-                partial(workflow.send_claimed_email, email_id=pk),
-                partial(workflow.deliver_email, email_id=pk),
-                partial(workflow.deliver_email, email_id=pk),
+                partial(workflow.deliver, workflow.EMAIL, pk, claimed=True),
+                partial(workflow.deliver, workflow.EMAIL, pk),
+                partial(workflow.deliver, workflow.EMAIL, pk),
             )
             for pk in reminder_ids
         ]
@@ -434,7 +433,7 @@ def test_a_task_run_twice_at_once_sends_its_email_once(outbox, fault_rounds, fau
             "stale_reminders_dropped": sum(None in outcome[2:] for outcome in first),
         }
     )
-    in_flight = workflow.EmailInFlight
+    in_flight = workflow.InFlight
     assert errors_in(first, in_flight) + errors_in(second, in_flight) == []
     for outcome in first:
         assert outcome[:2].count(True) == 1, outcome
@@ -527,7 +526,7 @@ def test_cancel_racing_verify_ends_in_one_state_and_sends_nothing_after_it(
                 (
                     partial(workflow.verify_signup, token=token, source="verification"),
                     partial(workflow.cancel_signup, signup_id=signup.pk, reason="race"),
-                    partial(workflow.deliver_email, email_id=email_id(signup, "reminder")),
+                    partial(workflow.deliver, workflow.EMAIL, email_id(signup, "reminder")),
                 )
                 for signup, token in zip(signups, tokens, strict=True)
             ]
@@ -582,7 +581,7 @@ def test_resend_racing_verify_sends_no_verification_email_after_it(
                 (
                     partial(workflow.verify_signup, token=token, source="verification"),
                     partial(workflow.resend_verification, signup_id=signup.pk),
-                    partial(workflow.deliver_email, email_id=email_id(signup, "reminder")),
+                    partial(workflow.deliver, workflow.EMAIL, email_id(signup, "reminder")),
                 )
                 for signup, token in zip(signups, tokens, strict=True)
             ]

@@ -30,8 +30,8 @@ def test_the_tasks_module_can_be_imported_first_and_does_not_import_the_workflow
         "import django\n"
         "django.setup()\n"
         "from signup import tasks, workflow\n"
-        "from signup.workflow import ledger\n"
-        "assert ledger.tasks is tasks and workflow.deliver_email is ledger.deliver_email\n"
+        "from signup.workflow.internal import ledger\n"
+        "assert ledger.tasks is tasks and workflow.EMAIL is ledger.EMAIL\n"
         "print('ok')\n"
     )
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""The email retry policy: which provider errors are permanent, and how long to wait."""
+"""The retry policy of the ledgers: which provider errors are final, and how long to wait."""
 
 import smtplib
 
@@ -6,7 +6,9 @@ import pytest
 import requests
 from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused
 
-from signup.tasks import is_permanent, retry_delay
+from signup.workflow import EMAIL, WEBHOOK, retry_delay
+from signup.workflow.internal.ledger import email_error_is_final as is_permanent
+from signup.workflow.internal.ledger import retry_after_seconds
 
 
 def _api_error(status: int, **headers) -> AnymailAPIError:
@@ -58,20 +60,33 @@ def backoff(settings):
     settings.SIGNUP_EMAIL_RETRY_MAX_DELAY = 900.0
 
 
-@pytest.mark.parametrize("retries", range(12))
-def test_the_delay_doubles_with_equal_jitter_up_to_the_cap(backoff, retries):
-    full = min(900.0, 5.0 * 2**retries)
-    delays = [retry_delay(retries) for _ in range(200)]
+@pytest.mark.parametrize("attempt", range(1, 13))
+def test_the_delay_doubles_with_equal_jitter_up_to_the_cap(backoff, attempt):
+    full = min(900.0, 5.0 * 2 ** (attempt - 1))
+    delays = [retry_delay(EMAIL, attempt) for _ in range(200)]
     assert all(full / 2 <= delay <= full for delay in delays)
     if full < 900.0:
         assert len(set(delays)) > 1  # jittered, so retries of many emails spread out
 
 
+def test_each_ledger_backs_off_by_its_own_settings(backoff, settings):
+    settings.SIGNUP_WEBHOOK_RETRY_DELAY = 60.0
+    settings.SIGNUP_WEBHOOK_RETRY_MAX_DELAY = 100.0
+    assert all(30.0 <= retry_delay(WEBHOOK, 1) <= 60.0 for _ in range(50))
+    assert retry_delay(WEBHOOK, 9) <= 100.0
+    assert retry_delay(EMAIL, 1) <= 5.0
+
+
 def test_a_providers_retry_after_is_honoured_but_capped(backoff):
-    assert retry_delay(0, _api_error(429, **{"Retry-After": "120"})) >= 120
-    assert retry_delay(0, _api_error(429, **{"Retry-After": "86400"})) == 900.0
+    assert retry_delay(EMAIL, 1, retry_after=120) >= 120
+    assert retry_delay(EMAIL, 1, retry_after=86400) == 900.0
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("120", 120.0), ("0", 0.0), ("1.5", 1.5)])
+def test_a_retry_after_in_seconds_is_read(value, seconds):
+    assert retry_after_seconds(value) == seconds
 
 
 @pytest.mark.parametrize("value", ["", "soon", "Wed, 21 Oct 2026 07:28:00 GMT", "-5"])
 def test_a_retry_after_that_is_not_seconds_leaves_the_backoff_alone(backoff, value):
-    assert 2.5 <= retry_delay(0, _api_error(503, **{"Retry-After": value})) <= 5.0
+    assert 2.5 <= retry_delay(EMAIL, 1, retry_after=retry_after_seconds(value)) <= 5.0

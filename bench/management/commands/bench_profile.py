@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connection, connections
 from django.test import Client
 
-from signup import emails, tasks, workflow
+from signup import emails, workflow
 from signup.models import OutboundEmail, Signup
 
 
@@ -118,12 +118,12 @@ class Command(BaseCommand):
                 seconds = time.perf_counter() - started
             results[name] = per_item(timings, seconds, count)
 
-        # The submits above enqueued their greetings, which queue their verification emails:
-        # greet, then deliver them, as a worker would.
-        for signup_id in Signup.objects.filter(greeted_at__isnull=True).values_list(
+        # The submits above enqueued their first contacts, which queue their verification
+        # emails: contact, then deliver them, as a worker would.
+        for signup_id in Signup.objects.filter(contacted_at__isnull=True).values_list(
             "id", flat=True
         ):
-            workflow.greet_signup(signup_id=signup_id)
+            workflow.contact_address(signup_id=signup_id)
         queued = list(
             OutboundEmail.objects.filter(status=OutboundEmail.Status.QUEUED)
             .order_by("id")
@@ -138,7 +138,7 @@ class Command(BaseCommand):
             started = time.perf_counter()
             for email_id in queued:
                 close_old_connections()  # what the worker does around each task
-                assert tasks.attempt_delivery(email_id) is None
+                assert workflow.attempt(workflow.EMAIL, email_id) is None
             seconds = time.perf_counter() - started
         results["email"] = per_item(timings, seconds, len(queued))
         self.stdout.write(json.dumps(results))

@@ -10,8 +10,9 @@ from signup import health, workflow
 
 class Command(BaseCommand):
     help = (
-        "Check the database, the broker and the sweeper, and count stuck work (reminders"
-        ", emails and webhooks the sweeper should have repaired, dead letters). Exits 1 when a"
+        "Check the database, the broker and the sweeper, and count stuck work (first contacts,"
+        " reminders, emails and webhooks the sweeper should have repaired, dead letters). Exits"
+        " 1 when a"
         " part is down or work is stuck; dead letters alone wait for an operator and do not"
         " fail it."
     )

@@ -1,7 +1,7 @@
 """Signed webhooks out (Standard Webhooks): the body of an event, its headers and the POST.
 
-The workflow decides what is sent and when (signup.workflow.events, a ledger like the
-emails'); this module only speaks HTTP. Every attempt at a delivery carries the delivery's
+The workflow decides what is sent and when (its webhook ledger, signup.workflow.delivery);
+this module only speaks HTTP. Every attempt at a delivery carries the delivery's
 stable `webhook-id`, a fresh `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256
 of "id.timestamp.body">` under SIGNUP_WEBHOOK_SECRET, signed by the `standardwebhooks`
 package, so that a receiver verifies it with the same package and drops duplicates by id.

@@ -8,9 +8,9 @@ import json
 import pytest
 import requests
 
-from signup import webhooks, workflow
+from signup import provider_events, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import signup_data, written_lines
+from tests.helpers import signed_up, signup_data, written_lines
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -33,9 +33,9 @@ def _post(client, payload, secret: str = SECRET):
 
 
 def _sent_verification(mailoutbox) -> OutboundEmail:
-    signup = workflow.start_signup(**signup_data())
+    signup = signed_up(**signup_data())
     email = signup.emails.get()
-    workflow.deliver_email(email_id=email.pk)
+    workflow.deliver(workflow.EMAIL, email.pk)
     email.refresh_from_db()
     assert email.status == "sent"
     return email
@@ -207,7 +207,7 @@ def test_guessing_the_basic_auth_is_slowed_per_client(client, mailoutbox, settin
     assert Signup.objects.get().status == "undeliverable"
 
 
-ANYMAIL_TRACKING = ["/anymail/" + str(pattern.pattern) for pattern in webhooks.urlpatterns]
+ANYMAIL_TRACKING = ["/anymail/" + str(pattern.pattern) for pattern in provider_events.urlpatterns]
 
 
 @pytest.mark.parametrize("url", ANYMAIL_TRACKING)

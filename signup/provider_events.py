@@ -1,5 +1,6 @@
-"""Email-provider events (bounces, complaints, deliveries, opens) from anymail's tracking
-webhooks, matched to the ledger and handed to the workflow.
+"""Email-provider events (bounces, complaints, deliveries, opens), posted to anymail's
+tracking webhooks, matched to the ledger and handed to the workflow, which decides what each
+means (workflow.record_provider_event).
 
 Only anymail's tracking endpoints are mounted. They answer 404 while ANYMAIL_WEBHOOK_SECRET
 is unset, and so does the endpoint of a provider whose own settings are missing (a signing
@@ -25,9 +26,6 @@ from signup.models import OutboundEmail
 
 logger = logging.getLogger(__name__)
 
-# Provider-specific bounce types that are temporary, though anymail reports them as bounces.
-SOFT_BOUNCE_TYPES = frozenset({"SoftBounce", "Transient", "DnsError"})
-
 
 class EventNotRecorded(Exception):
     """Recording a genuine event failed: answer 5xx so the provider posts it again."""
@@ -40,10 +38,11 @@ def record_tracking_event(sender, event, esp_name: str, **kwargs) -> None:
         logger.info("%s %s event for a message not in the ledger", esp_name, event.event_type)
         return
     try:
+        esp_event = event.esp_event if isinstance(event.esp_event, dict) else {}
         workflow.record_provider_event(
             email_id=email_id,
             event_type=event.event_type,
-            permanent=not _is_soft_bounce(event),
+            bounce_type=str(esp_event.get("Type") or ""),
             description=str(event.description or event.mta_response or "")[:200],
         )
     except Exception as exc:
@@ -67,11 +66,6 @@ def _ledger_id(event) -> int | None:
     recipient = event.recipient if isinstance(event.recipient, str) else ""
     matches = OutboundEmail.objects.filter(pk=email_id, to_email__iexact=recipient.strip())
     return email_id if email_id is not None and matches.exists() else None
-
-
-def _is_soft_bounce(event) -> bool:
-    esp_event = event.esp_event if isinstance(event.esp_event, dict) else {}
-    return event.event_type == "deferred" or esp_event.get("Type") in SOFT_BOUNCE_TYPES
 
 
 def refuse_malformed(view):
