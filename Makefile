@@ -30,10 +30,13 @@ run: migrate
 
 # The tests run against PostgreSQL and Redis on their usual local ports (see README), with a
 # key of their own made afresh (a key written here would be a published one).
+# PYTHONDONTWRITEBYTECODE is emptied: without the cached bytecode of pytest's rewritten asserts
+# every run and every started process compiles them again (seconds each run).
 TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/signup} \
 	CELERY_BROKER_URL=$${TEST_BROKER_URL:-redis://127.0.0.1:6379/15} DEBUG=false \
 	SECRET_KEY=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))') \
-	ALLOWED_HOSTS=testserver,localhost,127.0.0.1 CONN_MAX_AGE=0
+	ALLOWED_HOSTS=testserver,localhost,127.0.0.1 CONN_MAX_AGE=0 \
+	PYTHONDONTWRITEBYTECODE=
 
 # Installs a Debian package (as root, or through sudo) or says what to do instead.
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
@@ -60,8 +63,8 @@ messages: install gettext
 		--ignore=bench --ignore=tests --ignore=harness --ignore=deploy -l de -l fr -l es
 	DEBUG=true $(PY) manage.py compilemessages --ignore=.venv
 
-# Every test, on the real services, TEST_PROCESSES at a time (pytest-xdist; about 5 minutes on
-# two cores: most of a test's time is waiting for processes it started).
+# Every test, on the real services, TEST_PROCESSES at a time (pytest-xdist; about 4 minutes on
+# two cores, where the suite is bound by CPU: the processes the tests start cost most of it).
 TEST_PROCESSES ?= 4
 test: install browser prometheus gettext
 	$(TEST_ENV) $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)

@@ -280,6 +280,7 @@ def _strip_csrf(page: bytes) -> bytes:
 # --- Rate limits ------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("one_window")
 @pytest.mark.parametrize("path", ["/signup/", "/signup/resend/"])
 def test_form_posts_past_the_limit_get_a_friendly_429(client, settings, path):
     settings.SIGNUP_RATE_LIMIT_PAGES = "3/m"
@@ -296,6 +297,7 @@ def test_form_posts_past_the_limit_get_a_friendly_429(client, settings, path):
     assert other.status_code == 400
 
 
+@pytest.mark.usefixtures("one_window")
 def test_forwarded_for_counts_only_behind_trusted_proxies(client, settings):
     settings.SIGNUP_RATE_LIMIT_PAGES = "2/m"
 
@@ -329,6 +331,7 @@ def test_an_ipv6_client_is_counted_by_its_64(client, settings):
     ]
 
 
+@pytest.mark.usefixtures("one_window")
 def test_invalid_links_past_the_limit_get_429_even_with_a_good_one(client, settings):
     settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
     signup = signed_up(**signup_data())
@@ -342,6 +345,7 @@ def test_invalid_links_past_the_limit_get_429_even_with_a_good_one(client, setti
     assert client.get(good, REMOTE_ADDR="192.0.2.7").status_code == 200
 
 
+@pytest.mark.usefixtures("one_window")
 def test_a_backends_invalid_tokens_do_not_lock_its_other_users_out(api, settings):
     """The API's caller relays everyone's tokens from one address: its invalid ones are
     bounded by the key's limit, not by the links' per-client one."""
@@ -355,6 +359,7 @@ def test_a_backends_invalid_tokens_do_not_lock_its_other_users_out(api, settings
     assert signup.status == "verified"
 
 
+@pytest.mark.usefixtures("one_window")
 def test_api_calls_past_the_per_key_limit_get_json_429(api, client, settings):
     settings.SIGNUP_RATE_LIMIT_API = "5/m"
     for _ in range(5):
@@ -365,6 +370,7 @@ def test_api_calls_past_the_per_key_limit_get_json_429(api, client, settings):
     assert "Too many requests" in limited.json()["message"]
 
 
+@pytest.mark.usefixtures("one_window")
 def test_guessing_api_keys_is_slowed_per_client(client, settings):
     settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
     statuses = [
@@ -429,6 +435,7 @@ def test_addresses_idle_past_the_retention_are_forgotten_unless_they_hold_a_sign
     assert Address.objects.count() == 3
 
 
+@pytest.mark.usefixtures("one_window")
 @pytest.mark.redis
 def test_the_limits_count_in_redis_in_one_round_trip_with_an_expiry(client, settings):
     settings.CACHES = {

@@ -228,6 +228,7 @@ def test_readyz_keeps_its_answer_for_a_moment(client, broker, swept):
     assert client.get("/readyz").status_code == 503
 
 
+@pytest.mark.usefixtures("one_window")
 @pytest.mark.redis
 def test_readyz_is_rate_limited_per_client(client, broker, swept, settings):
     settings.SIGNUP_RATE_LIMIT_PROBES = "5/m"

@@ -49,6 +49,7 @@ def test_metrics_want_the_bearer_token(client, metrics_on):
     assert b"signup_" not in wrong.content
 
 
+@pytest.mark.usefixtures("one_window")
 def test_guessing_the_metrics_token_is_slowed_per_client(client, metrics_on, settings):
     settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
     statuses = [

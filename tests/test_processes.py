@@ -333,7 +333,11 @@ def test_an_unverified_signup_is_reminded_until_it_expires(service):
         f"reminder-{n}" for n in range(1, REMINDERS_BEFORE_EXPIRY + 1)
     ]
     gaps = [b - a for a, b in pairwise([submitted_at, *(r.received_at for r in reminders)])]
-    assert all(REMINDER_INTERVAL - 0.5 < gap < REMINDER_INTERVAL + 2 for gap in gaps), gaps
+    # Each reminder is due one interval after the one before; a loaded machine (LOAD) makes it
+    # late, and a reminder late to the sink makes the next gap look a little short.
+    assert all(
+        REMINDER_INTERVAL - 0.5 * LOAD < gap < REMINDER_INTERVAL + 2 * LOAD for gap in gaps
+    ), gaps
 
     # The last reminder's link now tells the user what happened.
     too_late = browser.get(verify_link(service, reminders[-1]).url, timeout=HTTP_TIMEOUT)
@@ -751,13 +755,14 @@ def test_a_receiver_answering_10_s_late_does_not_delay_the_welcome_email(service
         answer = service.api("POST", "/api/signups/verify", json={"token": token})
         assert answer.status_code == 200, answer.text
         (welcome,) = service.wait_for_emails("slowhook@example.com", "Welcome")
-        assert welcome.received_at - verified_at < 3
+        # Held behind the webhook, the welcome would take the receiver's 10 s.
+        assert welcome.received_at - verified_at < 3 * LOAD
         events = wait_for(
             lambda: [r for r in hook_receiver.of_type("signup.verified") if "slowhook" in r.body],
             timeout=20,
             message="the verified event at the slow receiver",
         )
-        assert events[0].at - verified_at < 3  # it was sent at once, and answered late
+        assert events[0].at - verified_at < 3 * LOAD  # it was sent at once, and answered late
     finally:
         hook_receiver.delay = 0
     time.sleep(1)

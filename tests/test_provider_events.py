@@ -195,6 +195,7 @@ def test_a_bounce_posted_over_real_http_stops_the_signup(live_server, mailoutbox
     assert forged.status_code in (400, 401, 403)
 
 
+@pytest.mark.usefixtures("one_window")
 def test_guessing_the_basic_auth_is_slowed_per_client(client, mailoutbox, settings):
     settings.SIGNUP_RATE_LIMIT_BAD_LINKS = "3/m"
     email = _sent_verification(mailoutbox)
