@@ -64,6 +64,9 @@ SERVICES = ("postgres", "redis", "rabbitmq", "chromium", "prometheus", "gettext"
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
+# First: xdist's own hook reads the xdist_group marks (to keep a group in one process), and
+# would not see marks added after it.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("rabbitmq"):
