@@ -288,6 +288,9 @@ SIGNUP_LOST_TASK_GRACE = env.int(
 SIGNUP_REDRIVE_AFTER = env.int(
     "SIGNUP_REDRIVE_AFTER", default=env.int("SIGNUP_EMAIL_REDRIVE_AFTER", default=120)
 )
+# The SignupQueueBacklog alert fires when a queue's oldest waiting message is older than this
+# (deploy/observability/alerts.yml reads it from /metrics).
+SIGNUP_QUEUE_AGE_ALERT = env.int("SIGNUP_QUEUE_AGE_ALERT", default=300)
 # The broker holds only the reminders and expiries due within this many seconds; the sweeper
 # hands over the rest as they come this close. It must outlast a sweep interval comfortably.
 SIGNUP_SCHEDULE_AHEAD = env.int("SIGNUP_SCHEDULE_AHEAD", default=300)
@@ -297,6 +300,12 @@ SIGNUP_SCHEDULE_AHEAD = env.int("SIGNUP_SCHEDULE_AHEAD", default=300)
 SIGNUP_EMAIL_RETRY_DELAY = env.float("SIGNUP_EMAIL_RETRY_DELAY", default=5.0)
 SIGNUP_EMAIL_RETRY_MAX_DELAY = env.float("SIGNUP_EMAIL_RETRY_MAX_DELAY", default=15 * 60.0)
 SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
+# Failed attempts at this many different emails in a row (none sent between them) mean the
+# provider is out for everyone: emails are held, using no attempts, and tried again every
+# SIGNUP_EMAIL_OUTAGE_PROBE seconds; the first one sent brings the others
+# (signup/workflow/internal/outage.py).
+SIGNUP_EMAIL_OUTAGE_AFTER = env.int("SIGNUP_EMAIL_OUTAGE_AFTER", default=5)
+SIGNUP_EMAIL_OUTAGE_PROBE = env.int("SIGNUP_EMAIL_OUTAGE_PROBE", default=10)
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
 # Bearer token of GET /metrics (Prometheus); while empty, /metrics answers 404.
 SIGNUP_METRICS_TOKEN = env.str("SIGNUP_METRICS_TOKEN", default="")

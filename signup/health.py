@@ -53,6 +53,40 @@ def check_broker() -> str | None:
     and the next check opens another."""
     from config.celery import app
 
+    def declare(channel):
+        app.amqp.queues[settings.CELERY_TASK_DEFAULT_QUEUE](channel).declare()
+
+    try:
+        _on_kept_broker(declare)
+    except Exception as exc:  # as above
+        return _down(exc)
+    return None
+
+
+def queue_depths() -> dict[str, int]:
+    """How many messages wait in each of the broker's queues (not the ones workers hold:
+    running, or waiting for their countdown); {} if the broker does not answer."""
+    from config.celery import app
+
+    def count(channel):
+        # Declared as every publish declares them (a passive declaration fails on a Redis
+        # queue that is empty, and so does not exist there).
+        return {
+            name: queue(channel).queue_declare().message_count
+            for name, queue in app.amqp.queues.items()
+        }
+
+    try:
+        return _on_kept_broker(count)
+    except Exception:  # /readyz says why; the gauges only go without this one
+        return {}
+
+
+def _on_kept_broker(use):
+    """`use(channel)` on this process's kept broker connection; one that failed is dropped
+    (and the exception raised), and the next call opens another."""
+    from config.celery import app
+
     # The URL the settings hold, read each time (the app's own copy is fixed at start).
     url = settings.CELERY_BROKER_URL
     with _broker_lock:
@@ -68,13 +102,11 @@ def check_broker() -> str | None:
             )
         try:
             broker.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
-            queue = app.amqp.queues[settings.CELERY_TASK_DEFAULT_QUEUE]
-            queue(broker.default_channel).declare()
-        except Exception as exc:  # as above
+            return use(broker.default_channel)
+        except Exception:
             del _brokers[url]
             broker.collect()
-            return _down(exc)
-    return None
+            raise
 
 
 def check_sweeper() -> str | None:

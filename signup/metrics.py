@@ -50,7 +50,8 @@ _LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900,
 email_attempts = Counter(
     "signup_email_attempts",
     "Ledger email attempts by kind and result: sent, retried (a temporary error, tried again"
-    " later), failed (dead-lettered), skipped (the signup had moved on).",
+    " later), failed (dead-lettered), skipped (the signup had moved on), held (the provider"
+    " was out: no attempt used).",
     ["kind", "result"],
     registry=_PROCESS,
 )
@@ -96,7 +97,8 @@ class SignupCollector(Collector):
     """The workflow's state, counted in the database at each scrape."""
 
     def collect(self):
-        from signup import workflow  # the workflow records into this module's metrics
+        # The workflow records into this module's metrics, and health reads the workflow.
+        from signup import health, workflow
 
         emails = count_by(OutboundEmail.objects, "kind", "status")
         yield _family(
@@ -133,9 +135,40 @@ class SignupCollector(Collector):
             {},
             {(): waiting},
         )
+        yield _family(
+            "emails_held",
+            "Emails held while the provider is out (part of emails_waiting): they go when it"
+            " is back.",
+            {},
+            {(): workflow.held_emails().count()},
+        )
         stuck = workflow.stuck_work()
         for name, key, description in _STUCK:
             yield _family(name, description, {}, {(): stuck[key]})
+        depths = health.queue_depths()
+        if depths:
+            yield _family(
+                "queue_messages",
+                "Messages waiting in each broker queue (not the ones workers hold: running, or"
+                " waiting for their countdown). Absent while the broker does not answer.",
+                {"queue": list(depths)},
+                depths,
+            )
+        ages = workflow.oldest_waiting()
+        yield _family(
+            "queue_oldest_message_seconds",
+            "How long the oldest message waiting in each queue has waited, as the sweeper's"
+            " probes through the queue tell (to within a sweep interval).",
+            {"queue": list(ages)},
+            ages,
+        )
+        yield _family(
+            "queue_age_alert_seconds",
+            "SIGNUP_QUEUE_AGE_ALERT: the age of a queue's oldest message that the"
+            " SignupQueueBacklog alert fires at.",
+            {},
+            {(): settings.SIGNUP_QUEUE_AGE_ALERT},
+        )
         last = workflow.last_sweep_at()
         since = (timezone.now() - last).total_seconds() if last else float("inf")
         yield _family(

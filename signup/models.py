@@ -203,7 +203,8 @@ class Outbound(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # When its task was last handed to the broker or its last attempt began, or, ahead of
-    # now, when its next attempt is due (a retry's backoff).
+    # now, when its next attempt is due (a retry's backoff); NULL while it is held for a
+    # provider that is out (workflow/internal/outage.py).
     enqueued_at = models.DateTimeField(null=True, blank=True)
     # While an attempt is out: until when it may be (its lease: the far end's time limit and
     # a second). No row lock is held meanwhile; a verification, a cancellation or an erasure
@@ -318,3 +319,20 @@ class Heartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class QueueProbe(models.Model):
+    """A message the sweeper sends through a queue to learn how far its workers have got. A
+    queue hands out its messages in the order they came: once a probe is taken, every message
+    sent to that queue before it was taken too, so a task enqueued before it and still not done
+    a grace later was lost, while one enqueued after it may only be waiting its turn."""
+
+    queue = models.CharField(max_length=64)
+    sent_at = models.DateTimeField()
+    taken_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["queue", "sent_at"], name="probe_queue_sent_idx")]
+
+    def __str__(self) -> str:
+        return f"probe of {self.queue} sent at {self.sent_at:%H:%M:%S}"

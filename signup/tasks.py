@@ -97,6 +97,23 @@ def sweep() -> dict[str, int]:
 
 
 @shared_task
+def resume_held_emails() -> int:
+    """The email provider is back: enqueue the emails held while it was out."""
+    from signup import workflow
+
+    return workflow.resume_held_emails()
+
+
+@shared_task
+def take_probe(probe_id: int) -> None:
+    """A probe the sweeper sent through this task's queue (workflow.internal.queues); it was
+    sent with the queue named, and has no route of its own."""
+    from signup import workflow
+
+    workflow.take_probe(probe_id=probe_id)
+
+
+@shared_task
 def forget_personal_data() -> dict[str, int]:
     """Personal data ends: closed signups past the retention period, and idle addresses."""
     from signup import workflow

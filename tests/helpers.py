@@ -8,6 +8,7 @@ import re
 import smtplib
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
@@ -45,6 +46,39 @@ def signed_up(**fields):
     workflow.contact_address(signup_id=signup.pk)
     signup.refresh_from_db()
     return signup
+
+
+def probes_taken(*, ago: float) -> None:
+    """Record what a worker taking the sweeper's probes records: each queue's workers took,
+    `ago` seconds ago, a probe sent then (so what was enqueued before then was taken too).
+    For tests with no worker; with one, the probes the sweeps send are really taken."""
+    from django.utils import timezone
+
+    from signup.models import QueueProbe
+    from signup.workflow.internal.queues import queue_names
+
+    at = timezone.now() - timedelta(seconds=ago)
+    QueueProbe.objects.bulk_create(
+        QueueProbe(queue=queue, sent_at=at, taken_at=at) for queue in queue_names()
+    )
+
+
+def swept_after_probes():
+    """Sweep as beat does, twice: the first sweep sends its probes, a worker takes them, and
+    once SIGNUP_LOST_TASK_GRACE has passed the second sweep repairs the first contacts and
+    reminders that came before them."""
+    from django.conf import settings
+
+    from signup import workflow
+    from signup.models import QueueProbe
+
+    workflow.sweep()
+    wait_for(
+        lambda: not QueueProbe.objects.filter(taken_at__isnull=True).exists(),
+        message="the worker to take the probes",
+    )
+    time.sleep(settings.SIGNUP_LOST_TASK_GRACE + 0.1)
+    return workflow.sweep()
 
 
 def send_reminder(signup_id: int, number: int) -> bool:

@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from signup import signals, tokens, webhooks_out, workflow
 from signup.models import Signup, SignupEvent, WebhookDelivery
-from tests.helpers import send_reminder, signed_up, signup_data, wait_for
+from tests.helpers import probes_taken, send_reminder, signed_up, signup_data, wait_for
 from tests.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -137,6 +137,7 @@ def test_the_sweeper_redelivers_an_event_whose_task_was_lost(receiver, settings,
     signup = signed_up(**signup_data())  # no worker: its task waits in the broker
     broker.flushdb()  # and is lost
     WebhookDelivery.objects.update(enqueued_at=timezone.now() - timedelta(hours=1))
+    probes_taken(ago=settings.SIGNUP_REDRIVE_AFTER + 1)  # the workers came back since
     assert workflow.sweep()["webhooks_requeued"] == 1
     assert SignupEvent.objects.filter(signup=signup, kind="webhook_redriven").count() == 1
     assert workflow.sweep()["webhooks_requeued"] == 0  # once, not at every sweep

@@ -18,7 +18,7 @@ from harness.service import BEAT_SWEPT, Service
 from signup import health, workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
 from signup.workflow.sweeper import SWEEP_HEARTBEAT
-from tests.helpers import API_KEY, signed_up, signup_data, wait_for
+from tests.helpers import API_KEY, probes_taken, signed_up, signup_data, wait_for
 
 
 @pytest.fixture
@@ -127,6 +127,7 @@ def test_doctor_counts_stuck_work_and_exits_1(doctor_env, broker, swept, setting
     OutboundEmail.objects.filter(signup=stuck).update(status="queued", enqueued_at=long_ago)
     dead = signed_up(**signup_data(username="dead", email="dead@example.com"))
     OutboundEmail.objects.filter(signup=dead).update(status="failed")
+    probes_taken(ago=3600)  # the workers passed them an hour ago, and they are still not done
     done = doctor(doctor_env)
     assert done.returncode == 1, done.stdout
     report = json.loads(done.stdout)

@@ -2,6 +2,7 @@
 signups, verifications, an expiry, a bounce, a dead letter and a sweep, and what a real worker
 measured while it sent, retried and gave up (read back with prometheus-client's parser)."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from signup import tasks, tokens, workflow
 from signup.models import Heartbeat, OutboundEmail, Signup
 from signup.workflow.sweeper import SWEEP_HEARTBEAT
-from tests.helpers import signed_up, signup_data, wait_for
+from tests.helpers import probes_taken, signed_up, signup_data, wait_for
 
 TOKEN = "metrics-token-for-tests"
 
@@ -101,6 +102,24 @@ def test_metrics_count_what_the_workflow_did(client, metrics_on, settings):
     assert 0 <= figures[("signup_seconds_since_last_sweep", ())] < 5
 
 
+@pytest.mark.django_db(transaction=True)
+def test_each_queue_shows_its_depth_and_how_long_its_oldest_message_waited(
+    client, metrics_on, broker, settings
+):
+    settings.SIGNUP_QUEUE_AGE_ALERT = 120
+    workflow.start_signup(**signup_data())  # no worker: its first contact waits
+    workflow.sweep()  # and a probe through each queue
+    time.sleep(1.1)
+    figures = scrape(client)
+
+    def of(name: str, queue: str) -> float:
+        return figures[(f"signup_queue_{name}", (("queue", queue),))]
+
+    assert [of("messages", queue) for queue in ("celery", "email", "webhooks")] == [2, 1, 1]
+    assert all(of("oldest_message_seconds", queue) >= 1 for queue in ("celery", "email"))
+    assert figures[("signup_queue_age_alert_seconds", ())] == 120
+
+
 def test_seconds_since_the_last_sweep_grow_when_beat_stops(client, metrics_on):
     assert scrape(client)[("signup_seconds_since_last_sweep", ())] == float("inf")
     Heartbeat.objects.create(name=SWEEP_HEARTBEAT, at=timezone.now() - timedelta(minutes=10))
@@ -163,6 +182,7 @@ def test_a_worker_measures_provider_calls_retries_lateness_welcomes_and_sweeps(
         next_reminder_at=timezone.now() - timedelta(minutes=5),
         reminder_enqueued_at=timezone.now() - timedelta(minutes=5),
     )
+    probes_taken(ago=2)  # the email queue's workers passed it since
     workflow.sweep()
     assert grew("signup_sweep_duration_seconds_count") == 1
     assert grew("signup_sweep_repairs_total", kind="reminder") == 1

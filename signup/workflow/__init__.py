@@ -18,8 +18,8 @@ change a signup themselves. The modules follow a signup's life:
                    has not repaired yet (stuck_work)
     mailbox        which mailbox an address reaches, whatever its spelling
     internal/      what these modules share (its __init__ has the map): rows and locks,
-                   the one ledger mechanism, the timers, the mailbox's budget, endings,
-                   announcements
+                   the one ledger mechanism, the timers, the queues' probes, the email
+                   provider's outages, the mailbox's budget, endings, announcements
 
 A transition is one transaction that holds the signup's row lock; a ledger's functions lock
 the row (after its signup's, when both change); whatever changes a mailbox's budget or its
@@ -39,6 +39,9 @@ from signup.workflow.closing import cancel_signup, mark_undeliverable
 from signup.workflow.delivery import NextAttempt, attempt, deliver, record_provider_event
 from signup.workflow.internal.budget import address_digest
 from signup.workflow.internal.ledger import EMAIL, WEBHOOK, redrive, retry_delay
+from signup.workflow.internal.outage import held as held_emails
+from signup.workflow.internal.outage import resume as resume_held_emails
+from signup.workflow.internal.queues import oldest_waiting, take_probe
 from signup.workflow.internal.rows import (
     InFlight,
     SentButNotRecorded,

@@ -13,7 +13,7 @@ from django.utils import timezone
 from signup.logs import ids
 from signup.models import Signup
 from signup.redaction import redact
-from signup.workflow.internal import ledger
+from signup.workflow.internal import ledger, outage
 from signup.workflow.internal.endings import close
 from signup.workflow.internal.ledger import EMAIL, Channel, email_number, retry_delay
 from signup.workflow.internal.rows import (
@@ -93,7 +93,10 @@ def deliver(channel: Channel, row_id: int, *, claimed: bool = False) -> bool:
         elif why := channel.unwanted(row, signup):
             _skip(channel, row, why)
             return False
-        else:
+        if channel.outages and outage.is_open():
+            outage.hold(row)
+            return False
+        if not claimed:
             ledger.begin_attempt(channel, row, now=now)
     close_if_pooled()  # the far end may take seconds: no idle connection meanwhile
     answer = channel.send(row, signup)
@@ -101,6 +104,8 @@ def deliver(channel: Channel, row_id: int, *, claimed: bool = False) -> bool:
         channel.record(row, answer)
     except DatabaseError as exc:
         raise SentButNotRecorded(row.pk, answer) from exc
+    if channel.outages:
+        outage.sent()
     return True
 
 
@@ -134,6 +139,9 @@ def _failed(
     if channel.final(exc):
         ledger.record_failure(channel, row_id, error=error, **fields)
         return None
+    if channel.outages and answer is None and outage.failed(row_id):
+        _hold(channel, row_id, error)
+        return None
     countdown = retry_delay(channel, retries + 1, retry_after=channel.retry_after(exc))
     try:
         retrying = ledger.record_error(channel, row_id, error=error, retry_in=countdown, **fields)
@@ -150,6 +158,17 @@ def _failed(
         extra=_ids(channel, row_id),
     )
     return NextAttempt(countdown, exc, answer)
+
+
+def _hold(channel: Channel, row_id: int, error: str) -> None:
+    """Hold a row whose attempt failed in an outage (internal.outage): its attempt is given
+    back, and its error kept for the operator to read."""
+    with transaction.atomic():
+        row = channel.lock(row_id)
+        if row is not None and row.status == LedgerState.SENDING:
+            row.last_error = error[:2000]
+            row.save(update_fields=["last_error"])
+            outage.hold(row)
 
 
 def _ids(channel: Channel, row_id: int) -> dict:

@@ -4,7 +4,6 @@ repaired yet (stuck_work)."""
 
 import logging
 import time
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -13,6 +12,7 @@ from django.utils import timezone
 
 from signup import metrics, tasks
 from signup.models import Heartbeat, Signup, SignupEvent
+from signup.workflow.internal import outage, queues
 from signup.workflow.internal.ledger import EMAIL, WEBHOOK, Channel, unsent
 from signup.workflow.internal.rows import Event, LedgerState, Status, after_commit
 from signup.workflow.internal.timers import horizon
@@ -27,11 +27,13 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     """Expire overdue signups, hand the broker the reminders that came within reach, and
     re-enqueue work whose task was lost.
 
-    The database is the source of truth and the countdown chain the fast path: a pending
-    signup whose next reminder is overdue by more than SIGNUP_LOST_TASK_GRACE lost its task
-    (broker restart or flush, killed worker), and so did a first contact not made that long
-    after its task was enqueued; an email or a webhook delivery unsent SIGNUP_REDRIVE_AFTER
-    after its last enqueueing or attempt lost its own. Duplicates this may create are
+    The database is the source of truth and the countdown chain the fast path. A task was
+    lost (broker restart or flush, killed worker) when its queue's workers took a probe sent
+    after it (queues) at least a grace ago and it is still not done: SIGNUP_LOST_TASK_GRACE
+    for a first contact or a reminder (one that was due before that probe), and
+    SIGNUP_REDRIVE_AFTER for an email or a webhook delivery (counted from its last
+    enqueueing, attempt or planned retry). A task that only waits in a queue, however long,
+    is not repaired: a repair is about one per loss. Duplicates a repair may still create are
     dropped by the reminder sequence check and the ledgers. The hand-overs and repairs
     leave rows another transaction holds for the next sweep; an expiry locks its one signup
     as any transition does, so the sweeper waits at most for one short transition at a time
@@ -49,6 +51,7 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
             "reminders_requeued",
             "emails_requeued",
             "webhooks_requeued",
+            "held_emails_tried",
         ),
         0,
     )
@@ -61,11 +64,19 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
             if found < batch_size or time.monotonic() > deadline:
                 return
 
+    grace, redrive_after = settings.SIGNUP_LOST_TASK_GRACE, settings.SIGNUP_REDRIVE_AFTER
+    task_passed = queues.passed(now=now, settle=grace)
+    row_passed = queues.passed(now=now, settle=redrive_after)
     in_batches(_expire_overdue)
-    in_batches(_requeue_lost_contacts)
-    in_batches(_enqueue_due_reminders)
-    in_batches(_requeue_stuck, EMAIL, "emails_requeued")
-    in_batches(_requeue_stuck, WEBHOOK, "webhooks_requeued")
+    in_batches(_requeue_lost_contacts, task_passed)
+    in_batches(_enqueue_due_reminders, task_passed)
+    in_batches(_requeue_stuck, EMAIL, row_passed, "emails_requeued")
+    in_batches(_requeue_stuck, WEBHOOK, row_passed, "webhooks_requeued")
+    counts["held_emails_tried"] = _try_held_email()
+    # stuck_work asks for the probes taken two sweeps before the longer grace.
+    queues.prune(now=now, keep=max(grace, redrive_after) + 2 * settings.SIGNUP_SWEEP_INTERVAL)
+    # Stamped after this sweep's enqueueing: the probes pass its repairs too.
+    queues.send_probes(now=timezone.now())
     # Only a sweep that got through its work counts as one: /readyz and signup_doctor read it.
     Heartbeat.objects.update_or_create(name=SWEEP_HEARTBEAT, defaults={"at": timezone.now()})
     metrics.sweep_duration.observe(time.monotonic() - started)
@@ -86,22 +97,21 @@ def _expire_overdue(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
     return len(overdue), {"expired": expired}
 
 
-def _lost(seconds: int, *, now):
-    return now - timedelta(seconds=seconds)
+def _uncontacted(passed_at, field: str):
+    """Pending signups still not contacted whose first-contact task was last enqueued
+    (updated_at) or that were made (created_at) before their queue's workers had passed."""
+    return Signup.objects.filter(
+        queues.enqueued_before(passed_at, tasks.contact_address, field),
+        status=Status.PENDING,
+        contacted_at__isnull=True,
+    )
 
 
-def _uncontacted(**since):
-    """Pending signups still not contacted, since a time: their first-contact task was last
-    enqueued (updated_at) or they were made (created_at) before it."""
-    return Signup.objects.filter(status=Status.PENDING, contacted_at__isnull=True, **since)
-
-
-def _requeue_lost_contacts(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
-    """Enqueue the first contact again of each pending signup not contacted
-    SIGNUP_LOST_TASK_GRACE after its task was enqueued: that task was lost. A duplicate finds
-    the signup contacted and does nothing."""
+def _requeue_lost_contacts(passed_at, *, now, batch_size: int) -> tuple[int, dict[str, int]]:
+    """Enqueue the first contact again of each pending signup whose task was lost. A
+    duplicate finds the signup contacted and does nothing."""
     return _requeue(
-        _uncontacted(updated_at__lte=_lost(settings.SIGNUP_LOST_TASK_GRACE, now=now)),
+        _uncontacted(passed_at, "updated_at"),
         now=now,
         batch_size=batch_size,
         mark="updated_at",
@@ -111,22 +121,22 @@ def _requeue_lost_contacts(*, now, batch_size: int) -> tuple[int, dict[str, int]
     )
 
 
-def _enqueue_due_reminders(*, now, batch_size: int) -> tuple[int, dict[str, int]]:
+def _enqueue_due_reminders(passed_at, *, now, batch_size: int) -> tuple[int, dict[str, int]]:
     """Enqueue the next reminder of each pending signup that is due within reach and not in
-    the broker yet, or that is overdue past the grace (its task was lost).
+    the broker yet, or whose task was lost: enqueued and due before its queue's workers had
+    passed, and not taken.
 
     reminder_enqueued_at moves to now, so a signup is enqueued again only if this task is
-    lost too, not on every sweep while a busy worker works through its queue.
+    lost too, never while its task waits its turn behind a backlog.
     """
-    late = _lost(settings.SIGNUP_LOST_TASK_GRACE, now=now)
+    lost = queues.enqueued_before(
+        passed_at, tasks.send_reminder, "reminder_enqueued_at", "next_reminder_at"
+    )
     with transaction.atomic():
         due = list(
             Signup.objects.select_for_update(skip_locked=True, no_key=True)
             .filter(status=Status.PENDING, next_reminder_at__lte=horizon(now), expires_at__gt=now)
-            .filter(
-                Q(reminder_enqueued_at__isnull=True)
-                | Q(next_reminder_at__lte=late, reminder_enqueued_at__lte=late)
-            )
+            .filter(Q(reminder_enqueued_at__isnull=True) | lost)
             .order_by("next_reminder_at")
             .values_list("id", "reminders_sent", "next_reminder_at", "reminder_enqueued_at")[
                 :batch_size
@@ -152,10 +162,10 @@ def _enqueue_due_reminders(*, now, batch_size: int) -> tuple[int, dict[str, int]
     return len(due), counts
 
 
-def _requeue_stuck(channel: Channel, counted: str, *, now, batch_size: int):
-    """Re-enqueue the ledger rows (emails, webhook deliveries) left unsent."""
+def _requeue_stuck(channel: Channel, passed_at, counted: str, *, now, batch_size: int):
+    """Re-enqueue the ledger rows (emails, webhook deliveries) whose task was lost."""
     return _requeue(
-        unsent(channel, now=now, stale=_lost(settings.SIGNUP_REDRIVE_AFTER, now=now)),
+        unsent(channel, now=now, passed_at=passed_at),
         now=now,
         batch_size=batch_size,
         event=lambda row: SignupEvent(
@@ -167,6 +177,15 @@ def _requeue_stuck(channel: Channel, counted: str, *, now, batch_size: int):
         task=channel.task(),
         counted=counted,
     )
+
+
+def _try_held_email() -> int:
+    """Once an outage's time is up (internal.outage), try the oldest held email: sent, it
+    brings the others; refused, it opens the outage again. Without this, held emails would
+    wait for a new email to come."""
+    if outage.is_open() or not outage.held().exists():
+        return 0
+    return outage.resume(limit=1)
 
 
 def _requeue(
@@ -212,23 +231,26 @@ def last_sweep_at():
 def stuck_work(*, now=None) -> dict[str, int]:
     """Work the sweeper should have repaired by now, and the dead letters.
 
-    A first contact or a reminder overdue past SIGNUP_LOST_TASK_GRACE, or an email or a
-    webhook delivery unsent SIGNUP_REDRIVE_AFTER after it was (re-)enqueued, is repaired at
+    Work the sweeper finds lost (its queue's workers passed it a grace ago) is repaired at
     the next sweep; still there two sweep intervals later, it is stuck. A first contact
     counts from the signup's creation, so one whose task keeps failing stays stuck however
-    often it is re-enqueued. Dead letters (emails' and webhooks') wait for an operator.
+    often it is re-enqueued; a reminder from its due time. Work that only waits in a queue is
+    not stuck: the queue's age (queues.oldest_waiting) tells that. Dead letters (emails' and
+    webhooks') wait for an operator.
     """
     now = now or timezone.now()
-    sweeps = timedelta(seconds=2 * settings.SIGNUP_SWEEP_INTERVAL)
-    task_late = _lost(settings.SIGNUP_LOST_TASK_GRACE, now=now) - sweeps
-    row_late = _lost(settings.SIGNUP_REDRIVE_AFTER, now=now) - sweeps
+    sweeps = 2 * settings.SIGNUP_SWEEP_INTERVAL
+    task_late = queues.passed(now=now, settle=settings.SIGNUP_LOST_TASK_GRACE + sweeps)
+    row_late = queues.passed(now=now, settle=settings.SIGNUP_REDRIVE_AFTER + sweeps)
     return {
-        "contacts_overdue": _uncontacted(created_at__lte=task_late).count(),
+        "contacts_overdue": _uncontacted(task_late, "created_at").count(),
         "reminders_overdue": Signup.objects.filter(
-            status=Status.PENDING, next_reminder_at__lt=task_late, expires_at__gt=now
+            queues.enqueued_before(task_late, tasks.send_reminder, "next_reminder_at"),
+            status=Status.PENDING,
+            expires_at__gt=now,
         ).count(),
-        "emails_unsent": unsent(EMAIL, now=now, stale=row_late).count(),
-        "webhooks_unsent": unsent(WEBHOOK, now=now, stale=row_late).count(),
+        "emails_unsent": unsent(EMAIL, now=now, passed_at=row_late).count(),
+        "webhooks_unsent": unsent(WEBHOOK, now=now, passed_at=row_late).count(),
         "dead_letters": EMAIL.model.objects.filter(status=LedgerState.FAILED).count(),
         "webhook_dead_letters": WEBHOOK.model.objects.filter(status=LedgerState.FAILED).count(),
     }

@@ -145,11 +145,11 @@ def chain_at(point: str, deployment: Deployment, addresses: list[str], finished:
 
 def repair_bound(deployment: Deployment, downtime: float) -> float:
     """How late a reminder may be after a fault that kept work from happening for `downtime`
-    seconds: the sweeper finds a lost reminder after the grace, or a lost email after
-    SIGNUP_REDRIVE_AFTER, at its next sweep."""
+    seconds: a sweep sends its probes, and once the workers took them the grace ago (or
+    SIGNUP_REDRIVE_AFTER for an email), the next sweep finds the lost reminder."""
     return (
         downtime
-        + deployment.setting("SIGNUP_SWEEP_INTERVAL")
+        + 2 * deployment.setting("SIGNUP_SWEEP_INTERVAL")
         + max(
             deployment.setting("SIGNUP_LOST_TASK_GRACE"),
             deployment.setting("SIGNUP_REDRIVE_AFTER"),

@@ -25,6 +25,7 @@ from signup import emails, metrics, tasks, webhooks_out
 from signup.logs import ids
 from signup.models import Outbound, OutboundEmail, Signup, WebhookDelivery
 from signup.redaction import redact
+from signup.workflow.internal import queues
 from signup.workflow.internal.rows import (
     EmailKind,
     Event,
@@ -61,6 +62,9 @@ class Channel:
     answered: Callable[[Exception], dict] = lambda exc: {}  # what to record of a refusal
     number: Callable[[Outbound], int | None] = lambda row: None
     counted: Callable[[Outbound, str], None] = lambda row, result: None
+    # Whether a far end down for everyone holds the rows (internal.outage) instead of
+    # spending their attempts: the email provider; each webhook receiver is its own.
+    outages: bool = False
 
     def setting(self, name: str):
         return getattr(settings, f"SIGNUP_{self.settings}_{name}")
@@ -173,6 +177,7 @@ EMAIL = Channel(
     ),
     number=email_number,
     counted=lambda email, result: metrics.email_attempts.labels(email.kind, result).inc(),
+    outages=True,
 )
 
 
@@ -330,11 +335,12 @@ def redrive(channel: Channel, row_id: int) -> bool:
     return True
 
 
-def unsent(channel: Channel, *, now, stale):
-    """Rows still to be sent whose (re-)enqueueing or last attempt is older than `stale` and
-    whose lease has ended: their tasks were lost (the sweeper's business)."""
+def unsent(channel: Channel, *, now, passed_at):
+    """Rows still to be sent whose (re-)enqueueing or last attempt came before their queue's
+    workers had passed (`passed_at`, from queues.passed) and whose lease has ended: their tasks
+    were lost (the sweeper's business). A retry planned for later counts from its time."""
     return channel.model.objects.filter(
-        Q(enqueued_at__lte=stale) | Q(enqueued_at__isnull=True),
+        queues.enqueued_before(passed_at, channel.task(), "enqueued_at"),
         Q(in_flight_until__isnull=True) | Q(in_flight_until__lte=now),
         status__in=UNSENT,
     )
