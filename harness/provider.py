@@ -27,6 +27,7 @@ class Answer(StrEnum):
 
     ACCEPT = "accept"
     SERVER_ERROR = "500"
+    UNAVAILABLE = "503"  # the provider down for everyone (its load balancer answers)
     THROTTLED = "429"
     INACTIVE_RECIPIENT = "422/406"  # Postmark's "recipient marked inactive" refusal
     UNAUTHORIZED = "401"
@@ -40,6 +41,7 @@ class Answer(StrEnum):
 _ERRORS = {
     Answer.SERVER_ERROR: (500, {"ErrorCode": 500, "Message": "Internal server error."}),
     Answer.THROTTLED: (429, {"ErrorCode": 429, "Message": "Rate limit exceeded."}),
+    Answer.UNAVAILABLE: (503, {"ErrorCode": 503, "Message": "Service Unavailable."}),
     Answer.UNAUTHORIZED: (
         401,
         {

@@ -5,9 +5,12 @@ twin's figure, measured again if it is not there)."""
 
 from collections.abc import Callable
 
+from bench.benchmarks.burst import burst
 from bench.benchmarks.email_pipeline import email_pipeline, email_pipeline_provider
 from bench.benchmarks.enumeration import enumeration
 from bench.benchmarks.funnel import funnel_page
+from bench.benchmarks.million import million
+from bench.benchmarks.outage import outage
 from bench.benchmarks.recovery import recovery
 from bench.benchmarks.scale import scale
 from bench.benchmarks.scale_out import scale_out, scale_out_provider
@@ -28,9 +31,12 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "timer_accuracy": timer_accuracy,
     "timer_accuracy_provider": timer_accuracy_provider,
     "recovery": recovery,
+    "outage": outage,
+    "burst": burst,
     "scale": scale,
     "scale_out": scale_out,
     "scale_out_provider": scale_out_provider,
     "funnel_page": funnel_page,
+    "million": million,
     "enumeration": enumeration,
 }

@@ -39,6 +39,14 @@ class Sizes:
     funnel_count: int
     # Benchmark 14's requests per endpoint and kind of address.
     enumeration_count: int
+    # Benchmark 15: how long the provider is down, after how long a run without an outage.
+    outage_seconds: float
+    outage_before: float
+    # Benchmark 16: this many signups through the API in this many seconds.
+    burst_count: int
+    burst_seconds: float
+    # Benchmark 17: this many pending signups.
+    million_count: int
     # The target of benchmark 5 is stated for this many pending signups.
     scale_target_count: int = 100_000
 
@@ -62,6 +70,11 @@ FULL = Sizes(
     during_send_window=40,
     funnel_count=1_000_000,
     enumeration_count=300,
+    outage_seconds=600,
+    outage_before=30,
+    burst_count=50_000,
+    burst_seconds=300,
+    million_count=1_000_000,
 )
 QUICK = Sizes(
     quick=True,
@@ -82,6 +95,11 @@ QUICK = Sizes(
     during_send_window=3,
     funnel_count=20_000,
     enumeration_count=30,
+    outage_seconds=60,
+    outage_before=10,
+    burst_count=5_000,
+    burst_seconds=30,
+    million_count=20_000,
 )
 
 # The stack's workflow knobs (seconds). The sweeper runs every SWEEP seconds instead of the
@@ -333,3 +351,27 @@ def provider_text(stack: Stack) -> str:
 def provider_label(stack: Stack) -> str:
     """The slow provider for a row's label: `150 ms provider`."""
     return f"{stack.provider_profile['latency_median_s'] * 1000:.0f} ms provider"
+
+
+# --- The pipeline's capacity, and how fast a backlog must drain -------------------------------
+
+
+def capacity(stack: Stack, sizes: Sizes, earlier: dict, *, provider: bool) -> float:
+    """The email pipeline's capacity C in emails a second, measured in this run: benchmark 2's
+    steady rate (8's through the slow provider), measured now if this run has not yet."""
+    from bench.benchmarks.email_pipeline import email_pipeline, email_pipeline_provider
+
+    if provider:
+        result = earlier.get("email_pipeline_provider") or email_pipeline_provider(
+            stack, sizes, earlier
+        )
+        return result.figures["slow_provider"]["emails_per_second"]
+    result = earlier.get("email_pipeline") or email_pipeline(stack, sizes, earlier)
+    return result.figures["emails_per_second_central"]
+
+
+def drain_bound(backlog: float, capacity: float) -> float:
+    """How late the last of a backlog may leave: 1.2 backlog / C (the queue drains at the
+    pipeline's capacity, with a fifth to spare), plus two sweep intervals (a lost task is
+    repaired at the second sweep after its queue's workers passed it)."""
+    return 1.2 * backlog / capacity + 2 * SWEEP_INTERVAL

@@ -13,7 +13,9 @@ from bench.benchmarks.common import (
     WORKER_CONCURRENCY,
     Sizes,
     accepted_emails,
+    capacity,
     chains_repaired,
+    drain_bound,
     finite,
     first_reminder_times,
     first_reminders,
@@ -33,8 +35,6 @@ from bench.stack import Stack, wait_until
 # Seconds between the end of a population and its first reminder falling due, so that the
 # worker holds every countdown before the first one is due.
 TIMER_LEAD = 2.0
-# Benchmark 10's target: the p99 of how late a reminder is accepted by the slow provider.
-PROVIDER_LATENESS_P99 = 5.0
 
 
 def populate_due_together(
@@ -163,8 +163,11 @@ def timer_accuracy(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Re
 
 
 def timer_accuracy_provider(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
-    """Benchmark 4 with the workers sending through the slow stand-in provider."""
+    """Benchmark 4 with the workers sending through the slow stand-in provider: the reminders
+    may come due faster than the pipeline sends them, and the backlog then drains at its
+    capacity; nothing only late is repaired."""
     instant = earlier.get("timer_accuracy") or timer_accuracy(stack, sizes, earlier)
+    pipeline = capacity(stack, sizes, earlier, provider=True)
     fresh(stack, provider=True)
     workers = workers_text(stack)
     population, planned, interval = populate_due_together(
@@ -211,8 +214,11 @@ def timer_accuracy_provider(stack: Stack, sizes: Sizes, earlier: dict[str, Resul
 
     repaired = chains_repaired(stack)
     floor = instant.figures["lateness_s"]
-    met = complete and figure["p99"] <= PROVIDER_LATENESS_P99
     due_window = max(planned.values()) - min(planned.values())
+    # What the pipeline could not send while they came due is a backlog when the last is due.
+    backlog = max(sizes.timer_count - pipeline * due_window, 0.0)
+    target = drain_bound(backlog, pipeline)
+    met = complete and figure["max"] <= target and repaired == 0
     notes = [
         f"Benchmark 4 with the workers sending through {provider_text(stack)}: {sizes.timer_count}"
         f" signups paced over {sizes.timer_window:g} s, their first reminders due over"
@@ -224,6 +230,11 @@ def timer_accuracy_provider(stack: Stack, sizes: Sizes, earlier: dict[str, Resul
         f" ({workers}); beat sweeping every {SWEEP_INTERVAL} s (grace"
         f" {STACK_SETTINGS['SIGNUP_LOST_TASK_GRACE']} s). Reminders the sweeper re-enqueued as"
         f" lost while they were only late: {repaired}.",
+        f"Target: the last accepted within 1.2 × B / C + 2 sweep intervals of its due time,"  # noqa: RUF001
+        f" where C = {pipeline:.0f} emails/s is the pipeline's capacity through this provider in"
+        f" this run (benchmark 8) and B = {sizes.timer_count} - C × {due_window:.1f} s ="  # noqa: RUF001
+        f" {backlog:.0f} the reminders it could not send while they came due: {target:.1f} s;"
+        " and no reminder re-enqueued.",
     ]
     if missing:
         notes.append(
@@ -252,7 +263,12 @@ def timer_accuracy_provider(stack: Stack, sizes: Sizes, earlier: dict[str, Resul
             "lateness_s": floor,
         },
         ratio={"p99": figure["p99"] / floor["p99"] if floor["p99"] > 0 else math.nan},
-        target={"p99_at_most_s": PROVIDER_LATENESS_P99},
+        target={
+            "max_at_most_s": target,
+            "capacity_emails_per_s": pipeline,
+            "backlog": backlog,
+            "chains_repaired": 0,
+        },
         met=met,
         parameters={
             "signups": sizes.timer_count,
@@ -266,12 +282,14 @@ def timer_accuracy_provider(stack: Stack, sizes: Sizes, earlier: dict[str, Resul
             Row(
                 f"timer: {sizes.timer_count} reminders due within {due_window:.0f} s,"
                 f" {provider_label(stack)}",
-                f"email accepted late p50 {late(figure['p50'])}, p99 {late(figure['p99'])}",
+                f"email accepted late p50 {late(figure['p50'])}, p99 {late(figure['p99'])},"
+                f" max {late(figure['max'])}; {repaired} re-enqueued",
                 f"p50 {ms(floor['p50'])}, p99 {ms(floor['p99'])} (instant backend)",
                 f"{times(figure['p99'] / floor['p99'])} (p99)"
                 if math.isfinite(figure["p99"]) and floor["p99"] > 0
                 else "—",
-                f"p99 ≤ {PROVIDER_LATENESS_P99:g} s",
+                f"max ≤ 1.2 × B / C + 2 sweeps ({target:.1f} s, C = {pipeline:.0f}/s);"  # noqa: RUF001
+                " 0 re-enqueued",
                 met,
             )
         ],
