@@ -91,7 +91,7 @@ bench: install
 	@command -v wrk >/dev/null || $(call APT_INSTALL,wrk)
 	$(PY) -m bench.run
 
-bench-quick: install  ## the same with reduced sizes, 2-3 minutes
+bench-quick: install  ## the same with reduced sizes, about 6 minutes
 	@command -v wrk >/dev/null || $(call APT_INSTALL,wrk)
 	$(PY) -m bench.run --quick
 

@@ -183,7 +183,7 @@ def _how_to_reproduce(documents: list[dict]) -> list[str]:
         "",
         "```sh",
         "make bench         # the full run: writes bench/results/*.json and this file",
-        "make bench-quick   # reduced sizes, 2-3 minutes: bench/results/quick/*.json",
+        "make bench-quick   # reduced sizes, about 6 minutes: bench/results/quick/*.json",
         ".venv/bin/python -m bench.run --only submit,email_pipeline   # a subset",
         "```",
         "",

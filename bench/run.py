@@ -39,7 +39,7 @@ def _keep_logs(tmp: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="reduced sizes, 2-3 minutes")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, about 6 minutes")
     parser.add_argument(
         "--only",
         default=",".join(BENCHMARKS),

@@ -12,7 +12,8 @@ from bench.stack import Stack, instant_provider, slow_provider, wait_until
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each benchmark does; --quick trades precision for a run of 2-3 minutes."""
+    """How much work each benchmark does; --quick trades precision for a run of about 6
+    minutes."""
 
     quick: bool
     submit_seconds: int
