@@ -301,11 +301,16 @@ SIGNUP_EMAIL_RETRY_DELAY = env.float("SIGNUP_EMAIL_RETRY_DELAY", default=5.0)
 SIGNUP_EMAIL_RETRY_MAX_DELAY = env.float("SIGNUP_EMAIL_RETRY_MAX_DELAY", default=15 * 60.0)
 SIGNUP_EMAIL_MAX_ATTEMPTS = env.int("SIGNUP_EMAIL_MAX_ATTEMPTS", default=10)
 # Failed attempts at this many different emails in a row (none sent between them) mean the
-# provider is out for everyone: emails are held, using no attempts, and tried again every
-# SIGNUP_EMAIL_OUTAGE_PROBE seconds; the first one sent brings the others
+# provider is out for everyone: emails are held, using no attempts, and the provider is tried
+# again SIGNUP_EMAIL_OUTAGE_PROBE seconds later; the first one sent brings the others
 # (signup/workflow/internal/outage.py).
 SIGNUP_EMAIL_OUTAGE_AFTER = env.int("SIGNUP_EMAIL_OUTAGE_AFTER", default=5)
 SIGNUP_EMAIL_OUTAGE_PROBE = env.int("SIGNUP_EMAIL_OUTAGE_PROBE", default=10)
+if SIGNUP_EMAIL_OUTAGE_AFTER < 2:
+    raise ImproperlyConfigured(
+        "SIGNUP_EMAIL_OUTAGE_AFTER must be at least 2: with 1, any email the provider refuses"
+        " once would hold every email."
+    )
 SIGNUP_API_KEY = env.str("SIGNUP_API_KEY", default="")
 # Bearer token of GET /metrics (Prometheus); while empty, /metrics answers 404.
 SIGNUP_METRICS_TOKEN = env.str("SIGNUP_METRICS_TOKEN", default="")

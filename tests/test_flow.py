@@ -168,7 +168,13 @@ def test_sweeper_restores_a_chain_whose_task_was_deleted(worker_factory, broker,
     with worker_factory():
         assert mail.outbox == []
         tasks.sweep.delay()  # sends its probes, which the worker takes
-        wait_for(lambda: not QueueProbe.objects.filter(taken_at=None).exists())
+        wait_for(
+            lambda: (
+                QueueProbe.objects.exists()
+                and not QueueProbe.objects.filter(taken_at=None).exists()
+            ),
+            message="the first sweep's probes, taken",
+        )
         time.sleep(settings.SIGNUP_LOST_TASK_GRACE + 0.1)
         tasks.sweep.delay()  # the probes passed what was lost
         wait_for_emails("alice@example.com", "Verify")

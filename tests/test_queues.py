@@ -55,6 +55,16 @@ def test_a_task_waiting_its_turn_is_not_repaired_however_long_it_waits(broker, w
     assert len(sent_to("alice@example.com", "Verify")) == 1
 
 
+def test_a_task_enqueued_after_the_newest_probe_taken_is_never_repaired(broker):
+    probes_taken(ago=3600)  # the workers passed everything enqueued up to an hour ago
+    signup = workflow.start_signup(**signup_data())  # and this came after: it waits its turn
+    for _ in range(3):
+        assert workflow.sweep()["contacts_requeued"] == 0
+    probes_taken(ago=2)  # now they passed it too, and it is still not done: it was lost
+    assert workflow.sweep()["contacts_requeued"] == 1
+    assert repairs(signup, "contact_repaired") == 1
+
+
 def test_a_lost_task_is_repaired_once_when_the_workers_have_passed_it(broker, worker_factory):
     signup = workflow.start_signup(**signup_data())
     broker.flushdb()  # its first-contact task is lost

@@ -139,7 +139,7 @@ def _failed(
     if channel.final(exc):
         ledger.record_failure(channel, row_id, error=error, **fields)
         return None
-    if channel.outages and answer is None and outage.failed(row_id):
+    if channel.outages and answer is None and outage.failed(row_id, exc):
         _hold(channel, row_id, error)
         return None
     countdown = retry_delay(channel, retries + 1, retry_after=channel.retry_after(exc))

@@ -180,12 +180,10 @@ def _requeue_stuck(channel: Channel, passed_at, counted: str, *, now, batch_size
 
 
 def _try_held_email() -> int:
-    """Once an outage's time is up (internal.outage), try the oldest held email: sent, it
-    brings the others; refused, it opens the outage again. Without this, held emails would
-    wait for a new email to come."""
-    if outage.is_open() or not outage.held().exists():
-        return 0
-    return outage.resume(limit=1)
+    """Once an outage's time is up (internal.outage), bring the held emails back if an email
+    was sent since they were held, else try one. Without this, held emails would wait for a
+    new email to come."""
+    return outage.try_held()
 
 
 def _requeue(
@@ -234,9 +232,9 @@ def stuck_work(*, now=None) -> dict[str, int]:
     Work the sweeper finds lost (its queue's workers passed it a grace ago) is repaired at
     the next sweep; still there two sweep intervals later, it is stuck. A first contact
     counts from the signup's creation, so one whose task keeps failing stays stuck however
-    often it is re-enqueued; a reminder from its due time. Work that only waits in a queue is
-    not stuck: the queue's age (queues.oldest_waiting) tells that. Dead letters (emails' and
-    webhooks') wait for an operator.
+    often it is re-enqueued; a reminder from its due time. Work that has waited in its queue
+    since it was enqueued is not stuck: the queue's age (queues.oldest_waiting) tells that.
+    Dead letters (emails' and webhooks') wait for an operator.
     """
     now = now or timezone.now()
     sweeps = 2 * settings.SIGNUP_SWEEP_INTERVAL

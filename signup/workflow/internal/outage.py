@@ -9,14 +9,19 @@ SIGNUP_EMAIL_OUTAGE_AFTER different emails, with no email sent between them, ope
 SIGNUP_EMAIL_OUTAGE_PROBE seconds. Meanwhile an email's task holds its row without calling
 the provider (queued, and not enqueued: enqueued_at NULL), and an attempt that fails gives
 its attempt back and holds its row too. When that time is up, the next attempt calls the
-provider: a failure opens the outage again, a sent email ends it and re-enqueues every held
-email, oldest first. With no email coming, the sweeper makes that attempt with the oldest
-held one. One email the provider keeps refusing, alone, opens no outage: it is retried and
-dead-lettered as before. Held rows are no lost work: the sweeper does not repair them, and a
-signup that closes meanwhile skips its held emails as it skips its queued ones.
+provider (a new email's, or the sweeper's with the held email tried least recently): a
+failure opens the outage again, a sent email ends it and re-enqueues every held email,
+oldest first. The sweeper also re-enqueues them all once an email was sent after the last of
+them was held, so that they go even when the cache lost its marks. One email the provider
+keeps refusing, alone, opens no outage: it is retried and dead-lettered as before, and so is
+an email refused with 429 (a rate limit is no outage: its Retry-After is honoured). Held rows
+are no lost work: the sweeper does not repair them, and a signup that closes meanwhile skips
+its held emails as it skips its queued ones.
 
 The count and the outage are kept in the cache (Redis in production, so every worker
-process shares them; each process its own in the quickstart).
+process shares them; each process its own in the quickstart, where the sweeper brings held
+emails back). A cache that does not answer is taken as no outage: emails are sent and
+retried as without this module.
 """
 
 import logging
@@ -38,17 +43,41 @@ _HELD = "signup:outage:email:held"  # some emails may be held
 _RESUMING = "signup:outage:email:resuming"
 
 
+def _fail_open(default):
+    """Run a function of the cache; if the cache does not answer, log it and return
+    `default` (no outage)."""
+
+    def wrap(function):
+        def guarded(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except Exception:
+                logger.exception("email provider outages: the cache did not answer")
+                return default
+
+        return guarded
+
+    return wrap
+
+
+@_fail_open(False)
 def is_open() -> bool:
     """Whether the provider is taken to be out: emails are held, not sent."""
     return bool(cache.get(_OPEN))
 
 
-def failed(email_id: int) -> bool:
-    """Count a failed attempt at an email; return whether the provider is now taken to be
-    out. (Read and written without a lock: two failures at once may count as one, which only
-    opens the outage an attempt later.)"""
+@_fail_open(False)
+def failed(email_id: int, error: Exception) -> bool:
+    """Count a failed attempt at an email (a 429 does not count); return whether the provider
+    is now taken to be out. Read and written without a lock: two failures at once may count
+    as one, and one counted just as a send ends the run may open an outage that the next
+    send ends."""
+    if getattr(error, "status_code", None) == 429:
+        return False
     failing = set(cache.get(_FAILURES) or ()) | {email_id}
-    cache.set(_FAILURES, sorted(failing)[-100:], timeout=None)
+    # A run of failures with nothing since for ten probe intervals is forgotten.
+    forget = 10 * settings.SIGNUP_EMAIL_OUTAGE_PROBE
+    cache.set(_FAILURES, sorted(failing)[-100:], timeout=forget)
     if len(failing) < settings.SIGNUP_EMAIL_OUTAGE_AFTER:
         return False
     if cache.add(_OPEN, True, timeout=settings.SIGNUP_EMAIL_OUTAGE_PROBE):
@@ -60,6 +89,7 @@ def failed(email_id: int) -> bool:
     return True
 
 
+@_fail_open(None)
 def sent() -> None:
     """An email was sent: the provider works. If emails were held, they go now. (One round
     trip to the cache when nothing was failing.)"""
@@ -78,25 +108,47 @@ def held():
 
 def hold(row: Outbound) -> None:
     """Hold an email (locked by the caller) for the provider: queued, not enqueued, and the
-    attempt it began, if any, given back."""
-    row.attempts = max(row.attempts - (row.status == LedgerState.SENDING), 0)
+    attempt this task began, if it began one (its lease runs), given back."""
+    row.attempts = max(row.attempts - (row.in_flight_until is not None), 0)
     row.status = LedgerState.QUEUED
     row.enqueued_at = row.in_flight_until = None
     row.save(update_fields=["status", "attempts", "enqueued_at", "in_flight_until", "updated_at"])
-    cache.set(_HELD, True, timeout=None)
+    _mark_held()
     metrics.email_attempts.labels(row.kind, "held").inc()
 
 
-def resume(*, batch_size: int = 1000, limit: int | None = None) -> int:
-    """Enqueue the held emails, oldest first (at most `limit`), in batches; stop if the
-    provider is taken to be out again. Return how many went."""
+@_fail_open(None)
+def _mark_held() -> None:
+    cache.set(_HELD, True, timeout=None)
+
+
+def try_held() -> int:
+    """The sweeper's turn, once an outage's time is up: every held email if an email was sent
+    since the last was held, else the one tried least recently, which tells. Return how many
+    were enqueued."""
+    if is_open():
+        return 0
+    last_held = held().order_by("-updated_at").values_list("updated_at", flat=True).first()
+    if last_held is None:
+        return 0
+    # The newest row sent (by id: the primary key's index, read backwards past held rows).
+    sent = OutboundEmail.objects.filter(status=LedgerState.SENT).order_by("-id")
+    sent_since = sent.values_list("sent_at", flat=True).first()
+    if sent_since is not None and sent_since > last_held:
+        return resume()
+    return resume(limit=1, order="updated_at")
+
+
+def resume(*, batch_size: int = 1000, limit: int | None = None, order: str = "id") -> int:
+    """Enqueue the held emails, oldest first (or by `order`; at most `limit`), in batches;
+    stop if the provider is taken to be out again. Return how many went."""
     resumed = 0
     while limit is None or resumed < limit:
         with transaction.atomic():
             rows = list(
                 held()
                 .select_for_update(skip_locked=True, no_key=True)
-                .order_by("id")
+                .order_by(order, "id")
                 .values_list("id", flat=True)[: min(batch_size, (limit or batch_size) - resumed)]
             )
             if not rows:
@@ -109,8 +161,8 @@ def resume(*, batch_size: int = 1000, limit: int | None = None) -> int:
         if is_open():
             break
     if held().exists():
-        cache.set(_HELD, True, timeout=None)  # the next email sent brings the rest
-    cache.delete(_RESUMING)
+        _mark_held()  # the next email sent brings the rest
+    _fail_open(None)(cache.delete)(_RESUMING)
     if resumed:
         logger.info("email provider: %d held emails enqueued again", resumed)
     return resumed

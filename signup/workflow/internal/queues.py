@@ -9,6 +9,13 @@ a grace ago, and still not done, was lost; work enqueued after the newest such p
 be waiting its turn, however old it is. A queue no worker takes from passes nothing, and
 nothing of it is repaired (nobody would carry the repair out either): the age of its oldest
 waiting message (oldest_waiting) tells an operator.
+
+What a worker took but holds in its own memory is another matter. A countdown task (a
+reminder, a retry) is taken at once and held until it is due; once due, it waits for a free
+thread of that worker. If one worker holds more due tasks than it can start within the grace
+while another worker of the same queue, idle, takes the probe, the first one's tasks are
+repaired as lost: the copies are dropped by the reminder sequence check and the ledger, and
+benchmark 10 counts them (docs/PERFORMANCE.md).
 """
 
 from datetime import datetime, timedelta
@@ -27,7 +34,10 @@ UNANSWERED_KEPT = timedelta(days=1)
 
 
 def queue_names() -> list[str]:
-    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
+    """The queues probed: all, but the webhooks' when no receiver is configured (nothing goes
+    there, and its workers need not run)."""
+    unused = set() if settings.SIGNUP_WEBHOOK_URLS else {queue_of(tasks.deliver_webhook)}
+    return [queue.name for queue in settings.CELERY_TASK_QUEUES if queue.name not in unused]
 
 
 def queue_of(task) -> str:
