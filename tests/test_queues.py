@@ -42,7 +42,7 @@ def test_a_task_waiting_its_turn_is_not_repaired_however_long_it_waits(broker, w
     # Waiting is not stuck; the queue's age says it waits.
     assert workflow.stuck_work()["contacts_overdue"] == 0
     ages = workflow.oldest_waiting()
-    assert set(ages) == {"celery", "email", "webhooks"}
+    assert set(ages) == {"celery", "email"}  # no webhook receiver: that queue is not probed
     assert all(age >= 1 for age in ages.values()), ages
 
     with worker_factory():
@@ -60,7 +60,8 @@ def test_a_task_enqueued_after_the_newest_probe_taken_is_never_repaired(broker):
     signup = workflow.start_signup(**signup_data())  # and this came after: it waits its turn
     for _ in range(3):
         assert workflow.sweep()["contacts_requeued"] == 0
-    probes_taken(ago=2)  # now they passed it too, and it is still not done: it was lost
+    time.sleep(1.5)
+    probes_taken(ago=1.2)  # now they passed it too, a grace ago, and it is not done: lost
     assert workflow.sweep()["contacts_requeued"] == 1
     assert repairs(signup, "contact_repaired") == 1
 
