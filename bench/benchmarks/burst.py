@@ -10,6 +10,7 @@ from bench.benchmarks.common import (
     accepted_emails,
     capacity,
     count,
+    drain,
     drain_bound,
     fresh,
     ms,
@@ -20,7 +21,7 @@ from bench.benchmarks.common import (
 )
 from bench.benchmarks.outage import Arrivals
 from bench.report import Result, Row
-from bench.stack import Stack, wait_until
+from bench.stack import Stack
 
 # A worker's memory may grow this much over the burst and still count as flat.
 MEMORY_GROWTH = 0.10
@@ -45,21 +46,8 @@ def burst(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
     last_signup = max(at for at, _, _ in arrivals.answers)
     made = sum(status == 201 for _, _, status in arrivals.answers)
 
-    def accepted() -> int:
-        return len({message.email_id for message in stack.provider.accepted})
-
-    backlog = made - accepted()
+    backlog, complete = drain(stack, made, pipeline, what="the burst's verification emails")
     bound = drain_bound(backlog, pipeline)
-    try:
-        wait_until(
-            lambda: accepted() >= made,
-            timeout=60 + 3 * backlog / pipeline,
-            what="the burst's verification emails",
-            interval=0.5,
-        )
-        complete = True
-    except TimeoutError:
-        complete = False
     emails = accepted_emails(stack)
     last_out = max(e["accepted_at"] for e in emails.values()) - last_signup
     memory_after = stack.workers_memory()["rss_total"]

@@ -376,3 +376,24 @@ def drain_bound(backlog: float, capacity: float) -> float:
     pipeline's capacity, with a fifth to spare), plus two sweep intervals (a lost task is
     repaired at the second sweep after its queue's workers passed it)."""
     return 1.2 * backlog / capacity + 2 * SWEEP_INTERVAL
+
+
+def drain(stack: Stack, expected: int, capacity: float, *, what: str) -> tuple[int, bool]:
+    """The backlog now (emails still to be accepted of `expected`, one per email), and whether
+    the provider accepted them all within three times the time `capacity` needs (and a
+    minute)."""
+
+    def accepted() -> int:
+        return len({message.email_id for message in stack.provider.accepted})
+
+    backlog = expected - accepted()
+    try:
+        wait_until(
+            lambda: accepted() >= expected,
+            timeout=60 + 3 * backlog / capacity,
+            what=what,
+            interval=0.5,
+        )
+    except TimeoutError:
+        return backlog, False
+    return backlog, True

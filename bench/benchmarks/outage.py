@@ -14,6 +14,7 @@ from bench.benchmarks.common import (
     capacity,
     central_rate,
     count,
+    drain,
     fresh,
     ms,
     percentile,
@@ -21,7 +22,7 @@ from bench.benchmarks.common import (
     workers_text,
 )
 from bench.report import Result, Row
-from bench.stack import Stack, wait_until
+from bench.stack import Stack
 from harness.provider import Answer
 
 # Signups a second through the API, before, during and after the outage.
@@ -92,20 +93,7 @@ def outage(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
     made = sum(status == 201 for _, _, status in arrivals.answers)
     refused = len(arrivals.answers) - made
 
-    def accepted() -> int:
-        return len({message.email_id for message in stack.provider.accepted})
-
-    backlog = made - accepted()
-    try:
-        wait_until(
-            lambda: accepted() >= made,
-            timeout=60 + 3 * backlog / pipeline,
-            what="the emails held in the outage",
-            interval=0.5,
-        )
-        complete = True
-    except TimeoutError:
-        complete = False
+    backlog, complete = drain(stack, made, pipeline, what="the emails held in the outage")
     emails = accepted_emails(stack)
     copies = len(stack.provider.accepted) - len(emails)
     dead_letters = count(stack, "SELECT count(*) FROM signup_outboundemail WHERE status = 'failed'")
