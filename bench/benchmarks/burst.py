@@ -9,6 +9,7 @@ from bench.benchmarks.common import (
     Sizes,
     accepted_emails,
     capacity,
+    central_rate,
     count,
     drain,
     drain_bound,
@@ -50,6 +51,17 @@ def burst(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
     bound = drain_bound(backlog, pipeline)
     emails = accepted_emails(stack)
     last_out = max(e["accepted_at"] for e in emails.values()) - last_signup
+    # Which step set the pace once the arrivals stopped: the first contacts (the `worker`
+    # process) or the sends (the email workers).
+    contacted = stack.query(
+        "SELECT extract(epoch FROM contacted_at) FROM signup_signup WHERE contacted_at >="
+        " to_timestamp(%s)",
+        (last_signup,),
+    )
+    contact_rate = central_rate([float(at) for (at,) in contacted])
+    send_rate = central_rate(
+        [e["accepted_at"] for e in emails.values() if e["accepted_at"] >= last_signup]
+    )
     memory_after = stack.workers_memory()["rss_total"]
     growth = (memory_after - memory_before) / memory_before
     repairs = count(
@@ -71,7 +83,9 @@ def burst(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
         f"When the last signup was answered, {backlog} verification emails were still to go."
         f" The last left {ms(last_out)} after it; the bound is 1.2 × backlog / C + 2 sweep"  # noqa: RUF001
         f" intervals = {bound:.1f} s, with C = {pipeline:.0f} emails/s, the pipeline's capacity"
-        " through this provider in this run (benchmark 8).",
+        " through this provider in this run (benchmark 8). After the last signup, first contacts"
+        f" were made at {contact_rate:.0f} a second (the `worker` process) and emails accepted"
+        f" at {send_rate:.0f} a second.",
         "Worker memory (the RSS of every worker process, added up): before the burst"
         f" {memory_before / 2**20:.0f} MB, at its peak {peak / 2**20:.0f} MB, after the"
         f" drain {memory_after / 2**20:.0f} MB. Repairs by the sweeper (first contacts,"
@@ -99,6 +113,8 @@ def burst(stack: Stack, sizes: Sizes, earlier: dict[str, Result]) -> Result:
             "worker_memory_growth": growth,
             "repairs": repairs,
             "api_p99_s": percentile(latency, 99),
+            "contacts_per_s_after_last_signup": contact_rate,
+            "emails_per_s_after_last_signup": send_rate,
         },
         floor={
             "what": "benchmark 8's capacity through the same provider",
