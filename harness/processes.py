@@ -57,10 +57,11 @@ class ReceivedEmail:
 class SmtpSink:
     """An SMTP server in this process that keeps every message it is sent."""
 
-    def __init__(self):
+    def __init__(self, hostname: str = "127.0.0.1"):
         self.received: list[ReceivedEmail] = []
+        self.hostname = hostname
         self.port = free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(self, hostname=hostname, port=self.port)
 
     async def handle_DATA(self, server, session, envelope):
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)

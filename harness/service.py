@@ -51,15 +51,19 @@ class Service:
         web_workers: int = WEB_WORKERS,
         startup_timeout: float = STARTUP_TIMEOUT,
         procfile: Path = PROCFILE,
+        host=None,
     ):
         self.tmp = tmp
+        # Where the processes run: this machine (127.0.0.1), or a harness.hosts.Host, a
+        # network namespace of its own with an address on the hosts' network.
+        self.host = host
         self.database_url = database_url
         self.broker_url = broker_url
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.web_workers = web_workers
         self.startup_timeout = startup_timeout
         self.procfile = read_procfile(procfile)
-        self.port = free_port()
+        self.port = free_port() if host is None else 8000
         self.web: Process | None = None
         self.beat: Process | None = None
         self.workers: dict[str, Process] = {}  # the running incarnation of each worker
@@ -78,7 +82,7 @@ class Service:
             "SITE_URL": self.url,
             "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1",
+            "ALLOWED_HOSTS": self.address,
             "SIGNUP_API_KEY": self.api_key,
             # Beat's schedule file lives here too.
             "SIGNUP_VAR_DIR": str(tmp / "var"),
@@ -88,8 +92,12 @@ class Service:
         }
 
     @property
+    def address(self) -> str:
+        return "127.0.0.1" if self.host is None else self.host.address
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def worker_entries(self) -> list[str]:
@@ -135,7 +143,7 @@ class Service:
             "--config",
             "config/gunicorn.py",
             "--bind",
-            f"127.0.0.1:{self.port}",
+            f"{self.address}:{self.port}",
             "--workers",
             str(self.web_workers),
         ]
@@ -182,7 +190,8 @@ class Service:
         entry = entry or (name if name in self.procfile else "worker")
         assert self.procfile[entry].role == "worker", f"the Procfile's {entry} is no worker"
         incarnation = sum(p.name.rsplit("-", 1)[0] == name for p in self.all_workers) + 1
-        node = f"{name}-{secrets.token_hex(3)}-{incarnation}@{socket.gethostname()}"
+        machine = socket.gethostname() if self.host is None else self.host.name
+        node = f"{name}-{secrets.token_hex(3)}-{incarnation}@{machine}"
         process_env = {**self.env, **(env or {})}
         command = [*self._procfile_command(entry, process_env), f"--hostname={node}"]
         process = self._start(f"{name}-{incarnation}", command, process_env, record=name)
@@ -235,6 +244,8 @@ class Service:
         self, name: str, command: list[str], env: dict[str, str], *, record: str = ""
     ) -> Process:
         self.commands[record or name] = command
+        if self.host is not None:
+            command = self.host.wrap(command)
         return start_process(name, command, env, self.tmp)
 
     # --- Waiting and watching ----------------------------------------------------------------
