@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from signup import limits, tokens, workflow
 from signup.models import Address, OutboundEmail, Signup
-from tests.helpers import API_KEY, contact_waiting, send_reminder, signed_up, signup_data
+from tests.helpers import API_KEY, contact_waiting, emailed, send_reminder, signed_up, signup_data
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -76,7 +76,7 @@ def test_an_international_address_is_one_address_in_either_form(api, client):
 
 
 def test_after_the_cooldown_the_newest_signup_takes_the_reminder_chain_over(settings):
-    first = signed_up(**signup_data(username="first", email=VICTIM))
+    first = emailed(**signup_data(username="first", email=VICTIM))
     assert send_reminder(signup_id=first.pk, number=1)
     first.refresh_from_db()
     _cooldown_over()
@@ -99,7 +99,7 @@ def test_the_reminders_of_an_address_add_up_to_one_signups(settings):
     settings.SIGNUP_ADDRESS_DAILY_LIMIT = 100
     sent = 0
     for n in range(10):
-        signup = signed_up(**signup_data(username=f"user{n}", email=VICTIM))
+        signup = emailed(**signup_data(username=f"user{n}", email=VICTIM))
         signup.refresh_from_db()
         # Take whatever reminder is next for the signup that now holds the chain.
         if signup.next_reminder_at is not None:
@@ -563,7 +563,7 @@ def test_a_reminder_source_counts_only_for_a_reminder_that_was_sent(client, api,
 
 
 def test_a_sent_reminders_source_is_credited(client):
-    signup = signed_up(**signup_data())
+    signup = emailed(**signup_data())
     assert send_reminder(signup_id=signup.pk, number=1)
     answer = client.post(f"/signup/verify/{tokens.make_token(signup)}/", {"source": "reminder-1"})
     assert answer.status_code == 200

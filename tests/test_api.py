@@ -7,7 +7,7 @@ import requests
 
 from signup import tokens, workflow
 from signup.models import Signup
-from tests.helpers import API_KEY, send_reminder, signed_up, signup_data
+from tests.helpers import API_KEY, emailed, send_reminder, signed_up, signup_data
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -88,7 +88,7 @@ def test_json_with_its_charset_or_in_capitals_is_json(client, content_type):
 
 
 def test_verify_by_token_answers_done_then_already_verified(api):
-    signup = signed_up(**signup_data())
+    signup = emailed(**signup_data())
     for number in (1, 2):  # the token came from reminder 2's link, which was sent
         assert send_reminder(signup_id=signup.pk, number=number)
     token = tokens.make_token(signup)

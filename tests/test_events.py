@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from signup import signals, tokens, webhooks_out, workflow
 from signup.models import Signup, SignupEvent, WebhookDelivery
-from tests.helpers import probes_taken, send_reminder, signed_up, signup_data, wait_for
+from tests.helpers import emailed, probes_taken, send_reminder, signed_up, signup_data, wait_for
 from tests.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -46,7 +46,7 @@ def delivered(receiver: Receiver, event_type: str, count: int = 1, timeout: floa
 
 
 def test_a_verified_signup_sends_one_signed_verified_event(receiver, worker, settings):
-    signup = signed_up(**signup_data())
+    signup = emailed(**signup_data())
     assert send_reminder(signup_id=signup.pk, number=1)
     workflow.verify_signup(token=tokens.make_token(signup), source="reminder-1")
     (started,) = delivered(receiver, "signup.started")

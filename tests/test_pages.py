@@ -8,7 +8,7 @@ from django.core import signing
 
 from signup import tokens, workflow
 from signup.models import Signup
-from tests.helpers import send_reminder, sent_to, signed_up, signup_data, wait_for_emails
+from tests.helpers import emailed, send_reminder, sent_to, signed_up, signup_data, wait_for_emails
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -41,7 +41,7 @@ def _link(signup, source="verification"):
 
 
 def test_the_link_asks_for_confirmation_and_only_post_verifies(client):
-    signup = signed_up(**signup_data())
+    signup = emailed(**signup_data())
     for number in (1, 2):  # the link came from reminder 2, which was sent
         assert send_reminder(signup_id=signup.pk, number=number)
     page = client.get(_link(signup, "reminder-2"))

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from signup import tokens, workflow
 from signup.models import OutboundEmail, Signup, SignupEvent
-from tests.helpers import LOAD, send_reminder, signed_up, signup_data, wait_for
+from tests.helpers import LOAD, emailed, send_reminder, signed_up, signup_data, wait_for
 
 
 def reminders(signup: Signup) -> list[OutboundEmail]:
@@ -45,7 +45,7 @@ def test_send_the_next_reminder_now_and_the_chain_goes_on_one_interval_later(api
 
 @pytest.mark.django_db
 def test_a_second_click_never_sends_two_reminders_at_once(settings, broker):
-    signup = signed_up(**signup_data())
+    signup = emailed(**signup_data())
     rush = workflow.rush_next_reminder
     assert rush(signup_id=signup.pk, operator="op") == workflow.RUSHED
     assert rush(signup_id=signup.pk, operator="op") == workflow.ALREADY_DUE
@@ -222,7 +222,7 @@ def test_an_extension_lets_a_chain_that_stopped_at_the_old_expiry_go_on(api, set
 
 @pytest.mark.django_db
 def test_the_rush_cooldown_is_the_address_s_not_the_signup_s(settings, broker):
-    first = signed_up(**signup_data())
+    first = emailed(**signup_data())
     assert workflow.rush_next_reminder(signup_id=first.pk, operator="op") == workflow.RUSHED
     assert send_reminder(signup_id=first.pk, number=1)
     # The person signs up again at once (no verification cooldown here): the new signup

@@ -14,7 +14,7 @@ from signup import metrics, tasks
 from signup.models import OutboundEmail
 from signup.workflow.internal.budget import lock_address_of
 from signup.workflow.internal.endings import expire_if_due
-from signup.workflow.internal.ledger import queue_email
+from signup.workflow.internal.ledger import PENDING_KINDS, UNSENT, queue_email
 from signup.workflow.internal.rows import (
     EmailKind,
     Event,
@@ -24,7 +24,12 @@ from signup.workflow.internal.rows import (
     drop,
     lock,
 )
-from signup.workflow.internal.timers import PLAN_FIELDS, plan_next_step, schedule_next_step
+from signup.workflow.internal.timers import (
+    PLAN_FIELDS,
+    plan_next_step,
+    plan_reminder,
+    schedule_next_step,
+)
 
 
 def take_reminder(*, signup_id: int, number: int) -> int | None:
@@ -35,6 +40,11 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
     A reminder task is acted on only while the signup is pending and `number` is the next
     reminder due, so late, duplicated and superseded tasks are dropped here. If the caller
     never sends the email (its worker died), the sweeper re-drives it once its lease ends.
+
+    A reminder never overtakes the email before it: while the signup's verification email
+    or an earlier reminder is still unsent (its send died with a worker host and waits for
+    the sweeper's re-drive, or it waits for a retry or the end of a provider outage), this
+    one is planned again one SIGNUP_REMINDER_INTERVAL later.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -49,6 +59,13 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
             return None
         if number > settings.SIGNUP_MAX_REMINDERS:
             return drop("reminder", signup_id, number, "past SIGNUP_MAX_REMINDERS")
+        if signup.emails.filter(kind__in=PENDING_KINDS, status__in=UNSENT).exists():
+            plan_reminder(
+                signup, at=now + timedelta(seconds=settings.SIGNUP_REMINDER_INTERVAL), now=now
+            )
+            signup.save(update_fields=[*PLAN_FIELDS, "updated_at"])
+            schedule_next_step(signup, now=now)
+            return drop("reminder", signup_id, number, "the email before it is not sent yet")
         planned = signup.next_reminder_at
         signup.reminders_sent = number
         # Claimed here, under the signup's lock: the task sends it next, without a second
