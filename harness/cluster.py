@@ -8,9 +8,11 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 
 import psycopg
+import redis
 import requests
 
 from harness.hosts import DataHost, Host, Network, clock_env
@@ -72,10 +74,9 @@ class Cluster:
 
     def close(self) -> None:
         for service in self.services.values():
-            try:
+            # The host may be dead already: the network's close() kills what is left.
+            with suppress(Exception):
                 service.stop()
-            except Exception:  # the host may be dead already: close() kills what is left
-                pass
         if self.data is not None:
             self.data.stop()
         self.network.close()
@@ -101,7 +102,8 @@ class Cluster:
             "CONN_MAX_AGE": "60",  # the production default
         }
         if self.mail is not None:
-            env |= {"EMAIL_URL": f"smtp://{self.mail.hostname}:{self.mail.port}", "EMAIL_BACKEND": ""}
+            env["EMAIL_URL"] = f"smtp://{self.mail.hostname}:{self.mail.port}"
+            env["EMAIL_BACKEND"] = ""
         return env | self.extra_env
 
     def service(self, host_name: str, *, env: dict[str, str] | None = None) -> Service:
@@ -123,29 +125,31 @@ class Cluster:
 
     def start(self, *, beat: bool = True) -> None:
         """Web on every web host, the Procfile's workers on every worker host, beat."""
-        webs = [self.service(host.name).start_web(wait=False) for host in self.web_hosts]
-        workers = [
-            worker
-            for number in range(1, self.worker_count + 1)
-            for worker in self.service(f"worker{number}").start_workers(wait=False)
-        ]
-        del webs
+        for host in self.web_hosts:
+            self.service(host.name).start_web(wait=False)
+        worker_hosts = [f"worker{number}" for number in range(1, self.worker_count + 1)]
+        for name in worker_hosts:
+            self._start_worker_host(name, wait=False)
         for host in self.web_hosts:
             service = self.services[host.name]
             service.wait_for(service.web_answers, timeout=self.startup_timeout, what="web")
-        for number in range(1, self.worker_count + 1):
-            service = self.services[f"worker{number}"]
+        for name in worker_hosts:
+            service = self.services[name]
             for worker in service.workers.values():
                 service.wait_until_ready(worker)
-        del workers
         if beat:
             self.service("beat").start_beat()
 
     def start_worker_host(self, name: str, *, clock_offset: float = 0) -> Service:
         """The Procfile's workers on host `name`, its clock `clock_offset` seconds wrong."""
-        env = clock_env(clock_offset) if clock_offset else None
-        service = self.service(name, env=env)
-        service.start_workers()
+        return self._start_worker_host(name, clock_offset=clock_offset, wait=True)
+
+    def _start_worker_host(self, name: str, *, clock_offset: float = 0, wait: bool) -> Service:
+        host = self.network.hosts.get(name) or self.network.add(name)
+        env = {"ALLOWED_HOSTS": host.address}  # its /metrics is asked for at its address
+        service = self.service(name, env=env | (clock_env(clock_offset) if clock_offset else {}))
+        service.start_host_metrics()
+        service.start_workers(wait=wait)
         return service
 
     def kill_host(self, name: str) -> int:
@@ -185,14 +189,13 @@ class Cluster:
         return {names.get(address, address): count for address, count in rows}
 
     def broker_connections(self) -> dict[str, int]:
-        import redis
-
         names = {host.address: host.name for host in self.network.hosts.values()}
+        names[self.network.outside_address] = "outside"
         client = redis.Redis.from_url(self.broker_url, socket_timeout=10)
         counts: dict[str, int] = {}
         for entry in client.client_list():
             address = entry["addr"].rsplit(":", 1)[0]
-            name = names.get(address, "outside" if address == self.network.outside_address else address)
+            name = names.get(address, address)
             counts[name] = counts.get(name, 0) + 1
         client.close()
         return counts

@@ -44,6 +44,7 @@ class ReceivedEmail:
     received_at: float  # time.monotonic() when the SMTP server accepted it
     recipients: tuple[str, ...]
     message: EmailMessage
+    peer: str = ""  # the address the sender connected from
 
     @property
     def subject(self) -> str:
@@ -65,7 +66,10 @@ class SmtpSink:
 
     async def handle_DATA(self, server, session, envelope):
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.received.append(ReceivedEmail(time.monotonic(), tuple(envelope.rcpt_tos), message))
+        peer = session.peer[0] if session.peer else ""
+        self.received.append(
+            ReceivedEmail(time.monotonic(), tuple(envelope.rcpt_tos), message, peer)
+        )
         return "250 Message accepted"
 
     @contextmanager

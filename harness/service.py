@@ -18,6 +18,7 @@ from harness.processes import BIN, ROOT, Process, free_port, start_process, stop
 from harness.procfile import PROCFILE, read_procfile
 
 WEB_WORKERS = 2
+HOST_METRICS_PORT = 9808
 STARTUP_TIMEOUT = 60
 HTTP_TIMEOUT = 10
 BEAT_STARTED = "beat: Starting"
@@ -66,6 +67,7 @@ class Service:
         self.port = free_port() if host is None else 8000
         self.web: Process | None = None
         self.beat: Process | None = None
+        self.host_metrics: Process | None = None  # config.metrics_wsgi, on a worker host
         self.workers: dict[str, Process] = {}  # the running incarnation of each worker
         self.all_workers: list[Process] = []  # every incarnation, for their logs
         # The command each process was last started with, by name, for the benchmarks' report.
@@ -107,7 +109,8 @@ class Service:
     @property
     def processes(self) -> list[Process]:
         """The running processes: web, the current workers, beat."""
-        return [p for p in (self.web, *self.workers.values(), self.beat) if p is not None]
+        shown = (self.web, *self.workers.values(), self.beat, self.host_metrics)
+        return [p for p in shown if p is not None]
 
     def migrate(self, timeout: float = 300) -> None:
         """Create the service's tables in its database."""
@@ -151,6 +154,22 @@ class Service:
         if wait:
             self.wait_for(self.web_answers, timeout=self.startup_timeout, what="the web answered")
         return self.web
+
+    def start_host_metrics(self, port: int = HOST_METRICS_PORT) -> Process:
+        """The /metrics of a host that runs workers and no web (config.metrics_wsgi), as
+        docs/OPERATIONS.md#several-hosts runs it."""
+        command = [
+            str(BIN / "gunicorn"),
+            "config.metrics_wsgi",
+            "--config",
+            "config/gunicorn.py",
+            "--bind",
+            f"{self.address}:{port}",
+            "--workers",
+            "1",
+        ]
+        self.host_metrics = self._start("metrics", command, self.env)
+        return self.host_metrics
 
     def start_beat(self, *, wait: bool = True, ready: str = BEAT_STARTED) -> Process:
         (name,) = [name for name, entry in self.procfile.items() if entry.role == "beat"]
@@ -230,8 +249,8 @@ class Service:
         beat get a warm shutdown."""
         for name in list(self.workers):
             self.kill_worker(name)
-        stop_all([p for p in (self.web, self.beat) if p is not None])
-        self.web = self.beat = None
+        stop_all([p for p in (self.web, self.beat, self.host_metrics) if p is not None])
+        self.web = self.beat = self.host_metrics = None
 
     def _procfile_command(self, name: str, env: dict[str, str]) -> list[str]:
         program, *arguments = self.procfile[name].command(env)
@@ -272,7 +291,9 @@ class Service:
     def logs(self, since: dict[str, int] | None = None, *, tail: int = 15_000) -> str:
         """Every process's log (from the offsets in `since`, by name), the last `tail`
         characters each."""
-        shown = [p for p in (self.web, self.beat, *self.all_workers) if p is not None]
+        shown = [
+            p for p in (self.web, self.beat, self.host_metrics, *self.all_workers) if p is not None
+        ]
         return "\n".join(
             f"----- {p.name} (exit code {p.popen.poll()}) -----\n"
             + p.output()[(since or {}).get(p.name, 0) :][-tail:]

@@ -6,8 +6,10 @@ are the same whichever web process answers and survive restarts. Latencies and a
 only seen by the process that made them: the counters and histograms below are kept by
 prometheus-client, in multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (a directory
 every web and worker process of a host shares, emptied when the service starts), so that
-one scrape adds up the gunicorn workers and the Celery pool processes. Without it each
-process answers for itself only, which is right for the quickstart's single web process.
+one scrape adds up the gunicorn workers and the Celery pool processes of that host. A host
+that runs workers and no web answers for its own processes through config.metrics_wsgi.
+Without the directory each process answers for itself only, which is right for the
+quickstart's single web process.
 
 Every name starts with `signup_`. The endpoint wants `Authorization: Bearer
 $SIGNUP_METRICS_TOKEN`, and does not exist (404) while that setting is empty.
@@ -216,6 +218,21 @@ def _family(name: str, description: str, labels: dict, counts: dict) -> GaugeMet
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
+    """The workflow's state and what this host's processes measured."""
+    return _answer(request, workflow=True)
+
+
+@never_cache
+@require_GET
+def host_metrics(request: HttpRequest) -> HttpResponse:
+    """What this host's processes measured, without the workflow's state: served on a host
+    that runs workers and no web (config.metrics_wsgi), whose figures no web process can see
+    (each host has its own PROMETHEUS_MULTIPROC_DIR). The state is the same from every web
+    process; a worker host that answered it too would only count it twice."""
+    return _answer(request, workflow=False)
+
+
+def _answer(request: HttpRequest, *, workflow: bool) -> HttpResponse:
     token = settings.SIGNUP_METRICS_TOKEN
     if not token:
         raise Http404("metrics are off: no SIGNUP_METRICS_TOKEN is configured")
@@ -231,7 +248,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = str(retry_after)
         return response
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SignupCollector())
+    if workflow:
+        registry.register(SignupCollector())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)  # every process's files, this one's included
     else:
@@ -240,3 +258,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [path("metrics", metrics, name="metrics")]
+# The only URL of config.metrics_wsgi.
+host_urlpatterns = [path("metrics", host_metrics, name="host-metrics")]

@@ -60,8 +60,8 @@ class Hold:
 class HoldingSmtpSink(processes.SmtpSink):
     """The recording SMTP server, which can also hold conversations in mid-send."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, hostname: str = "127.0.0.1"):
+        super().__init__(hostname)
         self._hold: Hold | None = None
 
     def hold(self) -> Hold:
@@ -245,6 +245,7 @@ class Arrival:
     number: int  # the reminder's number, read from its link; 1 for the others
     message_id: str
     received_at: float  # time.monotonic()
+    peer: str = ""  # the sender's address (the worker host's, on a cluster of hosts)
 
 
 _REMINDER_SOURCE = re.compile(r"[?&]source=reminder-(\d+)")
@@ -262,7 +263,12 @@ def arrival(received: ReceivedEmail) -> Arrival:
         raise AssertionError(f"an email nobody sends: {subject!r}")
     (recipient,) = received.recipients
     return Arrival(
-        recipient, kind, number, str(received.message["Message-ID"]), received.received_at
+        recipient,
+        kind,
+        number,
+        str(received.message["Message-ID"]),
+        received.received_at,
+        received.peer,
     )
 
 
