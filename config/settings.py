@@ -417,6 +417,11 @@ _CACHE_URL = env.str("CACHE_URL", default="") or (
 )
 CACHES = {"default": environ.Env.cache_url_config(_CACHE_URL)}
 CACHES["default"].setdefault("KEY_PREFIX", "signup")
+if "redis" in CACHES["default"]["BACKEND"].lower():
+    # A cache on another host can vanish without closing anything (a partition drops the
+    # packets): without a timeout each request would wait minutes for TCP to give up. The
+    # rate limits let a request through when the cache does not answer (signup.limits).
+    CACHES["default"].setdefault("OPTIONS", {}).update(socket_connect_timeout=1, socket_timeout=1)
 # A Redis broker hands a countdown task to a worker at once and redelivers it if it is not
 # acknowledged within the visibility timeout; it must outlast the longest countdown the
 # service uses, or a countdown would be delivered twice (the copy is dropped, but it is
@@ -432,6 +437,19 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
         )
         + 3600,
     ),
+}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # The same across hosts for the broker: a publish (after a commit, in a web request) or
+    # a consumer stalled by a partition gives up in seconds, and the sweeper enqueues the
+    # work again (docs/OPERATIONS.md#several-hosts). Above the 1 s a consumer's BRPOP waits.
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(socket_connect_timeout=2, socket_timeout=3)
+# A publish that fails is tried once more, not three times: the sweeper is the retry.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
 }
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"

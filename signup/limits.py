@@ -22,6 +22,8 @@ from django.shortcuts import render
 from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext as _
 
+from signup import remotes
+
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"\A\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*\Z")
 
@@ -132,14 +134,19 @@ def _carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 def hit(scope: str, who: str, rate: Rate) -> int:
     """Count one hit of `who` on `scope`; return 0 if it is within `rate`, else the seconds
-    until the window ends (the Retry-After)."""
-    count = _incr(_key(scope, who, rate), rate)
+    until the window ends (the Retry-After).
+
+    The limits fail open: a cache that does not answer (the broker's Redis, on a host this
+    one is cut off from) lets the request through, so that signups are still recorded (and
+    greeted by the sweeper). What protects the mailboxes, the address budget and cooldown,
+    lives in the database and still holds."""
+    count = remotes.cache.call(_incr, _key(scope, who, rate), rate, default=0)
     return 0 if count <= rate.limit else _retry_after(rate)
 
 
 def exceeded(scope: str, who: str, rate: Rate) -> int:
     """Like hit() without counting: the seconds to wait if `who` is already over `rate`."""
-    count = cache.get(_key(scope, who, rate), 0)
+    count = remotes.cache.call(cache.get, _key(scope, who, rate), 0, default=0)
     return 0 if count < rate.limit else _retry_after(rate)
 
 

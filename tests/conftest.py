@@ -29,7 +29,7 @@ from django.conf import settings
 from playwright.sync_api import sync_playwright
 
 from config.celery import app as celery_app
-from signup import health
+from signup import health, remotes
 from tests.helpers import API_KEY
 
 
@@ -228,8 +228,10 @@ def _own_cache(request, settings):
 
 @pytest.fixture(autouse=True)
 def _fresh_readiness():
-    """/readyz looks afresh in each test (it keeps its answer for a second)."""
+    """/readyz looks afresh in each test (it keeps its answer for a second), and a remote
+    that did not answer in another test is asked again (signup.remotes)."""
     health.forget_readiness()
+    remotes.unreachable.clear()
 
 
 @pytest.fixture

@@ -280,6 +280,24 @@ def _strip_csrf(page: bytes) -> bytes:
 # --- Rate limits ------------------------------------------------------------------------------
 
 
+def test_the_limits_let_requests_through_while_the_cache_does_not_answer(client, settings, caplog):
+    """A web host cut off from the cache (the broker's Redis, on another host) still records
+    signups; the address budget, in the database, still holds."""
+    settings.SIGNUP_RATE_LIMIT_PAGES = "1/m"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+    for n in range(3):
+        data = signup_data(username=f"through{n}", email=f"through{n}@example.com")
+        assert client.post("/signup/", data).status_code == 302
+    assert Signup.objects.filter(username__startswith="through").count() == 3
+    assert "the cache did not answer" in caplog.text
+
+
 @pytest.mark.usefixtures("one_window")
 @pytest.mark.parametrize("path", ["/signup/", "/signup/resend/"])
 def test_form_posts_past_the_limit_get_a_friendly_429(client, settings, path):

@@ -36,6 +36,8 @@ class SteadyLoad:
     signups: list[Signed] = field(default_factory=list)
     # Answers other than 201 (and the 409 of a repeat that found its first try committed).
     refused: list[str] = field(default_factory=list)
+    # (web host, seconds) of every signup request answered.
+    latencies: list[tuple[str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -75,11 +77,14 @@ class SteadyLoad:
         address = f"{username}@example.com"
         body = {"username": username, "email": address, "first_name": "Host"}
         for attempt in range(3):
+            web = self.cluster.web()
+            started = time.monotonic()
             try:
-                response = self.cluster.api("POST", "/api/signups", json=body, timeout=15)
+                response = web.api("POST", "/api/signups", json=body, timeout=15)
             except requests.RequestException as exc:  # lost on the way: ask again
                 last = f"{type(exc).__name__}"
                 continue
+            self.latencies.append((web.host.name, time.monotonic() - started))
             if response.status_code == 201 or (attempt and response.status_code == 409):
                 self.signups.append(Signed(username, address, number % self.verify_every == 0))
                 return

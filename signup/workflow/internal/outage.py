@@ -25,13 +25,14 @@ retried as without this module.
 """
 
 import logging
+from functools import wraps
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from signup import metrics, tasks
+from signup import metrics, remotes, tasks
 from signup.models import Outbound, OutboundEmail
 from signup.workflow.internal.rows import LedgerState, after_commit
 
@@ -44,16 +45,13 @@ _RESUMING = "signup:outage:email:resuming"
 
 
 def _fail_open(default):
-    """Run a function of the cache; if the cache does not answer, log it and return
-    `default` (no outage)."""
+    """Run a function of the cache; if the cache does not answer, return `default` (no
+    outage): signup.remotes logs it and skips the cache for a few seconds."""
 
     def wrap(function):
+        @wraps(function)
         def guarded(*args, **kwargs):
-            try:
-                return function(*args, **kwargs)
-            except Exception:
-                logger.exception("email provider outages: the cache did not answer")
-                return default
+            return remotes.cache.call(function, *args, default=default, **kwargs)
 
         return guarded
 

@@ -4,10 +4,12 @@ catch, row locks, the timeline, and follow-up work after commit."""
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from django.db import connection, transaction
 from django.utils import timezone
 
+from signup import remotes
 from signup.logs import ids
 from signup.models import Outbound, OutboundEmail, Signup, SignupEvent
 from signup.redaction import redact
@@ -70,8 +72,9 @@ def lock(signup_id: int) -> Signup | None:
 
 def after_commit(enqueue) -> None:
     """Run `enqueue` once the transaction commits; if the broker is unreachable then, log it
-    and carry on: the change is committed and the sweeper enqueues the lost work later."""
-    transaction.on_commit(enqueue, robust=True)
+    and carry on (signup.remotes): the change is committed and the sweeper enqueues the lost
+    work later."""
+    transaction.on_commit(partial(remotes.broker.call, enqueue), robust=True)
 
 
 def add_event(signup_id: int, kind: str, *, number: int | None = None, detail: str = "") -> None:
