@@ -17,6 +17,7 @@ $SIGNUP_METRICS_TOKEN`, and does not exist (404) while that setting is empty.
 
 import itertools
 import os
+import time
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
@@ -181,6 +182,34 @@ class SignupCollector(Collector):
         )
 
 
+class ClockCollector(Collector):
+    """How far this host's clock is from the database's, read at each scrape.
+
+    Every decision the workflow makes in time (a reminder's due time, a lease, an expiry,
+    a countdown's ETA) is made on the clock of the host that makes it, and Celery fires an
+    ETA on the clock of the worker that holds it: a host whose clock is off moves the
+    reminders it plans or fires by as much (docs/OPERATIONS.md#several-hosts). The
+    database is the one clock every host talks to, so it is the yardstick: the midpoint of
+    the query's round trip is compared with the database's clock_timestamp().
+    """
+
+    def collect(self):
+        from django.db import connection
+
+        before = time.time()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT extract(epoch FROM clock_timestamp())")
+            (database,) = cursor.fetchone()
+        after = time.time()
+        yield _family(
+            "clock_offset_seconds",
+            "This host's clock minus the database's (positive: ahead), measured at the"
+            " scrape to within half its round trip.",
+            {},
+            {(): (before + after) / 2 - float(database)},
+        )
+
+
 _STUCK = (
     ("dead_letters", "dead_letters", "Failed emails, waiting for an operator to re-drive them."),
     (
@@ -248,6 +277,7 @@ def _answer(request: HttpRequest, *, workflow: bool) -> HttpResponse:
         response["Retry-After"] = str(retry_after)
         return response
     registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClockCollector())
     if workflow:
         registry.register(SignupCollector())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

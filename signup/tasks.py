@@ -52,9 +52,14 @@ ON_DATABASE_ERRORS = {
 @shared_task(**ON_DATABASE_ERRORS)
 def send_reminder(signup_id: int, number: int) -> None:
     """Take reminder `number` and send its email in this same task, so that it leaves when
-    the reminder is due; a send that fails goes on as a deliver_email task with retries."""
+    the reminder is due; a send that fails goes on as a deliver_email task with retries. A
+    countdown that fired before the reminder's due time by the database's clock (this
+    worker's clock is ahead) is put back for the time left (workflow.internal.clock)."""
     from signup import workflow
 
+    if send_reminder.request.eta and (early := workflow.reminder_early_by(signup_id)):
+        send_reminder.apply_async((signup_id, number), countdown=early)
+        return
     email_id = workflow.take_reminder(signup_id=signup_id, number=number)
     if email_id is None:
         return

@@ -127,6 +127,12 @@ def test_seconds_since_the_last_sweep_grow_when_beat_stops(client, metrics_on):
     assert 599 < scrape(client)[("signup_seconds_since_last_sweep", ())] < 605
 
 
+def test_each_host_says_how_far_its_clock_is_from_the_databases(client, metrics_on):
+    # Same machine, same clock: within the query's round trip (the skewed hosts are
+    # tests.faults.test_hosts').
+    assert abs(scrape(client)[("signup_clock_offset_seconds", ())]) < 0.5
+
+
 def test_a_worker_measures_provider_calls_retries_lateness_welcomes_and_sweeps(
     client, metrics_on, worker, settings
 ):

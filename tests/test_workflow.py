@@ -404,3 +404,18 @@ def test_a_first_contact_that_comes_after_the_expiry_sends_nothing():
     Signup.objects.filter(pk=signup.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert not workflow.contact_address(signup_id=signup.pk)
     assert not OutboundEmail.objects.exists()
+
+
+def test_a_reminder_task_early_by_the_databases_clock_is_put_back(settings):
+    # What send_reminder asks when its countdown fires (a worker whose clock is ahead fires
+    # it early): how long before the reminder's due time it still is.
+    settings.SIGNUP_REMINDER_INTERVAL = 30
+    signup = emailed(**signup_data())
+    assert 28 < workflow.reminder_early_by(signup.pk) <= 30
+    Signup.objects.filter(pk=signup.pk).update(
+        next_reminder_at=timezone.now() + timedelta(seconds=0.5)
+    )
+    assert workflow.reminder_early_by(signup.pk) == 0  # on time
+    Signup.objects.filter(pk=signup.pk).update(next_reminder_at=timezone.now())
+    assert workflow.reminder_early_by(signup.pk) == 0
+    assert workflow.reminder_early_by(999_999) == 0

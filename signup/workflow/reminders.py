@@ -13,6 +13,7 @@ from django.utils import timezone
 from signup import metrics, tasks
 from signup.models import OutboundEmail
 from signup.workflow.internal.budget import lock_address_of
+from signup.workflow.internal.clock import database_now
 from signup.workflow.internal.endings import expire_if_due
 from signup.workflow.internal.ledger import PENDING_KINDS, UNSENT, queue_email
 from signup.workflow.internal.rows import (
@@ -45,9 +46,11 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
     or an earlier reminder is still unsent (its send died with a worker host and waits for
     the sweeper's re-drive, or it waits for a retry or the end of a provider outage), this
     one is planned again one SIGNUP_REMINDER_INTERVAL later.
+
+    The next step is planned on the database's clock (internal.clock).
     """
-    now = timezone.now()
     with transaction.atomic():
+        now = database_now()
         signup = lock(signup_id)
         if signup is None or signup.status != Status.PENDING:
             return drop("reminder", signup_id, number, "signup is not pending")

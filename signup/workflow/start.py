@@ -10,6 +10,7 @@ from signup import languages, tasks
 from signup.models import Signup
 from signup.workflow.internal.announce import STARTED, announce
 from signup.workflow.internal.budget import contact, lock_address_of
+from signup.workflow.internal.clock import database_now
 from signup.workflow.internal.rows import (
     EmailKind,
     Event,
@@ -71,9 +72,10 @@ def contact_address(*, signup_id: int) -> bool:
     verification email, or nothing for now (a mute signup the resend page reaches later), or
     "you already have an account" to the owner of the address's account. Return whether it
     did; False for a signup contacted already (a duplicate task), closed meanwhile, or gone.
+    Its first reminder is planned on the database's clock (internal.clock).
     """
-    now = timezone.now()
     with transaction.atomic():
+        now = database_now()
         address = lock_address_of(signup_id)
         signup = lock(signup_id) if address is not None else None
         if signup is None or signup.contacted_at is not None or signup.status != Status.PENDING:

@@ -19,6 +19,7 @@ import requests
 
 from harness import hosts
 from harness.cluster import Cluster
+from harness.service import HOST_METRICS_PORT
 from tests.faults.deployment import HoldingSmtpSink
 from tests.faults.steady import SteadyLoad, settle, tally
 
@@ -275,7 +276,7 @@ def test_a_web_host_cut_off_from_the_broker_still_records_signups(tmp_path, faul
 def test_two_beats_double_nothing(tmp_path, fault_report):
     """A second beat on another host for TWO_BEATS_SECONDS, while every reminder is handed
     over by the sweeper (SIGNUP_SCHEDULE_AHEAD is shorter than the interval), signups expire
-    and a worker is killed once (its chains repaired): the sweeps run twice as often and
+    and an email worker is killed once (its chains repaired): the sweeps run twice as often and
     double nothing, since every hand-over, repair and expiry takes its row's lock and
     stamps it (no lock around the sweep is needed)."""
     with running_cluster(
@@ -289,8 +290,9 @@ def test_two_beats_double_nothing(tmp_path, fault_report):
         started = time.monotonic()
         with SteadyLoad(cluster, "beats", rate=3) as load:
             time.sleep(TWO_BEATS_SECONDS / 2)
-            cluster.services["worker2"].kill_worker("worker")
-            cluster.services["worker2"].start_worker("worker")
+            # The email worker holds the reminders' countdowns (the email queue's).
+            cluster.services["worker2"].kill_worker("email")
+            cluster.services["worker2"].start_worker("email")
             time.sleep(max(TWO_BEATS_SECONDS - (time.monotonic() - started), 0))
         unverified = [s.username for s in load.signups if not s.verified]
         figures = settle(load, reminders=2, timeout=120)
@@ -340,10 +342,12 @@ def test_two_beats_double_nothing(tmp_path, fault_report):
 
 
 def test_worker_hosts_with_wrong_clocks(tmp_path, fault_report):
-    """worker1's clock is SKEW_SECONDS ahead, worker2's as much behind. A reminder is
-    planned by the clock of the worker that sent the step before it and fired by the clock
-    of the worker that takes it, so it is early or late by at most the two clocks'
-    difference, and the error does not add up along the chain; nothing is doubled."""
+    """worker1's clock is SKEW_SECONDS ahead, worker2's as much behind. Reminders are planned
+    on the database's clock, and a reminder task that worker1 fires early by it is put back
+    for the time left: never early. Late by at most the two clocks' difference: worker2
+    fires its countdowns late by its lag, and a task worker1 put back late by both offsets
+    when worker2 takes it. The error does not add up along the chain, and nothing is
+    doubled. Each host's /metrics shows its offset."""
     interval = 20
     reminders = 2 if FULL else 1
     settings = as_env(
@@ -360,6 +364,8 @@ def test_worker_hosts_with_wrong_clocks(tmp_path, fault_report):
         cluster.start_worker_host("worker2", clock_offset=-SKEW_SECONDS)
         with SteadyLoad(cluster, "clock", rate=2) as load:
             time.sleep(10)
+        # What an operator sees: each host's offset from the database's clock.
+        offsets = {host: clock_offset(cluster, host) for host in ("web1", "worker1", "worker2")}
         timeout = interval * reminders + 4 * SKEW_SECONDS + 60
         figures = settle(load, reminders=reminders, timeout=timeout)
         errors = reminder_errors(cluster, tally(load, reminders), interval)
@@ -374,9 +380,30 @@ def test_worker_hosts_with_wrong_clocks(tmp_path, fault_report):
             earliest_reminder_s=min(errors),
             latest_reminder_s=max(errors),
         )
-        print(f"{figures}; reminders early/late: {min(errors):.1f}s to {max(errors):.1f}s")
+        print(
+            f"{figures}; reminders early/late: {min(errors):.1f}s to {max(errors):.1f}s;"
+            f" clock offsets {offsets}"
+        )
         assert_clean(figures, load)
+        assert abs(offsets["web1"]) < 1
+        assert abs(offsets["worker1"] - SKEW_SECONDS) < 2
+        assert abs(offsets["worker2"] + SKEW_SECONDS) < 2
         assert min(errors) >= -2 * SKEW_SECONDS - 5 and max(errors) <= 2 * SKEW_SECONDS + 10
+
+
+def scrape(cluster: Cluster, host: str) -> str:
+    """GET /metrics of a host: the web's on a web host, config.metrics_wsgi on a worker host."""
+    address = cluster.network.hosts[host].address
+    port = 8000 if host.startswith("web") else HOST_METRICS_PORT
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    answer = requests.get(f"http://{address}:{port}/metrics", headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text[:300]
+    return answer.text
+
+
+def clock_offset(cluster: Cluster, host: str) -> float:
+    (value,) = re.findall(r"^signup_clock_offset_seconds (\S+)$", scrape(cluster, host), re.M)
+    return float(value)
 
 
 def reminder_errors(cluster: Cluster, tallied, interval: float) -> list[float]:
@@ -407,23 +434,19 @@ def test_worker_hosts_answer_their_own_metrics(tmp_path):
         tallied = tally(load, 2)
         by_host = sent_by(tallied, cluster)
 
-        def attempts(host: str, port: int) -> float:
-            address = cluster.network.hosts[host].address
-            headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-            answer = requests.get(f"http://{address}:{port}/metrics", headers=headers, timeout=10)
-            assert answer.status_code == 200, answer.text[:300]
+        def attempts(host: str) -> float:
             return sum(
                 float(value)
                 for value in re.findall(
                     r'^signup_email_attempts_total\{[^}]*result="sent"[^}]*\} (\S+)$',
-                    answer.text,
+                    scrape(cluster, host),
                     re.M,
                 )
             )
 
-        assert attempts("web1", 8000) == 0
+        assert attempts("web1") == 0
         for host in ("worker1", "worker2"):
-            assert attempts(host, 9808) == by_host.get(host, 0), by_host
+            assert attempts(host) == by_host.get(host, 0), by_host
         assert sum(by_host.values()) == len(tallied.arrived)
         refused = requests.get(
             f"http://{cluster.network.hosts['worker1'].address}:9808/metrics", timeout=10

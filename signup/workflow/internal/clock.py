@@ -1,0 +1,49 @@
+"""Which clock says a timer is due: the database's.
+
+Every host plans and fires timers on its own clock, and Celery fires a countdown when the
+clock of the worker holding it reaches its ETA: a worker host whose clock is ahead would send
+reminders early, one behind late, and a host that plans the next reminder on a clock that is
+off moves the whole rest of the chain. The database is the one clock every host talks to, so
+the reminders are planned on it (the step that takes a reminder or makes the first contact
+reads it in its transaction), and a reminder task that arrives before its due time by it
+(its worker's clock is ahead) is put back for the time left: never early. Late is another
+matter: an ETA is read on the clock of whichever worker holds it, so a worker whose clock is
+behind fires late by its lag, and one that takes a put-back task from a worker ahead of it
+by the two clocks' difference. The rest of the workflow (leases, the
+sweeper's hand-overs, expiry stamps) reads the host's own clock: the operator keeps every
+host on NTP, and signup_clock_offset_seconds (signup.metrics) shows each host's offset
+from the database's clock, SignupClockSkew alerting past 10 s.
+"""
+
+from datetime import datetime
+
+from django.db import connection
+from django.db.models import DateTimeField, Func
+
+from signup.models import Signup
+
+# Less early than this is on time: the round trip and the timer's own jitter.
+ON_TIME = 1.0
+
+
+def database_now() -> datetime:
+    """The database's clock (its statement_timestamp(): the time this statement started)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def reminder_early_by(signup_id: int) -> float:
+    """How long before its next reminder's due time it still is by the database's clock, if
+    more than ON_TIME; else 0 (due, none planned, or no such signup)."""
+    found = (
+        Signup.objects.filter(pk=signup_id, next_reminder_at__isnull=False)
+        .annotate(database_now=Func(function="statement_timestamp", output_field=DateTimeField()))
+        .values_list("next_reminder_at", "database_now")
+        .first()
+    )
+    if found is None:
+        return 0.0
+    due, now = found
+    early = (due - now).total_seconds()
+    return early if early > ON_TIME else 0.0
