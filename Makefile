@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install browser prometheus gettext messages run migrate test test-fast screenshots faults bench bench-quick lint format lock clean \
+.PHONY: install browser prometheus gettext hosts-tools messages run migrate test test-fast screenshots faults faults-hosts bench bench-quick lint format lock clean \
 	observability-check
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock
@@ -66,14 +66,14 @@ messages: install gettext
 # Every test, on the real services, TEST_PROCESSES at a time (pytest-xdist; about 4 minutes on
 # two cores, where the suite is bound by CPU: the processes the tests start cost most of it).
 TEST_PROCESSES ?= 4
-test: install browser prometheus gettext
+test: install browser prometheus gettext hosts-tools
 	$(TEST_ENV) $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
 # The tests that need no service (no PostgreSQL, Redis, RabbitMQ, browser, Prometheus or gettext),
 # in under 30 s, two at a time: the `processes` tests are left out for their time even where
 # they need none.
 test-fast: install
-	$(TEST_ENV) $(BIN)/pytest -n 2 -m "not (postgres or redis or rabbitmq or chromium or prometheus or gettext or processes)" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -n 2 -m "not (postgres or redis or rabbitmq or chromium or prometheus or gettext or processes or hosts)" $(PYTEST_ARGS)
 
 # The README's pictures of the admin (funnel, timeline), taken again by headless Chromium.
 screenshots: install browser
@@ -83,8 +83,21 @@ screenshots: install browser
 faults: install
 	rm -f var/faults.jsonl
 	FAULT_ROUNDS=$${FAULT_ROUNDS:-20} FAULT_REPORT=$(CURDIR)/var/faults.jsonl $(TEST_ENV) \
-		$(BIN)/pytest -m faults $(PYTEST_ARGS)
+		$(BIN)/pytest -m "faults and not hosts" $(PYTEST_ARGS)
 	$(PY) -m tests.faults.report var/faults.jsonl
+
+# Debian's nftables (to cut hosts apart) and faketime (to set a host's clock wrong), for the
+# faults of several hosts; the hosts themselves are network namespaces, which need root.
+hosts-tools:
+	@command -v nft >/dev/null && command -v faketime >/dev/null || { echo "installing nftables and faketime for the faults of several hosts"; $(call APT_INSTALL,nftables faketime); }
+
+# The faults of several hosts in full (a 60 s cut, two beats for 10 minutes, HOSTS_ROUNDS
+# rounds of a host's death: about 40 minutes); prints docs/RELIABILITY.md's table of them.
+faults-hosts: install hosts-tools
+	rm -f var/faults-hosts.jsonl
+	HOSTS_FULL=1 FAULT_REPORT=$(CURDIR)/var/faults-hosts.jsonl $(TEST_ENV) \
+		$(BIN)/pytest -m hosts $(PYTEST_ARGS)
+	$(PY) -m tests.faults.report var/faults-hosts.jsonl --hosts
 
 # The benchmarks start their own stack (a fresh PostgreSQL database, a private Redis); wrk from apt.
 bench: install

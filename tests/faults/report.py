@@ -18,6 +18,13 @@ COLUMNS = [
     ("chains restored", "chains_restored", "sum"),
     ("worst lateness (s)", "seconds_to_restore", "max"),
 ]
+# The faults of several hosts (tests.faults.test_hosts): what each signup received, in order,
+# and how long until the work the fault held up was done.
+HOSTS_COLUMNS = [
+    *COLUMNS[:6],
+    ("out of order", "out_of_order", "sum"),
+    ("time to recover (s)", "seconds_to_recover", "max"),
+]
 # Keys that are bookkeeping or per-email detail, not figures for the notes column.
 NOT_NOTES = {"test", "at", "fault", "delivered", "provider_calls", "ledger_attempts"}
 
@@ -30,15 +37,18 @@ def _cell(values: list, combine: str) -> str:
     return f"{max(values):.1f}"
 
 
-def _notes(runs: list[dict]) -> str:
-    """The figures a fault measured beyond the common columns, summed over its runs."""
-    used = {key for _, key, _ in COLUMNS} | NOT_NOTES
+def _notes(runs: list[dict], columns: list) -> str:
+    """The figures a fault measured beyond the columns, summed over its runs (times in
+    seconds, `seconds_*`: the worst)."""
+    used = {key for _, key, _ in columns} | NOT_NOTES
     notes: dict[str, object] = {}
     for run in runs:
         for key, value in run.items():
             if key in used or isinstance(value, bool) or value is None:
                 continue
-            if isinstance(value, int | float):
+            if isinstance(value, int | float) and key.startswith("seconds"):
+                notes[key] = round(max(notes.get(key, 0), value), 1)
+            elif isinstance(value, int | float):
                 notes[key] = notes.get(key, 0) + value
             elif isinstance(value, dict):
                 merged = notes.setdefault(key, {})
@@ -55,7 +65,7 @@ def _notes(runs: list[dict]) -> str:
     )
 
 
-def table(records: list[dict]) -> str:
+def table(records: list[dict], columns: list = COLUMNS) -> str:
     by_fault: dict[str, list[dict]] = defaultdict(list)
     for raw in records:
         # A race test counts races and a scenario run once counts nothing: both are rounds.
@@ -63,25 +73,26 @@ def table(records: list[dict]) -> str:
         record.setdefault("rounds", raw.get("races", 1))
         by_fault[record.get("fault", record["test"])].append(record)
     lines = [
-        "| fault | " + " | ".join(heading for heading, _, _ in COLUMNS) + " | also measured |",
-        "|---" * (len(COLUMNS) + 2) + "|",
+        "| fault | " + " | ".join(heading for heading, _, _ in columns) + " | also measured |",
+        "|---" * (len(columns) + 2) + "|",
     ]
     for fault, runs in by_fault.items():
         cells = [
             _cell([run[key] for run in runs if run.get(key) is not None], combine)
-            for _, key, combine in COLUMNS
+            for _, key, combine in columns
         ]
-        lines.append(f"| {fault} | " + " | ".join(cells) + f" | {_notes(runs)} |")
+        lines.append(f"| {fault} | " + " | ".join(cells) + f" | {_notes(runs, columns)} |")
     return "\n".join(lines)
 
 
-def main(path: str) -> None:
+def main(path: str, *, hosts: bool = False) -> None:
     log = Path(path)
     if not log.exists():
         sys.exit(f"no outcomes recorded at {path}")
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    print(table(records))
+    print(table(records, HOSTS_COLUMNS if hosts else COLUMNS))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "var/faults.jsonl")
+    arguments = [a for a in sys.argv[1:] if a != "--hosts"]
+    main(arguments[0] if arguments else "var/faults.jsonl", hosts="--hosts" in sys.argv)
