@@ -1,7 +1,8 @@
-"""A stand-in for Postmark's send API (POST /email) on 127.0.0.1 that anymail's real Postmark
-backend talks to: the fault tests script it into the failures a provider really produces
-(errors, refusals, throttling, hangs, slow answers, answers lost after acceptance), and the
-benchmarks give it a real provider's latency and occasional throttling.
+"""A stand-in for Postmark's send API (POST /email) on 127.0.0.1 (or the address it is given)
+that anymail's real Postmark backend talks to: the fault tests script it into the failures a
+provider really produces (errors, refusals, throttling, hangs, slow answers, answers lost
+after acceptance), and the benchmarks give it a real provider's latency and occasional
+throttling.
 """
 
 import hashlib
@@ -164,8 +165,10 @@ class FakePostmark:
         error_rate: float = 0.0,
         seed: int = 0,
         keep_bodies: bool = True,
+        host: str = "127.0.0.1",
     ) -> None:
         self.token = token
+        self.host = host  # the address it listens on
         self.retry_after: str | None = None  # the Retry-After header sent with a 429, if set
         self.slow_seconds = slow_seconds
         self.hang_seconds = hang_seconds
@@ -191,7 +194,7 @@ class FakePostmark:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"http://{self.host}:{self.port}/"
 
     # --- Running -------------------------------------------------------------------------
 
@@ -199,7 +202,7 @@ class FakePostmark:
         """Listen (again) on the same port, or on a free one the first time."""
         handler = type("Handler", (_Handler,), {"provider": self})
         server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": self.BACKLOG})
-        self._server = server(("127.0.0.1", self.port), handler)
+        self._server = server((self.host, self.port), handler)
         self.port = self._server.server_address[1]
         self._stopping.clear()
         self._thread = threading.Thread(

@@ -9,6 +9,7 @@ from bench.benchmarks.burst import burst
 from bench.benchmarks.email_pipeline import email_pipeline, email_pipeline_provider
 from bench.benchmarks.enumeration import enumeration
 from bench.benchmarks.funnel import funnel_page
+from bench.benchmarks.hosts import hosts
 from bench.benchmarks.million import million
 from bench.benchmarks.outage import outage
 from bench.benchmarks.recovery import recovery
@@ -39,4 +40,5 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "funnel_page": funnel_page,
     "million": million,
     "enumeration": enumeration,
+    "hosts": hosts,
 }

@@ -48,6 +48,9 @@ class Sizes:
     burst_seconds: float
     # Benchmark 17: this many pending signups.
     million_count: int
+    # Benchmark 18: emails per pipeline run, and signups whose reminder is timed.
+    hosts_email_count: int
+    hosts_timer_count: int
     # The target of benchmark 5 is stated for this many pending signups.
     scale_target_count: int = 100_000
 
@@ -76,6 +79,8 @@ FULL = Sizes(
     burst_count=50_000,
     burst_seconds=300,
     million_count=1_000_000,
+    hosts_email_count=3000,
+    hosts_timer_count=1000,
 )
 QUICK = Sizes(
     quick=True,
@@ -101,6 +106,8 @@ QUICK = Sizes(
     burst_count=5_000,
     burst_seconds=30,
     million_count=20_000,
+    hosts_email_count=600,
+    hosts_timer_count=200,
 )
 
 # The stack's workflow knobs (seconds). The sweeper runs every SWEEP seconds instead of the

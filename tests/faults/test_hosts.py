@@ -208,6 +208,35 @@ def test_a_worker_host_dies_whole_and_the_other_takes_over(tmp_path, fault_repor
             assert sent_by(tallied, cluster).get("worker2", 0) > 0
 
 
+def test_a_worker_host_drained_for_maintenance_hands_its_work_back(tmp_path, fault_report):
+    """worker1's workers get SIGTERM (a warm shutdown, as docs/OPERATIONS.md drains a host):
+    its running sends finish and the countdowns it holds go back to the broker, so worker2
+    sends them on time and the sweeper repairs nothing."""
+    with running_cluster(tmp_path) as cluster:
+        with SteadyLoad(cluster, "drain") as load:
+            time.sleep(8)
+            service = cluster.services["worker1"]
+            started = time.monotonic()
+            for name in list(service.workers):
+                service.workers[name].popen.terminate()
+            for name in list(service.workers):
+                service.stop_worker(name)
+            drained = time.monotonic() - started
+            time.sleep(8)
+        figures = settle(load, reminders=2, timeout=120)
+        repairs = sweep_counts(cluster)
+        record(
+            fault_report,
+            "a worker host drained (warm shutdown)",
+            figures,
+            seconds_to_recover=drained,
+            repairs=sum(repairs[k] for k in repairs if k.endswith("_requeued")),
+        )
+        print(f"{figures}; drained in {drained:.1f}s; sweeps {dict(repairs)}")
+        assert_clean(figures, load)
+        assert sum(repairs[k] for k in repairs if k.endswith("_requeued")) == 0, repairs
+
+
 def test_a_worker_host_cut_off_from_the_data_host_comes_back(tmp_path, fault_report):
     """worker1 loses the data host (PostgreSQL and the broker: every packet dropped, both
     ways) for CUT_SECONDS while it holds sends in flight, then gets it back. What it sent
