@@ -435,7 +435,8 @@ def test_worker_hosts_with_wrong_clocks(tmp_path, fault_report):
         assert abs(offsets["web1"]) < 1
         assert abs(offsets["worker1"] - SKEW_SECONDS) < 2
         assert abs(offsets["worker2"] + SKEW_SECONDS) < 2
-        assert min(errors) >= -2 * SKEW_SECONDS - 5 and max(errors) <= 2 * SKEW_SECONDS + 10
+        assert min(errors) >= -1.5, errors  # never early
+        assert max(errors) <= 2 * SKEW_SECONDS + 10, errors
 
 
 def scrape(cluster: Cluster, host: str) -> str:
