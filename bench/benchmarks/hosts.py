@@ -155,7 +155,11 @@ def sign_up(cluster: Cluster, prefix: str, count: int) -> None:
     def one(number: int) -> None:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
-        body = {"username": f"{prefix}{number}", "email": f"{prefix}{number}@example.com"}
+        body = {
+            "username": f"{prefix}{number}",
+            "email": f"{prefix}{number}@example.com",
+            "first_name": "Bench",
+        }
         answer = session.post(
             f"{web.url}/api/signups",
             json=body,
