@@ -35,12 +35,14 @@ class Cluster:
         env: dict[str, str] | None = None,
         mail: SmtpSink | None = None,
         startup_timeout: float = 90,
+        latency: tuple[float, float] | None = None,
     ):
         self.tmp = tmp
         self.web_count, self.worker_count = web_hosts, worker_hosts
         self.extra_env = env or {}
         self.mail = mail
         self.startup_timeout = startup_timeout
+        self.latency = latency  # (delay, jitter) ms between the data host and the others
         self.network = Network()
         self.data: DataHost | None = None
         self.database_url = ""
@@ -55,7 +57,7 @@ class Cluster:
     def open(self) -> "Cluster":
         self.network.open()
         try:
-            self.data = DataHost(self.network.add("data"))
+            self.data = DataHost(self.network.add("data"), latency=self.latency)
             self.data.start()
             # The migrated template of the machine's own server, copied over: no migration run.
             self.database_url = self.data.create_database(

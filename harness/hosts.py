@@ -1,13 +1,14 @@
 """Several hosts on this machine: each a Linux network namespace of its own with one address on
 a private network (a bridge in a namespace of its own, 10.77.N.0/24), so that the service's
 processes reach each other only as they would across machines, and a test can break the
-network between them: a link down, packets to one host dropped (nftables), latency and loss
-(tc netem), a clock that is wrong (libfaketime).
+network between them: a link down, packets to one host dropped (nftables), a share of every
+packet lost (nftables), latency (a delaying relay in front of the data host's servers,
+harness.relay: this kernel has no netem), a clock that is wrong (libfaketime).
 
 The machine itself is one more host on that network (the outside, at .254): the tests, the
 stand-in email provider and the load come from there, as they come from the internet. Nothing
 else is reached: every address here is one of these hosts'. Needs root and iproute2; the
-faults need nftables and faketime (`make faults-hosts` installs them).
+faults need nftables and faketime (`make test` and `make faults-hosts` install them).
 """
 
 import os
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager, suppress
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import psycopg
 import redis
+
+from harness.processes import ROOT
 
 SUBNET = "10.77"
 OUTSIDE = 254  # the machine's own address on the hosts' network
@@ -107,18 +111,19 @@ class Host:
             self.run("nft", "delete", "table", "inet", "cut")
             self.cuts.clear()
 
-    def netem(self, *, delay_ms: float, jitter_ms: float = 0, loss_percent: float = 0) -> None:
-        """Latency (normally distributed around `delay_ms`) and loss on every packet this host
-        sends: between two hosts each direction has one sender's."""
-        arguments = ["delay", f"{delay_ms}ms"]
-        if jitter_ms:
-            arguments += [f"{jitter_ms}ms", "distribution", "normal"]
-        if loss_percent:
-            arguments += ["loss", f"{loss_percent}%"]
-        self.run("tc", "qdisc", "replace", "dev", "eth0", "root", "netem", *arguments)
-
-    def clear_netem(self) -> None:
-        self.run("tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+    def drop_randomly(self, percent: float) -> None:
+        """Lose `percent` % of the packets this host sends, at random (nftables' numgen):
+        between two hosts each direction loses its sender's share, and TCP retransmits."""
+        per_mille = round(percent * 10)
+        self.run("nft", "add", "table", "inet", "chaos")
+        self.run(
+            "nft", "add", "chain", "inet", "chaos", "out",
+            "{ type filter hook output priority 0 ; }",
+        )  # fmt: skip
+        self.run(
+            "nft", "add", "rule", "inet", "chaos", "out", "oifname", "eth0",
+            "numgen", "random", "mod", "1000", "<", str(per_mille), "drop",
+        )  # fmt: skip
 
     def pids(self) -> list[int]:
         done = _run("ip", "netns", "pids", self.namespace, check=False)
@@ -226,9 +231,18 @@ class DataHost:
     REDIS_PORT = 6379
     STARTUP_TIMEOUT = 60
 
-    def __init__(self, host: Host, *, max_connections: int = 400):
+    def __init__(
+        self,
+        host: Host,
+        *,
+        max_connections: int = 400,
+        latency: tuple[float, float] | None = None,
+    ):
         self.host = host
         self.max_connections = max_connections
+        # (delay, jitter) in ms: the servers listen on the host's loopback, behind relays
+        # (harness.relay) on its address that delay every byte both ways.
+        self.latency = latency
         # Under /tmp, not a test's tmp_path: the postgres user must reach it.
         self.directory = Path(tempfile.mkdtemp(prefix=f"{host.namespace}-"))
         self.processes: list[subprocess.Popen] = []
@@ -250,20 +264,30 @@ class DataHost:
         with (data / "pg_hba.conf").open("a") as hba:
             hba.write(f"host all all {self.host.network.subnet}.0/24 trust\n")
         # The machine's data dies with the test: fsync buys nothing here and costs the disk.
+        listen = "127.0.0.1" if self.latency else self.host.address
         postgres = [
             *as_postgres, "postgres", "-D", str(data),
-            "-c", f"listen_addresses={self.host.address}",
+            "-c", f"listen_addresses={listen}",
             "-c", f"unix_socket_directories={self.directory}",
             "-c", f"max_connections={self.max_connections}",
             "-c", "fsync=off", "-c", "full_page_writes=off",
         ]  # fmt: skip
         self._start(postgres, self.directory / "postgres.log")
         redis_server = [
-            "redis-server", "--bind", self.host.address, "--port", str(self.REDIS_PORT),
+            "redis-server", "--bind", listen, "--port", str(self.REDIS_PORT),
             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
             "--protected-mode", "no",
         ]  # fmt: skip
         self._start(redis_server, self.directory / "redis.log")
+        if self.latency:
+            delay, jitter = self.latency
+            for port in (self.PG_PORT, self.REDIS_PORT):
+                relay = [
+                    sys.executable, "-m", "harness.relay",
+                    f"{self.host.address}:{port}", f"127.0.0.1:{port}",
+                    "--delay-ms", str(delay), "--jitter-ms", str(jitter),
+                ]  # fmt: skip
+                self._start(relay, self.directory / f"relay-{port}.log")
         deadline = time.monotonic() + self.STARTUP_TIMEOUT
         while not self._answers():
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
@@ -280,6 +304,7 @@ class DataHost:
             self.processes.append(
                 subprocess.Popen(
                     self.host.wrap(command),
+                    cwd=ROOT,  # harness.relay is run from the repository
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
