@@ -36,6 +36,7 @@ class Cluster:
         mail: SmtpSink | None = None,
         startup_timeout: float = 90,
         latency: tuple[float, float] | None = None,
+        web_workers: int = 2,
     ):
         self.tmp = tmp
         self.web_count, self.worker_count = web_hosts, worker_hosts
@@ -43,6 +44,7 @@ class Cluster:
         self.mail = mail
         self.startup_timeout = startup_timeout
         self.latency = latency  # (delay, jitter) ms between the data host and the others
+        self.web_workers = web_workers  # gunicorn's --workers on each web host
         self.network = Network()
         self.data: DataHost | None = None
         self.database_url = ""
@@ -120,6 +122,7 @@ class Cluster:
                 broker_url=self.broker_url,
                 api_key=self.api_key,
                 startup_timeout=self.startup_timeout,
+                web_workers=self.web_workers,
                 host=host,
                 env={**self.env, **(env or {})},
             )

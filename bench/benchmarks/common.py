@@ -106,8 +106,8 @@ QUICK = Sizes(
     burst_count=5_000,
     burst_seconds=30,
     million_count=20_000,
-    hosts_email_count=600,
-    hosts_timer_count=200,
+    hosts_email_count=400,
+    hosts_timer_count=150,
 )
 
 # The stack's workflow knobs (seconds). The sweeper runs every SWEEP seconds instead of the
