@@ -145,9 +145,12 @@ class Cluster:
         if beat:
             self.service("beat").start_beat()
 
-    def start_worker_host(self, name: str, *, clock_offset: float = 0) -> Service:
-        """The Procfile's workers on host `name`, its clock `clock_offset` seconds wrong."""
-        return self._start_worker_host(name, clock_offset=clock_offset, wait=True)
+    def start_worker_host(
+        self, name: str, *, clock_offset: float = 0, wait: bool = True
+    ) -> Service:
+        """The Procfile's workers on host `name`, its clock `clock_offset` seconds wrong;
+        `wait`: until each is ready."""
+        return self._start_worker_host(name, clock_offset=clock_offset, wait=wait)
 
     def _start_worker_host(self, name: str, *, clock_offset: float = 0, wait: bool) -> Service:
         host = self.network.hosts.get(name) or self.network.add(name)

@@ -211,14 +211,16 @@ def reset(cluster: Cluster, provider: FakePostmark | None = None) -> None:
 
 
 def email_pipeline(cluster: Cluster, provider: FakePostmark, count: int, *, worker_hosts: int):
-    """A backlog of `count` first contacts (made while no worker host runs), then
-    `worker_hosts` worker hosts started at once: the verification emails' rate, and each
-    host's connections at their peak."""
+    """`worker_hosts` worker hosts started and ready, then `count` signups through the API
+    (faster than the pipeline: a backlog builds): the verification emails' rate from the
+    first to the last, the signups' rate, and each host's connections at their peak."""
     reset(cluster, provider)
-    signups_per_s = sign_up(cluster, f"p{worker_hosts}x", count)
     names = [f"worker{n}" for n in range(1, worker_hosts + 1)]
-    for name in names:
-        cluster.start_worker_host(name)
+    started = [cluster.start_worker_host(name, wait=False) for name in names]
+    for service in started:
+        for worker in service.workers.values():
+            service.wait_until_ready(worker)
+    signups_per_s = sign_up(cluster, f"p{worker_hosts}x", count)
     database, broker = {}, {}
     sent = (
         "SELECT count(*) FROM signup_outboundemail WHERE kind = 'verification' AND status = 'sent'"
