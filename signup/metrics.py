@@ -194,19 +194,17 @@ class ClockCollector(Collector):
     """
 
     def collect(self):
-        from django.db import connection
+        from signup.workflow.internal.clock import database_now
 
         before = time.time()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT extract(epoch FROM clock_timestamp())")
-            (database,) = cursor.fetchone()
+        database = database_now().timestamp()
         after = time.time()
         yield _family(
             "clock_offset_seconds",
             "This host's clock minus the database's (positive: ahead), measured at the"
             " scrape to within half its round trip.",
             {},
-            {(): (before + after) / 2 - float(database)},
+            {(): (before + after) / 2 - database},
         )
 
 

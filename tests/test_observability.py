@@ -298,7 +298,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_dashboard_query_and_
                 timeout=10,
             )
             evaluated = rules()
-            assert len(evaluated) == 7
+            assert len(evaluated) == 8
             for rule in evaluated:
                 assert not rule["lastEvaluation"].startswith("0001"), f"never evaluated: {rule}"
                 assert (rule["health"], rule.get("lastError", "")) == ("ok", ""), rule

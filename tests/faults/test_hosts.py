@@ -107,7 +107,7 @@ def sent_by(tallied, cluster: Cluster) -> dict[str, int]:
 
 def assert_clean(figures: dict, load: SteadyLoad) -> None:
     assert not load.refused, load.refused[:10]
-    assert figures["lost"] == 0, figures
+    assert figures["lost"] == 0, (figures, story(load, figures))
     assert figures["duplicated"] == 0, figures
     assert figures["out_of_order"] == 0, figures
 
@@ -126,6 +126,35 @@ def record(report: dict, fault: str, figures: dict, **measured) -> None:
 
 
 COUNTED = ("signups", "emails_expected", "emails_received", "lost", "duplicated", "out_of_order")
+
+
+def story(load: SteadyLoad, figures: dict) -> list:
+    """What the database says of the signups that lost an email: their rows, emails and
+    timelines."""
+    usernames = sorted({username for username, *_ in figures["lost_detail"]})
+    cluster = load.cluster
+    return [
+        cluster.query(
+            "SELECT id, username, status, contacted_at, next_reminder_at, reminders_sent,"
+            " reminder_enqueued_at, created_at, updated_at FROM signup_signup"
+            " WHERE username = ANY(%s)",
+            [usernames],
+        ),
+        cluster.query(
+            "SELECT e.signup_id, e.kind, e.sequence, e.status, e.attempts, e.enqueued_at,"
+            " e.in_flight_until, e.last_error FROM signup_outboundemail e"
+            " JOIN signup_signup s ON s.id = e.signup_id WHERE s.username = ANY(%s)",
+            [usernames],
+        ),
+        cluster.query(
+            "SELECT v.signup_id, v.kind, v.number, v.detail, v.created_at FROM signup_signupevent v"
+            " JOIN signup_signup s ON s.id = v.signup_id WHERE s.username = ANY(%s)",
+            [usernames],
+        ),
+        cluster.query(
+            "SELECT queue, sent_at, taken_at FROM signup_queueprobe ORDER BY id DESC LIMIT 6"
+        ),
+    ]
 
 
 def sweep_counts(cluster: Cluster) -> Counter:
@@ -455,17 +484,19 @@ def clock_offset(cluster: Cluster, host: str) -> float:
 
 
 def reminder_errors(cluster: Cluster, tallied, interval: float) -> list[float]:
-    """Each reminder's arrival against its plan in real time: the signup's creation plus
-    `interval` per reminder (so that an error would add up along the chain)."""
+    """Each reminder's arrival against its plan in real time: the signup's first contact
+    (which planned reminder 1, on the database's clock) plus `interval` per reminder, so
+    that an error would add up along the chain."""
     to_monotonic = time.monotonic() - time.time()
-    created = dict(
+    contacted = dict(
         cluster.query(
-            "SELECT email, extract(epoch FROM created_at) FROM signup_signup WHERE email = ANY(%s)",
+            "SELECT email, extract(epoch FROM contacted_at) FROM signup_signup"
+            " WHERE email = ANY(%s)",
             [list(tallied.load.addresses)],
         )
     )
     return [
-        a.received_at - (float(created[a.recipient]) + to_monotonic + a.number * interval)
+        a.received_at - (float(contacted[a.recipient]) + to_monotonic + a.number * interval)
         for a in tallied.arrived
         if a.kind == "reminder"
     ]

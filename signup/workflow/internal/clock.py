@@ -18,7 +18,7 @@ from the database's clock, SignupClockSkew alerting past 10 s.
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import DateTimeField, Func
+from django.utils import timezone
 
 from signup.models import Signup
 
@@ -27,7 +27,10 @@ ON_TIME = 1.0
 
 
 def database_now() -> datetime:
-    """The database's clock (its statement_timestamp(): the time this statement started)."""
+    """The database's clock (PostgreSQL's statement_timestamp(): the time this statement
+    started). SQLite, the quickstart's, is a file on this host: its clock is this one."""
+    if connection.vendor != "postgresql":
+        return timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement_timestamp()")
         return cursor.fetchone()[0]
@@ -36,14 +39,12 @@ def database_now() -> datetime:
 def reminder_early_by(signup_id: int) -> float:
     """How long before its next reminder's due time it still is by the database's clock, if
     more than ON_TIME; else 0 (due, none planned, or no such signup)."""
-    found = (
+    due = (
         Signup.objects.filter(pk=signup_id, next_reminder_at__isnull=False)
-        .annotate(database_now=Func(function="statement_timestamp", output_field=DateTimeField()))
-        .values_list("next_reminder_at", "database_now")
+        .values_list("next_reminder_at", flat=True)
         .first()
     )
-    if found is None:
+    if due is None:
         return 0.0
-    due, now = found
-    early = (due - now).total_seconds()
+    early = (due - database_now()).total_seconds()
     return early if early > ON_TIME else 0.0
