@@ -160,9 +160,30 @@ else:
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Behind PgBouncer in transaction mode a session's state does not last beyond a transaction:
 # no server-side cursors, no prepared statements (docs/OPERATIONS.md).
-if env.bool("DATABASE_PGBOUNCER", default=False):
+DATABASE_PGBOUNCER = env.bool("DATABASE_PGBOUNCER", default=False)
+if DATABASE_PGBOUNCER:
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+# A host that dies mid-transaction closes nothing: its connection, and the row locks its
+# transaction holds, would last until TCP gives up (two hours by default), and the sweeper
+# skips locked rows. So PostgreSQL ends a session idle inside a transaction after
+# DATABASE_IDLE_IN_TRANSACTION_TIMEOUT seconds (the service's transactions last
+# milliseconds) and probes an idle client's connection every 10 s after 30 s of silence;
+# each side probes the other (docs/OPERATIONS.md#several-hosts). Behind PgBouncer, set its
+# idle_transaction_timeout instead: it does not pass these on.
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT = env.int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", default=60)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+    if not DATABASE_PGBOUNCER:
+        _server = (
+            " -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+        )
+        if DATABASE_IDLE_IN_TRANSACTION_TIMEOUT > 0:
+            _server += (
+                f" -c idle_in_transaction_session_timeout={DATABASE_IDLE_IN_TRANSACTION_TIMEOUT}s"
+            )
+        _options["options"] = (_options.get("options", "") + _server).strip()
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The quickstart runs web, worker and beat against one file: wait for locks, don't fail.
     DATABASES["default"].setdefault("OPTIONS", {}).update(

@@ -1,7 +1,9 @@
 """The rules of signup.workflow, called directly (no worker: deliveries are called too)."""
 
+import time
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.core import signing
 from django.db import IntegrityError, connection
@@ -419,3 +421,28 @@ def test_a_reminder_task_early_by_the_databases_clock_is_put_back(settings):
     Signup.objects.filter(pk=signup.pk).update(next_reminder_at=timezone.now())
     assert workflow.reminder_early_by(signup.pk) == 0
     assert workflow.reminder_early_by(999_999) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_left_inside_a_transaction_is_ended_by_the_server(settings):
+    # What frees the row locks of a host that died mid-transaction (its connection closes
+    # nothing): the server ends the session after DATABASE_IDLE_IN_TRANSACTION_TIMEOUT, and
+    # probes a silent client's connection.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW idle_in_transaction_session_timeout")
+        assert cursor.fetchone()[0] == f"{settings.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT // 60}min"
+        cursor.execute("SHOW tcp_keepalives_idle")
+        assert cursor.fetchone()[0] == "30"
+    params = connection.get_connection_params()
+    params["options"] = params["options"].replace(
+        f"idle_in_transaction_session_timeout={settings.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT}s",
+        "idle_in_transaction_session_timeout=1s",
+    )
+    dying = psycopg.connect(**params)
+    try:
+        dying.execute("SELECT 1")  # a transaction begins, then its client goes silent
+        time.sleep(1.5)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            dying.execute("SELECT 1")
+    finally:
+        dying.close()
