@@ -254,10 +254,12 @@ def test_a_worker_host_drained_for_maintenance_hands_its_work_back(tmp_path, fau
             time.sleep(8)
             service = cluster.services["worker1"]
             started = time.monotonic()
-            for name in list(service.workers):
-                service.workers[name].popen.terminate()
-            for name in list(service.workers):
-                service.stop_worker(name)
+            # Once each, as OPERATIONS says: signalled again, a worker may shut down cold.
+            workers = [service.workers.pop(name) for name in list(service.workers)]
+            for worker in workers:
+                worker.popen.terminate()
+            for worker in workers:
+                worker.popen.wait(timeout=60)
             drained = time.monotonic() - started
             time.sleep(8)
         figures = settle(load, reminders=2, timeout=120)
