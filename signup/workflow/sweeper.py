@@ -13,6 +13,7 @@ from django.utils import timezone
 from signup import metrics, tasks
 from signup.models import Heartbeat, Signup, SignupEvent
 from signup.workflow.internal import outage, queues
+from signup.workflow.internal.clock import database_now
 from signup.workflow.internal.ledger import EMAIL, WEBHOOK, Channel, unsent
 from signup.workflow.internal.rows import Event, LedgerState, Status, after_commit
 from signup.workflow.internal.timers import horizon
@@ -40,7 +41,9 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     and never deadlocks with the workflow. Each step works in batches until it is done or
     half the sweep interval has passed.
     """
-    now = timezone.now()
+    # The database's clock, as the timers' (internal.clock): a sweep on a host whose clock is
+    # off hands over and repairs on the same time as every other host.
+    now = database_now()
     started = time.monotonic()
     deadline = started + settings.SIGNUP_SWEEP_INTERVAL / 2
     counts = dict.fromkeys(
@@ -76,7 +79,7 @@ def sweep(*, batch_size: int = 1000) -> dict[str, int]:
     # stuck_work asks for the probes taken two sweeps before the longer grace.
     queues.prune(now=now, keep=max(grace, redrive_after) + 2 * settings.SIGNUP_SWEEP_INTERVAL)
     # Stamped after this sweep's enqueueing: the probes pass its repairs too.
-    queues.send_probes(now=timezone.now())
+    queues.send_probes(now=database_now())
     # Only a sweep that got through its work counts as one: /readyz and signup_doctor read it.
     Heartbeat.objects.update_or_create(name=SWEEP_HEARTBEAT, defaults={"at": timezone.now()})
     metrics.sweep_duration.observe(time.monotonic() - started)

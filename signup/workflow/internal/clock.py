@@ -5,12 +5,13 @@ clock of the worker holding it reaches its ETA: a worker host whose clock is ahe
 reminders early, one behind late, and a host that plans the next reminder on a clock that is
 off moves the whole rest of the chain. The database is the one clock every host talks to, so
 the reminders are planned on it (the step that takes a reminder or makes the first contact
-reads it in its transaction), and a reminder task that arrives before its due time by it
+reads it in its transaction; the sweeper's hand-overs and repairs, and the probes it reads,
+are on it too), and a reminder task that arrives before its due time by it
 (its worker's clock is ahead) is put back for the time left: never early. Late is another
 matter: an ETA is read on the clock of whichever worker holds it, so a worker whose clock is
 behind fires late by its lag, and one that takes a put-back task from a worker ahead of it
-by the two clocks' difference. The rest of the workflow (leases, the
-sweeper's hand-overs, expiry stamps) reads the host's own clock: the operator keeps every
+by the two clocks' difference. The rest of the workflow (leases, expiry stamps) reads the
+host's own clock: the operator keeps every
 host on NTP, and signup_clock_offset_seconds (signup.metrics) shows each host's offset
 from the database's clock, SignupClockSkew alerting past 10 s.
 """

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from signup import tasks
 from signup.models import QueueProbe
+from signup.workflow.internal.clock import database_now
 from signup.workflow.internal.rows import after_commit
 
 # A queue nobody took from for this long has its unanswered probes forgotten: its oldest
@@ -61,8 +62,9 @@ def send_probes(*, now: datetime) -> None:
 
 
 def take_probe(*, probe_id: int) -> None:
-    """A worker took this probe: the messages of its queue enqueued before it were taken too."""
-    QueueProbe.objects.filter(pk=probe_id, taken_at__isnull=True).update(taken_at=timezone.now())
+    """A worker took this probe: the messages of its queue enqueued before it were taken too.
+    Stamped on the database's clock, as the sweeper reads it (internal.clock)."""
+    QueueProbe.objects.filter(pk=probe_id, taken_at__isnull=True).update(taken_at=database_now())
 
 
 def passed(*, now: datetime, settle: float) -> dict[str, datetime]:
