@@ -475,7 +475,9 @@ def test_worker_hosts_with_wrong_clocks(tmp_path, fault_report):
         assert abs(offsets["worker1"] - SKEW_SECONDS) < 2
         assert abs(offsets["worker2"] + SKEW_SECONDS) < 2
         assert min(errors) >= -1.5, errors  # never early
-        assert max(errors) <= 2 * SKEW_SECONDS + 10, errors
+        # At most the clocks' difference (a task put back by the host ahead, taken by the one
+        # behind), plus the queueing of a machine whose two cores run six hosts.
+        assert max(errors) <= 2 * SKEW_SECONDS + 30, errors
 
 
 def scrape(cluster: Cluster, host: str) -> str:
