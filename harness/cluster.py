@@ -134,31 +134,37 @@ class Cluster:
             self.service(host.name).start_web(wait=False)
         worker_hosts = [f"worker{number}" for number in range(1, self.worker_count + 1)]
         for name in worker_hosts:
-            self._start_worker_host(name, wait=False)
+            self.start_worker_host(name, wait=False)
         for host in self.web_hosts:
             service = self.services[host.name]
             service.wait_for(service.web_answers, timeout=self.startup_timeout, what="web")
-        for name in worker_hosts:
-            service = self.services[name]
-            for worker in service.workers.values():
-                service.wait_until_ready(worker)
+        self.wait_until_ready(worker_hosts)
         if beat:
             self.service("beat").start_beat()
 
     def start_worker_host(
         self, name: str, *, clock_offset: float = 0, wait: bool = True
     ) -> Service:
-        """The Procfile's workers on host `name`, its clock `clock_offset` seconds wrong;
-        `wait`: until each is ready."""
-        return self._start_worker_host(name, clock_offset=clock_offset, wait=wait)
-
-    def _start_worker_host(self, name: str, *, clock_offset: float = 0, wait: bool) -> Service:
+        """The Procfile's workers and the metrics server on host `name`, its clock
+        `clock_offset` seconds wrong; `wait`: until each worker is ready."""
         host = self.network.hosts.get(name) or self.network.add(name)
         env = {"ALLOWED_HOSTS": host.address}  # its /metrics is asked for at its address
         service = self.service(name, env=env | (clock_env(clock_offset) if clock_offset else {}))
         service.start_host_metrics()
         service.start_workers(wait=wait)
         return service
+
+    def start_worker_hosts(self, names: list[str]) -> None:
+        """Start these worker hosts at once, then wait until every worker of each is ready."""
+        for name in names:
+            self.start_worker_host(name, wait=False)
+        self.wait_until_ready(names)
+
+    def wait_until_ready(self, names: list[str]) -> None:
+        for name in names:
+            service = self.services[name]
+            for worker in service.workers.values():
+                service.wait_until_ready(worker)
 
     def kill_host(self, name: str) -> int:
         """The host dies whole: its link goes down and every process on it is killed."""

@@ -56,7 +56,8 @@ class ReceivedEmail:
 
 
 class SmtpSink:
-    """An SMTP server in this process that keeps every message it is sent."""
+    """An SMTP server in this process, on `hostname` (127.0.0.1, or the outside address of
+    harness.hosts), that keeps every message it is sent."""
 
     def __init__(self, hostname: str = "127.0.0.1"):
         self.received: list[ReceivedEmail] = []

@@ -32,8 +32,9 @@ class ServiceError(RuntimeError):
 class Service:
     """Web, beat and the Procfile's workers of one deployment of the service.
 
-    `env` goes over the environment every process gets (free port, fresh secret key, the
-    database, the broker, a private HOME, TMPDIR and SIGNUP_VAR_DIR under `tmp`); it is where
+    `env` goes over the environment every process gets (a free port, or 8000 on a host of its
+    own, a fresh secret key, the database, the broker, a private HOME, TMPDIR, SIGNUP_VAR_DIR
+    and metrics directory under `tmp`); it is where
     a caller sets the email backend, the workflow's knobs and the Procfile's own variables
     (WORKER_CONCURRENCY, ...). The workers and beat run the Procfile's lines, with only a node
     name added to each worker (`--hostname`, so that each one is known apart on a shared

@@ -38,7 +38,7 @@ from signup.workflow.addresses import request_verification_email
 from signup.workflow.closing import cancel_signup, mark_undeliverable
 from signup.workflow.delivery import NextAttempt, attempt, deliver, record_provider_event
 from signup.workflow.internal.budget import address_digest
-from signup.workflow.internal.clock import reminder_early_by
+from signup.workflow.internal.clock import database_now, reminder_early_by
 from signup.workflow.internal.ledger import EMAIL, WEBHOOK, redrive, retry_delay
 from signup.workflow.internal.outage import held as held_emails
 from signup.workflow.internal.outage import resume as resume_held_emails

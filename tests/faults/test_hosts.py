@@ -94,10 +94,6 @@ def with_mail(cluster: Cluster):
             raise
 
 
-def setting(cluster: Cluster, name: str) -> float:
-    return float(cluster.extra_env[name])
-
-
 def sent_by(tallied, cluster: Cluster) -> dict[str, int]:
     names = {host.address: name for name, host in cluster.network.hosts.items()}
     counts: dict[str, int] = {}
@@ -198,8 +194,8 @@ def wait_until_sent(cluster: Cluster, row_ids: list[int], *, timeout: float) -> 
 
 
 def held_sends(cluster: Cluster) -> None:
-    """Hold every SMTP conversation at MAIL FROM until some are held on both worker hosts'
-    behalf (the ledger rows claimed are `sending`)."""
+    """Hold every SMTP conversation at MAIL FROM: once the first is held, a second more for
+    others to pile up (their ledger rows claimed: `sending`)."""
     hold = cluster.mail.hold()
     assert hold.held.wait(timeout=30), "no send came to hold"
     time.sleep(1.0)

@@ -10,8 +10,8 @@ are on it too), and a reminder task that arrives before its due time by it
 (its worker's clock is ahead) is put back for the time left: never early. Late is another
 matter: an ETA is read on the clock of whichever worker holds it, so a worker whose clock is
 behind fires late by its lag, and one that takes a put-back task from a worker ahead of it
-by the two clocks' difference. The rest of the workflow (leases, expiry stamps) reads the
-host's own clock: the operator keeps every
+by the two clocks' difference. The rest of the workflow (leases, expiry stamps, an operator's
+steering) reads the host's own clock: the operator keeps every
 host on NTP, and signup_clock_offset_seconds (signup.metrics) shows each host's offset
 from the database's clock, SignupClockSkew alerting past 10 s.
 """
