@@ -229,9 +229,15 @@ def problems(
 
 def assert_no_problems(deployment: Deployment, found: list[str]) -> None:
     if deployment.crashes:
+        crashed = {name for name, _ in deployment.crashes}
+        last_words = "\n".join(
+            f"----- {process.name} (its last lines) -----\n{process.output()[-3000:]}"
+            for process in deployment.all_workers
+            if process.name in crashed
+        )
         found.append(
             "workers exited on their own (and were restarted, as a supervisor would): "
-            f"{deployment.crashes}"
+            f"{deployment.crashes}\n{last_words}"
         )
     assert not found, "\n".join(found)
 
