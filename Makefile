@@ -44,8 +44,10 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/nul
 	command -v apt-get >/dev/null || { echo "make: $(1) is needed and this is not Debian: install it"; exit 1; }; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(1) >/dev/null
 
-browser:  ## Debian's chromium, for the browser tests
+browser:  ## Debian's chromium and axe-core (npm, pinned by tests/axe/package-lock.json), for the browser tests
 	@command -v chromium >/dev/null || { echo "installing chromium for the browser tests"; $(call APT_INSTALL,chromium); }
+	@command -v npm >/dev/null || { echo "installing npm for axe-core"; $(call APT_INSTALL,npm); }
+	@test -f tests/axe/node_modules/axe-core/axe.min.js || npm ci --prefix tests/axe --no-audit --no-fund --silent
 
 # Debian's prometheus (with promtool), for the observability tests. Where systemd runs, the
 # package also starts a Prometheus service of its own on :9090; the tests start theirs.
@@ -75,9 +77,10 @@ test: install browser prometheus gettext hosts-tools
 test-fast: install
 	$(TEST_ENV) $(BIN)/pytest -n 2 -m "not (postgres or redis or rabbitmq or chromium or prometheus or gettext or processes or hosts)" $(PYTEST_ARGS)
 
-# The README's pictures of the admin (funnel, timeline), taken again by headless Chromium.
+# The README's pictures (the admin's funnel and timeline, the pages at 375, 900 and 1280 px),
+# taken again by headless Chromium.
 screenshots: install browser
-	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(BIN)/pytest tests/test_screenshots.py $(PYTEST_ARGS)
+	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(BIN)/pytest tests/test_screenshots.py tests/test_accessibility.py -k "screenshot or pictures" $(PYTEST_ARGS)
 
 # The fault suite's long variants (FAULT_ROUNDS rounds each); prints the outcome table.
 faults: install

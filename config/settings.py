@@ -218,6 +218,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Files a browser asks for at the site's root (/favicon.ico), served by WhiteNoise as well.
+WHITENOISE_ROOT = BASE_DIR / "signup" / "public"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -286,6 +288,11 @@ SIGNUP_EXPIRES_AFTER = env.int("SIGNUP_EXPIRES_AFTER", default=7 * 24 * 3600)
 # How much later than SIGNUP_EXPIRES_AFTER an operator may extend a signup's expiry at most
 # (the links of the previous release are signed to last that long too).
 SIGNUP_MAX_EXTENSION = env.int("SIGNUP_MAX_EXTENSION", default=30 * 24 * 3600)
+# Wrong codes a signup's code survives (allauth's ACCOUNT_EMAIL_VERIFICATION_BY_CODE_MAX_ATTEMPTS
+# default); then it is void until a new email brings a new one.
+SIGNUP_CODE_MAX_ATTEMPTS = env.int("SIGNUP_CODE_MAX_ATTEMPTS", default=3)
+# How often a pending signup's address may be changed (a mistyped one fixed).
+SIGNUP_MAX_ADDRESS_CHANGES = env.int("SIGNUP_MAX_ADDRESS_CHANGES", default=2)
 SIGNUP_MAX_REMINDERS = env.int("SIGNUP_MAX_REMINDERS", default=6)
 SIGNUP_SWEEP_INTERVAL = env.int("SIGNUP_SWEEP_INTERVAL", default=60)
 # Settings renamed by this release: the old name still works, with a warning from the system
@@ -420,6 +427,10 @@ if SIGNUP_RETENTION_DAYS < 0:
 for _name in ("SIGNUP_REMINDER_INTERVAL", "SIGNUP_EXPIRES_AFTER", "SIGNUP_SWEEP_INTERVAL"):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number of seconds.")
+if SIGNUP_CODE_MAX_ATTEMPTS < 1 or SIGNUP_MAX_ADDRESS_CHANGES < 0:
+    raise ImproperlyConfigured(
+        "SIGNUP_CODE_MAX_ATTEMPTS must be 1 or more, SIGNUP_MAX_ADDRESS_CHANGES 0 or more."
+    )
 if SIGNUP_SCHEDULE_AHEAD < 2 * SIGNUP_SWEEP_INTERVAL:
     raise ImproperlyConfigured(
         "SIGNUP_SCHEDULE_AHEAD must be at least twice SIGNUP_SWEEP_INTERVAL, or a sweep could"

@@ -21,7 +21,12 @@ from django.utils.translation import pgettext
 from django.views.decorators.csrf import csrf_exempt
 
 from signup import languages, limits, selectors, tokens, workflow
-from signup.forms import USERNAME_PATTERN, SignupForm, reject_control_characters
+from signup.forms import (
+    USERNAME_PATTERN,
+    ChangeAddressForm,
+    SignupForm,
+    reject_control_characters,
+)
 from signup.models import USERNAME_MAX_LENGTH, Signup
 
 MAX_BODY_BYTES = 16 * 1024
@@ -266,7 +271,7 @@ def _cancel(signup: Signup, body: dict) -> JsonResponse:
         return _error(400, _("Some fields are not valid."), errors=errors)
     reason = reason.strip()[:200]
     cancelled = workflow.cancel_signup(
-        signup_id=signup.pk, reason=f"by api: {reason}" if reason else "by api"
+        signup_id=signup.pk, reason=f"by api: {reason}" if reason else "by api", by=workflow.BY_API
     )
     signup.refresh_from_db()
     if not cancelled and signup.status != Signup.Status.CANCELLED:
@@ -288,7 +293,71 @@ def _is_plain_text(value: str) -> bool:
     return True
 
 
-_ACTIONS = {"remind-now": _remind_now, "extend": _extend, "cancel": _cancel}
+def _change_email(signup: Signup, body: dict) -> JsonResponse:
+    """{email}: the signup's address was mistyped. The old one gets nothing more, the new one
+    a verification email within its own budget (the answer is the same whether or not it has
+    an account); at most SIGNUP_MAX_ADDRESS_CHANGES times."""
+    errors = _field_errors(body, {"email"})
+    errors.update({name: [_("This field is required.")] for name in ("email",) if name not in body})
+    if errors:
+        return _error(400, _("Some fields are not valid."), errors=errors)
+    form = ChangeAddressForm(body)
+    if not form.is_valid():
+        errors = {
+            name: [error["message"] for error in field_errors]
+            for name, field_errors in form.errors.get_json_data().items()
+        }
+        return _error(400, _("Some fields are not valid."), errors=errors)
+    outcome = workflow.change_address(signup_id=signup.pk, email=form.cleaned_data["email"])
+    signup.refresh_from_db()
+    if outcome == workflow.NOT_PENDING:
+        return _error(
+            409,
+            _("This signup is %(status)s: its address can't be changed.")
+            % {"status": _status(signup.status)},
+        )
+    if outcome == workflow.NO_CHANGES_LEFT:
+        return _error(
+            409,
+            _("This signup's address was changed %(count)d times already: no more changes.")
+            % {"count": signup.address_changes},
+        )
+    status = 202 if outcome == workflow.CHANGED else 200
+    return JsonResponse({"result": outcome, **signup_json(signup, described=True)}, status=status)
+
+
+def _new_email(signup: Signup, body: dict) -> JsonResponse:
+    """{}: another verification email (with a new code, if the last was void), within the
+    address's budget: 202 if one is on its way, 429 with Retry-After if the budget holds it
+    back for now."""
+    errors = _field_errors(body, set())
+    if errors:
+        return _error(400, _("Some fields are not valid."), errors=errors)
+    # Counted for the network the signup was made from: the person's, as the caller named it.
+    outcome = workflow.request_new_code(signup_id=signup.pk, network=signup.client_network)
+    signup.refresh_from_db()
+    if outcome == workflow.NOT_PENDING:
+        return _error(
+            409,
+            _("This signup is %(status)s: it gets no more emails.")
+            % {"status": _status(signup.status)},
+        )
+    if outcome == workflow.HELD:
+        response = _error(
+            429, _("The address was sent an email moments ago, or its daily share: not now.")
+        )
+        response["Retry-After"] = str(settings.SIGNUP_ADDRESS_COOLDOWN)
+        return response
+    return JsonResponse({"result": outcome, **signup_json(signup, described=True)}, status=202)
+
+
+_ACTIONS = {
+    "remind-now": _remind_now,
+    "extend": _extend,
+    "cancel": _cancel,
+    "change-email": _change_email,
+    "new-email": _new_email,
+}
 
 
 @api_view("POST")
@@ -297,6 +366,8 @@ def verify_signup(request, body):
     # is a backend relaying many people's tokens from one address, and a few mistyped ones
     # must not lock all of them out. The key's own limit (SIGNUP_RATE_LIMIT_API) bounds
     # guessing, which forging the tokens' HMAC makes hopeless anyway.
+    if "code" in body or "username" in body:
+        return _verify_by_code(body)
     errors = _field_errors(body, {"token", "source"})
     errors.update({name: [_("This field is required.")] for name in ("token",) if name not in body})
     if errors:
@@ -317,6 +388,51 @@ def verify_signup(request, body):
             400,
             _("This verification token is not valid."),
             errors={"token": [_("Not a valid verification token.")]},
+        )
+    except workflow.SignupClosed as closed:
+        return _error(
+            410,
+            _("This signup is %(status)s; it can no longer be verified.")
+            % {"status": _status(closed.status)},
+            status=closed.status,
+        )
+    return JsonResponse({"result": result.message, "username": result.signup.username})
+
+
+def _verify_by_code(body: dict) -> JsonResponse:
+    """{username, code}: the code of the signup's emails, as a person typed it into the
+    caller's own page. Wrong codes count against the signup's tries (a 400 says how many are
+    left); a void code answers 409 until a new email brings a new one."""
+    errors = _field_errors(body, {"username", "code"})
+    errors.update(
+        {name: [_("This field is required.")] for name in ("username", "code") if name not in body}
+    )
+    if not errors and not tokens.is_code_shaped(body["code"]):
+        errors["code"] = [_("A code is 8 letters and digits, like ACDE-3467.")]
+    if errors:
+        return _error(400, _("Some fields are not valid."), errors=errors)
+    username = body["username"]
+    valid = len(username) <= USERNAME_MAX_LENGTH and USERNAME_PATTERN.match(username)
+    signup = selectors.signup_by_username(username) if valid else None
+    if signup is None:
+        return _error(404, _("No signup has this username."))
+    try:
+        result = workflow.verify_signup_by_code(signup_id=signup.pk, code=body["code"])
+    except workflow.CodeRejected as rejected:
+        if not rejected.tries_left:
+            return _error(
+                409,
+                _(
+                    "This signup's code is void after too many wrong tries: ask for a new"
+                    " email (POST /api/signups/<username>/new-email), which brings a new one."
+                ),
+                tries_left=0,
+            )
+        return _error(
+            400,
+            _("This code is not the signup's."),
+            errors={"code": [_("Not the code of the signup's emails.")]},
+            tries_left=rejected.tries_left,
         )
     except workflow.SignupClosed as closed:
         return _error(

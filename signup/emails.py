@@ -39,6 +39,11 @@ def _site_host() -> str:
     return urlsplit(settings.SITE_URL).hostname or ""
 
 
+def site_name() -> str:
+    """What the emails and pages call the site: SIGNUP_SITE_NAME, else SITE_URL's host."""
+    return settings.SIGNUP_SITE_NAME or _site_host()
+
+
 def build_message(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
     """Return the message for one ledger row, rendered from templates/emails/<kind>.*, in the
     signup's language and with its times in the signup's time zone.
@@ -71,15 +76,22 @@ def _render(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
     sent = email.sequence if email.kind == Kind.REMINDER else signup.reminders_sent
     context = {
         "signup": signup,
-        "site": settings.SIGNUP_SITE_NAME or _site_host(),
+        "site": site_name(),
         "site_url": settings.SITE_URL,
         "reminders_left": max(settings.SIGNUP_MAX_REMINDERS - sent, 0),
         # In the signup's language and time zone (both active here), with the zone named.
         "signed_up": _local_time(signup.created_at),
         "until": _local_time(signup.expires_at),
     }
+    headers = {"Message-ID": message_id(email)}
     if email.kind in (Kind.VERIFICATION, Kind.REMINDER):
         context["verify_url"] = tokens.verification_url(signup, source=link_source(email))
+        context["code"] = tokens.verification_code(signup)
+        context["not_me_url"] = not_me = tokens.not_me_url(signup)
+        # A mail client's "unsubscribe" (RFC 2369), in one click (RFC 8058): a POST to the
+        # same "not me" action the email's link opens.
+        headers["List-Unsubscribe"] = f"<{not_me}>"
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     subject = render_to_string(f"emails/{email.kind}_subject.txt", context)
     message = EmailMultiAlternatives(
         # One line; a no-break space (French typography) stays one.
@@ -87,7 +99,7 @@ def _render(email: OutboundEmail, signup: Signup) -> EmailMultiAlternatives:
         body=render_to_string(f"emails/{email.kind}.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[email.to_email],
-        headers={"Message-ID": message_id(email)},
+        headers=headers,
     )
     message.attach_alternative(render_to_string(f"emails/{email.kind}.html", context), "text/html")
     # Read by anymail backends (ignored by others): ties provider events back to the ledger.

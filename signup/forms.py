@@ -9,6 +9,7 @@ from django.core.validators import RegexValidator
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
+from signup import tokens
 from signup.models import NAME_MAX_LENGTH, USERNAME_MAX_LENGTH
 from signup.workflow.mailbox import canonical_email
 
@@ -175,3 +176,33 @@ class SignupForm(forms.Form):
 
 class ResendForm(forms.Form):
     email = EmailAddressField(label=_("Email"))
+
+
+class CodeForm(forms.Form):
+    """The code of a verification email, typed on the "sent" page: any case and spacing."""
+
+    code = forms.CharField(
+        label=_("Code from the email"),
+        max_length=32,
+        help_text=_("8 letters and digits, like ACDE-3467."),
+        widget=forms.TextInput(
+            attrs={
+                "autocomplete": "one-time-code",
+                "autocapitalize": "characters",
+                "spellcheck": "false",
+            }
+        ),
+    )
+
+    def clean_code(self):
+        code = self.cleaned_data["code"]
+        if not tokens.is_code_shaped(code):
+            raise forms.ValidationError(
+                _("A code is 8 letters and digits, like ACDE-3467: check what you typed."),
+                code="malformed",
+            )
+        return code
+
+
+class ChangeAddressForm(forms.Form):
+    email = EmailAddressField(label=_("The right email address"))

@@ -87,6 +87,7 @@ class Funnel:
     pending: int = 0
     expired: int = 0
     cancelled: int = 0
+    cancelled_by: dict[str, int] = field(default_factory=dict)
     undeliverable: int = 0
     reminders: list[ReminderStep] = field(default_factory=list)
     median_to_verify: timedelta | None = None
@@ -111,6 +112,10 @@ class Funnel:
             ("expired", "Expired", self.expired, 0),
             ("undeliverable", "Undeliverable (bounced)", self.undeliverable, 0),
             ("cancelled", "Cancelled", self.cancelled, 0),
+            *(
+                (f"cancelled:{by}", _cancelled_label(by), count, 1)
+                for by, count in sorted(self.cancelled_by.items())
+            ),
         ]
         return [Step(key, label, n, self.share(n), level) for key, label, n, level in rows]
 
@@ -124,7 +129,17 @@ def _source_label(source: str) -> str:
         return "by an operator"
     if source == "api":
         return "through the API"
+    if source == "code":
+        return "by the code in an email"
     return f"by {source or 'an unknown source'}"
+
+
+def _cancelled_label(by: str) -> str:
+    return {
+        "recipient": 'by the address\'s recipient ("not me")',
+        "operator": "by an operator",
+        "api": "through the API",
+    }.get(by, "before who cancelled was recorded")
 
 
 def _source_order(source: str) -> tuple[int, int, str]:
@@ -157,10 +172,10 @@ def funnel(start: date, end: date, *, language: str = "") -> Funnel:
     by_reminder: dict[int, int] = {}  # verified by reminder n's link -> signups
     groups = (
         in_range.order_by()
-        .values_list("status", "verified_source", "reminders_sent")
+        .values_list("status", "verified_source", "closed_by", "reminders_sent")
         .annotate(n=Count("*"), sent=Count("verification_sent_at"))
     )
-    for status, source, reminders, count, sent in groups:
+    for status, source, closed_by, reminders, count, sent in groups:
         result.started += count
         result.verification_sent += sent
         reached[reminders] = reached.get(reminders, 0) + count
@@ -171,6 +186,8 @@ def funnel(start: date, end: date, *, language: str = "") -> Funnel:
                 by_reminder[int(match.group(1))] = by_reminder.get(int(match.group(1)), 0) + count
         else:
             setattr(result, status, getattr(result, status) + count)
+            if status == Status.CANCELLED:
+                result.cancelled_by[closed_by] = result.cancelled_by.get(closed_by, 0) + count
     result.verified_by = dict(sorted(result.verified_by.items(), key=lambda i: _source_order(i[0])))
     # Reminder n reached every signup that received n reminders or more.
     for number in range(1, max(reached, default=0) + 1):

@@ -60,6 +60,16 @@ class Signup(models.Model):
     verified_source = models.CharField(max_length=32, blank=True)
     # When it expired, was cancelled or became undeliverable.
     closed_at = models.DateTimeField(null=True, blank=True)
+    # Who cancelled it: "operator" (the admin), "api", or "recipient" (the person its email
+    # reached said "not me"); blank for the other endings.
+    closed_by = models.CharField(max_length=16, blank=True)
+    # The code its emails carry (signup.tokens.verification_code) is derived from its public
+    # id and this number: a code voided by too many wrong tries is replaced by the next.
+    code_generation = models.PositiveSmallIntegerField(default=0)
+    # Wrong codes typed for the current code; at SIGNUP_CODE_MAX_ATTEMPTS it is void.
+    code_attempts = models.PositiveSmallIntegerField(default=0)
+    # How often its address was changed (at most SIGNUP_MAX_ADDRESS_CHANGES).
+    address_changes = models.PositiveSmallIntegerField(default=0)
     # When its names and address were replaced by placeholders; done once.
     anonymised_at = models.DateTimeField(null=True, blank=True)
     # When what its address is sent first was decided (workflow.contact_address): a
@@ -125,6 +135,7 @@ class Signup(models.Model):
                     "language",
                     "status",
                     "verified_source",
+                    "closed_by",
                     "reminders_sent",
                     "verification_sent_at",
                     "verified_at",
@@ -170,6 +181,8 @@ class SignupEvent(models.Model):
         WEBHOOK_REDRIVEN = "webhook_redriven", "Webhook delivery re-enqueued"
         REMINDER_RUSHED = "reminder_rushed", "Next reminder sent now (operator)"
         EXPIRY_EXTENDED = "expiry_extended", "Expiry extended (operator)"
+        CODE_REJECTED = "code_rejected", "Wrong verification code typed"
+        ADDRESS_CHANGED = "address_changed", "Email address changed"
 
     signup = models.ForeignKey(Signup, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=32, choices=Kind.choices)

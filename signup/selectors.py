@@ -1,5 +1,7 @@
 """Named reads for views, the API and the admin."""
 
+import uuid
+
 from django.db.models import Count
 
 from signup import tokens
@@ -15,6 +17,14 @@ def signup_by_username(username: str) -> Signup | None:
         signups.filter(status__in=Signup.HOLDING_STATUSES).first()
         or signups.order_by("-created_at", "-id").first()
     )
+
+
+def signup_by_public_id(public_id: str) -> Signup | None:
+    """Return the signup with this public id (hex), or None for none or a malformed one."""
+    try:
+        return Signup.objects.filter(public_id=uuid.UUID(hex=public_id)).first()
+    except (ValueError, TypeError):
+        return None
 
 
 def signup_for_token(token: str) -> Signup:

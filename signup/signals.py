@@ -23,6 +23,7 @@ signup_verified = Signal()
 signup_expired = Signal()
 signup_cancelled = Signal()
 signup_undeliverable = Signal()
+signup_address_changed = Signal()
 
 BY_EVENT_TYPE = {
     "signup.started": signup_started,
@@ -30,4 +31,5 @@ BY_EVENT_TYPE = {
     "signup.expired": signup_expired,
     "signup.cancelled": signup_cancelled,
     "signup.undeliverable": signup_undeliverable,
+    "signup.address_changed": signup_address_changed,
 }

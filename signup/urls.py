@@ -9,4 +9,5 @@ urlpatterns = [
     path("sent/", views.signup_sent, name="sent"),
     path("resend/", views.resend, name="resend"),
     path("verify/<str:token>/", views.verify, name="verify"),
+    path("not-me/<str:token>/", views.not_me, name="not-me"),
 ]

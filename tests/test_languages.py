@@ -107,7 +107,7 @@ def test_a_french_signup_through_the_api_with_its_time_zone(api, worker):
         "décembre",
     ]
     expected = f"{local.day} {months[local.month - 1]} {local.year} à {local:%H:%M} ({local:%Z})"
-    assert f"Le lien est valable jusqu'au {expected}." in verification.body
+    assert f"Le lien et le code sont valables jusqu'au {expected}." in verification.body
     remind(signup, 1)
     workflow.verify_signup_by_operator(signup_id=signup.pk)
     wait_for_emails("camille@example.com", "Bienvenue")

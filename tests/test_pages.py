@@ -5,6 +5,7 @@ import re
 import pytest
 from django.contrib.sessions.models import Session
 from django.core import signing
+from django.test import Client
 
 from signup import tokens, workflow
 from signup.models import Signup
@@ -17,8 +18,27 @@ def test_signup_redirects_to_check_your_email(client):
     response = client.post("/signup/", signup_data(), follow=True)
     assert response.status_code == 200
     assert b"Check your email" in response.content
-    assert b"the address you gave" in response.content
+    # This browser made the signup: it is told where the email went, and nothing else is.
+    assert b"<strong>alice@example.com</strong>" in response.content
     assert Signup.objects.get().status == "pending"
+    other_browser = Client()
+    response = other_browser.get("/signup/sent/")
+    assert b"the address you gave" in response.content
+    assert b"alice@example.com" not in response.content
+
+
+def test_the_sent_page_cookie_is_signed_http_only_and_kept_to_its_page(client):
+    client.post("/signup/", signup_data())
+    cookie = client.cookies["signup_started"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/signup/sent/"
+    client.cookies["signup_started"] = Signup.objects.get().public_id.hex  # unsigned: ignored
+    assert b"alice@example.com" not in client.get("/signup/sent/").content
+
+
+def test_the_favicon_answers(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content)[:4] == b"\x00\x00\x01\x00"  # an icon file
 
 
 def test_the_session_holds_no_address_after_a_signup(client):

@@ -6,11 +6,13 @@ change a signup themselves. The modules follow a signup's life:
 
     start          start_signup: a new pending signup; contact_address: what its address
                    is sent first, after the answer (its time then tells nothing)
-    addresses      the resend page's request, within the mailbox's budget
+    addresses      another verification email on request (the resend page, a new code),
+                   within the mailbox's budget; a mistyped address fixed
     reminders      the self-rescheduling reminder chain and the expiry at its end; an
                    operator sending the next reminder now or extending the expiry
-    verification   verifying by link or by an operator; an operator's resend
-    closing        cancelled by an operator, or undeliverable
+    verification   verifying by link, by code or by an operator; an operator's resend
+    closing        cancelled by an operator or by its email's recipient ("not me"), or
+                   undeliverable
     delivery       sending what the ledgers hold (emails, webhook deliveries): attempts,
                    which failures are final, the backoff; what the provider reports
     personal_data  anonymising closed signups, erasing one now, forgetting idle addresses
@@ -34,16 +36,28 @@ workflow imports them at module level: that is the one direction of each cycle.
 The names imported here are the package's surface (pyproject.toml lets them go unused).
 """
 
-from signup.workflow.addresses import request_verification_email
-from signup.workflow.closing import cancel_signup, mark_undeliverable
+from signup.workflow.addresses import (
+    CHANGED,
+    HELD,
+    NO_CHANGES_LEFT,
+    SAME_ADDRESS,
+    SENT,
+    change_address,
+    request_new_code,
+    request_verification_email,
+)
+from signup.workflow.closing import cancel_signup, disown_signup, mark_undeliverable
 from signup.workflow.delivery import NextAttempt, attempt, deliver, record_provider_event
 from signup.workflow.internal.budget import address_digest
 from signup.workflow.internal.clock import database_now, reminder_early_by
+from signup.workflow.internal.endings import BY_API, BY_OPERATOR, BY_RECIPIENT
 from signup.workflow.internal.ledger import EMAIL, WEBHOOK, redrive, retry_delay
 from signup.workflow.internal.outage import held as held_emails
 from signup.workflow.internal.outage import resume as resume_held_emails
 from signup.workflow.internal.queues import oldest_waiting, take_probe
 from signup.workflow.internal.rows import (
+    NOT_PENDING,
+    CodeRejected,
     InFlight,
     SentButNotRecorded,
     SignupClosed,
@@ -61,7 +75,6 @@ from signup.workflow.reminders import (
     ALREADY_DUE,
     NO_REMINDER,
     NOT_NEXT,
-    NOT_PENDING,
     RUSHED,
     TOO_SOON,
     expire_signup,
@@ -72,7 +85,9 @@ from signup.workflow.reminders import (
 from signup.workflow.start import contact_address, start_signup
 from signup.workflow.sweeper import last_sweep_at, stuck_work, sweep
 from signup.workflow.verification import (
+    code_is_void,
     resend_verification,
     verify_signup,
+    verify_signup_by_code,
     verify_signup_by_operator,
 )

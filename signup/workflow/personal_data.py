@@ -7,13 +7,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from signup.models import Address, OutboundEmail, Signup, SignupEvent
 from signup.redaction import redact
 from signup.workflow.internal.budget import when_no_email_is_out
-from signup.workflow.internal.endings import close
+from signup.workflow.internal.endings import BY_OPERATOR, close
 from signup.workflow.internal.rows import Event, LedgerState, Status
 
 logger = logging.getLogger("signup.workflow")
@@ -22,7 +22,8 @@ logger = logging.getLogger("signup.workflow")
 # character), so no signup can clash with it, and the address is a valid one at a domain
 # reserved to receive no mail (.invalid), so it is nobody's.
 _ANONYMOUS_USERNAME = "anonymised:{id}"
-_ANONYMOUS_ADDRESS = "signup-{id}@anonymised.invalid"
+_ANONYMOUS_DOMAIN = "@anonymised.invalid"
+_ANONYMOUS_ADDRESS = "signup-{id}" + _ANONYMOUS_DOMAIN
 _ANONYMOUS_NAME = "Anonymised"
 
 
@@ -73,7 +74,7 @@ def erase_personal_data(*, signup_id: int, operator: str) -> bool:
         if signup is None or signup.anonymised_at is not None:
             return False
         if signup.status == Status.PENDING:
-            close(signup, Status.CANCELLED, detail="to erase personal data")
+            close(signup, Status.CANCELLED, detail="to erase personal data", by=BY_OPERATOR)
         # The address keeps its budget, but no longer has this account or this chain.
         if address.verified_signup_id == signup.pk:
             address.verified_signup = None
@@ -162,10 +163,44 @@ def _anonymise(signups: list[Signup], *, now, detail: str) -> None:
     )
 
 
+def forget_former_addresses(*, batch_size: int = 1000) -> int:
+    """Replace the address in the ledger rows of emails sent to an address their signup no
+    longer has (it was changed: a mistyped one, a stranger's), once they are older than
+    SIGNUP_RETENTION_DAYS, whatever became of the signup; return how many rows.
+
+    The timeline never held that address (the change's event says only that it changed),
+    so this is the last of it. Only rows that are done are touched: a row still queued or
+    sending to it is skipped by its delivery anyway (ledger: the address changed).
+    """
+    cutoff = timezone.now() - timedelta(days=settings.SIGNUP_RETENTION_DAYS)
+    forgotten = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                OutboundEmail.objects.select_for_update(skip_locked=True, no_key=True)
+                .filter(created_at__lte=cutoff, signup__address_changes__gt=0)
+                .exclude(to_email=F("signup__email"))
+                .exclude(to_email__endswith=_ANONYMOUS_DOMAIN)
+                .exclude(status__in=[LedgerState.QUEUED, LedgerState.SENDING])
+                .order_by("id")[:batch_size]
+            )
+            for email in rows:
+                email.to_email = _ANONYMOUS_ADDRESS.format(id=email.signup_id)
+                email.last_error = redact(email.last_error)
+            OutboundEmail.objects.bulk_update(rows, ["to_email", "last_error"])
+        forgotten += len(rows)
+        if len(rows) < batch_size:
+            break
+    if forgotten:
+        logger.info("forgot the former address in %s ledger rows", forgotten)
+    return forgotten
+
+
 def forget_personal_data() -> dict[str, int]:
-    """The hourly work (beat): anonymise the closed signups past their retention and forget
-    the budget rows of addresses idle for a day."""
+    """The hourly work (beat): anonymise the closed signups past their retention, forget
+    former addresses past it, and the budget rows of addresses idle for a day."""
     return {
         "anonymised": anonymise_closed_signups(),
+        "former_addresses_forgotten": forget_former_addresses(),
         "addresses_forgotten": forget_idle_addresses(),
     }

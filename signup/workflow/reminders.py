@@ -17,6 +17,7 @@ from signup.workflow.internal.clock import database_now
 from signup.workflow.internal.endings import expire_if_due
 from signup.workflow.internal.ledger import PENDING_KINDS, UNSENT, queue_email
 from signup.workflow.internal.rows import (
+    NOT_PENDING,
     EmailKind,
     Event,
     Status,
@@ -85,7 +86,6 @@ def take_reminder(*, signup_id: int, number: int) -> int | None:
 
 RUSHED = "rushed"  # the next reminder goes now
 ALREADY_DUE = "already_due"  # it was due or rushed already: nothing more to do
-NOT_PENDING = "not_pending"
 NO_REMINDER = "no_reminder"  # none planned: all sent, the next would fall after the expiry,
 # or the address's chain belongs to another signup
 NOT_NEXT = "not_next"  # the caller named another reminder than the next one

@@ -68,7 +68,8 @@ def start_signup(
 
 
 def contact_address(*, signup_id: int) -> bool:
-    """Decide what a new signup's address is sent first, within its mailbox's budget: its
+    """Decide what a new signup's address (or a changed one) is sent first, within its
+    mailbox's budget: its
     verification email, or nothing for now (a mute signup the resend page reaches later), or
     "you already have an account" to the owner of the address's account. Return whether it
     did; False for a signup contacted already (a duplicate task), closed meanwhile, or gone.
@@ -82,8 +83,9 @@ def contact_address(*, signup_id: int) -> bool:
             return False
         if signup.expires_at <= now:
             return False  # the sweeper expires it
-        # An operator may have sent it a verification email already: not a second one.
-        emailed = signup.emails.filter(kind=EmailKind.VERIFICATION).exists()
+        # An operator may have sent it a verification email already: not a second one. (One
+        # to the address it had before a change does not count.)
+        emailed = signup.emails.filter(kind=EmailKind.VERIFICATION, to_email=signup.email).exists()
         contact(signup, address, now=now, emailed=emailed)
     return True
 

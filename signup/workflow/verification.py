@@ -1,6 +1,7 @@
-"""Verifying: by the emailed link (crediting the email it came from) or on an operator's
-word, and an operator's resend of the verification email."""
+"""Verifying: by the emailed link (crediting the email it came from), by the code beside it,
+or on an operator's word, and an operator's resend of the verification email."""
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -11,6 +12,7 @@ from signup.workflow.internal.budget import restore_expiry, when_no_email_is_out
 from signup.workflow.internal.endings import expire_if_due
 from signup.workflow.internal.ledger import PENDING_KINDS, next_sequence, queue_email, skip_unsent
 from signup.workflow.internal.rows import (
+    CodeRejected,
     EmailKind,
     Event,
     LedgerState,
@@ -32,6 +34,47 @@ def verify_signup(*, token: str, source: str) -> VerifyResult:
     if not tokens.is_token_source(source):
         raise tokens.InvalidToken("unknown source")
     return _verify(selectors.signup_for_token(token).pk, source=source)
+
+
+def verify_signup_by_code(*, signup_id: int, code: str) -> VerifyResult:
+    """Verify a pending signup by the code its emails carry (source "code").
+
+    Raise CodeRejected for a wrong code, with how many tries are left: the signup's code is
+    void after SIGNUP_CODE_MAX_ATTEMPTS wrong ones (counted under its lock, so parallel
+    guesses count too), until a new email brings a new one (request_new_code). SignupClosed
+    if the signup is no longer pending, as for a link. A typed string that cannot be a code
+    at all (tokens.is_code_shaped) is the caller's form error and costs no try.
+    """
+
+    def act(signup: Signup | None, address: Address | None):
+        if signup is None:
+            raise Signup.DoesNotExist(signup_id)
+        if signup.status == Status.VERIFIED and tokens.code_matches(signup, code):
+            return VerifyResult(signup, already_verified=True)
+        if signup.status != Status.PENDING:
+            raise SignupClosed(signup.status)
+        if expire_if_due(signup):
+            return None
+        if code_is_void(signup):
+            return CodeRejected(tries_left=0)
+        if not tokens.code_matches(signup, code):
+            signup.code_attempts += 1
+            signup.save(update_fields=["code_attempts", "updated_at"])
+            add_event(signup.pk, Event.CODE_REJECTED, number=signup.code_attempts)
+            return CodeRejected(tries_left=settings.SIGNUP_CODE_MAX_ATTEMPTS - signup.code_attempts)
+        return _verified(signup, address, source=tokens.CODE_SOURCE)
+
+    result = when_no_email_is_out(signup_id, act)
+    if result is None:
+        raise SignupClosed(Status.EXPIRED)  # after the expiry has committed
+    if isinstance(result, CodeRejected):
+        raise result  # after the count has committed
+    return result
+
+
+def code_is_void(signup: Signup) -> bool:
+    """Whether the signup's current code has had its wrong tries."""
+    return signup.code_attempts >= settings.SIGNUP_CODE_MAX_ATTEMPTS
 
 
 def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:

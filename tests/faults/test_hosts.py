@@ -373,7 +373,10 @@ def test_two_beats_double_nothing(tmp_path, fault_report):
         tmp_path,
         SIGNUP_REMINDER_INTERVAL=6,
         SIGNUP_SCHEDULE_AHEAD=4,
-        SIGNUP_EXPIRES_AFTER=20,
+        # Room after reminder 2 (due at 12 s) for the re-drive of an email whose task the
+        # killed worker held (SIGNUP_REDRIVE_AFTER, 15 s here, and a sweep); with less, the
+        # expiry comes first and skips the re-driven email, which counts as lost.
+        SIGNUP_EXPIRES_AFTER=40,
     ) as cluster:
         second = cluster.service("beat2")
         second.start_beat()

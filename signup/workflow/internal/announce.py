@@ -22,6 +22,7 @@ VERIFIED = "signup.verified"
 EXPIRED = "signup.expired"
 CANCELLED = "signup.cancelled"
 UNDELIVERABLE = "signup.undeliverable"
+ADDRESS_CHANGED = "signup.address_changed"
 
 
 def announce(signup: Signup, event_type: str) -> None:

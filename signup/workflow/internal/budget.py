@@ -65,9 +65,21 @@ def lock_address(email: str) -> Address:
 
 def lock_address_of(signup_id: int) -> Address | None:
     """Lock the address of a signup (before the signup itself); None if there is no such
-    signup. A signup's address never changes while it can still be verified."""
-    email = Signup.objects.filter(pk=signup_id).values_list("email", flat=True).first()
-    return lock_address(email) if email is not None else None
+    signup.
+
+    An address changes (addresses.change_address) only under the lock of the old one, so
+    once the address read is locked and is still the signup's, it stays the signup's until
+    the transaction ends; if it changed in between, the new one is locked instead.
+    """
+    signups = Signup.objects.filter(pk=signup_id).values_list("email", flat=True)
+    email = signups.first()
+    while email is not None:
+        address = lock_address(email)
+        now_email = signups.first()
+        if now_email == email:
+            return address
+        email = now_email
+    return None
 
 
 def when_no_email_is_out(signup_id: int, act):
@@ -176,7 +188,7 @@ def contact(signup: Signup, address: Address, *, now, emailed: bool = False) -> 
     signup.save(update_fields=fields)
     if sends:
         if not emailed:
-            queue_email(signup, EmailKind.VERIFICATION, sequence=1)
+            queue_email(signup, EmailKind.VERIFICATION)
         spend(address, network=network, now=now)
     elif held:
         add_event(signup.pk, Event.VERIFICATION_HELD, detail=held)

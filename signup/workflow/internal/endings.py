@@ -9,6 +9,11 @@ from signup.workflow.internal.ledger import PENDING_KINDS, skip_unsent
 from signup.workflow.internal.rows import Event, Status, add_event
 from signup.workflow.internal.timers import PLAN_FIELDS, mute
 
+# Who cancelled a signup (Signup.closed_by).
+BY_OPERATOR = "operator"
+BY_API = "api"
+BY_RECIPIENT = "recipient"
+
 _ANNOUNCED = {
     Status.EXPIRED: (Event.EXPIRED, EXPIRED),
     Status.CANCELLED: (Event.CANCELLED, CANCELLED),
@@ -16,13 +21,15 @@ _ANNOUNCED = {
 }
 
 
-def close(signup: Signup, status: str, *, detail: str = "") -> None:
-    """End a pending signup (locked by the caller) in `status`."""
+def close(signup: Signup, status: str, *, detail: str = "", by: str = "") -> None:
+    """End a pending signup (locked by the caller) in `status`; `by` says who cancelled it
+    (Signup.closed_by)."""
     event, event_type = _ANNOUNCED[status]
     signup.status = status
     signup.closed_at = timezone.now()
+    signup.closed_by = by
     mute(signup)
-    signup.save(update_fields=["status", "closed_at", *PLAN_FIELDS, "updated_at"])
+    signup.save(update_fields=["status", "closed_at", "closed_by", *PLAN_FIELDS, "updated_at"])
     add_event(signup.pk, event, detail=detail)
     skip_unsent(signup, kinds=PENDING_KINDS)
     announce(signup, event_type)

@@ -101,6 +101,8 @@ def email_number(email: OutboundEmail) -> int | None:
 def _unwanted_email(email: OutboundEmail, signup: Signup) -> str:
     if signup.anonymised_at is not None:
         return "anonymised"
+    if email.kind in PENDING_KINDS and email.to_email != signup.email:
+        return "the address changed"  # an operator's re-drive of an old dead letter
     return signup.status if signup.status != WANTED_WHILE[email.kind] else ""
 
 

@@ -22,6 +22,10 @@ EmailKind = OutboundEmail.Kind
 LedgerState = Outbound.Status  # a ledger row's: queued, sending, sent, failed, skipped
 
 
+# What an action answers when the signup it names is no longer pending.
+NOT_PENDING = "not_pending"
+
+
 class UsernameTaken(Exception):
     """A pending or verified signup already holds this username."""
 
@@ -32,6 +36,15 @@ class SignupClosed(Exception):
     def __init__(self, status: str):
         super().__init__(status)
         self.status = status
+
+
+class CodeRejected(Exception):
+    """The code typed is not the signup's (or its code is void): `tries_left` more before it
+    is void; 0 once it is, until a new email brings a new code."""
+
+    def __init__(self, tries_left: int):
+        super().__init__(f"wrong code, {tries_left} tries left")
+        self.tries_left = max(tries_left, 0)
 
 
 class InFlight(Exception):
