@@ -43,6 +43,8 @@ def event_data(signup: Signup) -> dict:
         "verified_at": signup.verified_at.isoformat() if signup.verified_at else None,
         "expires_at": signup.expires_at.isoformat(),
         "closed_at": signup.closed_at.isoformat() if signup.closed_at else None,
+        # Who cancelled it: "operator", "api" or "recipient" ("not me"); null otherwise.
+        "closed_by": signup.closed_by or None,
     }
 
 

@@ -225,6 +225,7 @@ def test_the_event_body_is_the_documented_shape(receiver, worker):
         "verified_at",
         "expires_at",
         "closed_at",
+        "closed_by",
     }
     assert event.headers["Content-Type"] == "application/json"
     assert abs(int(event.headers["webhook-timestamp"]) - timezone.now().timestamp()) < 30

@@ -142,3 +142,26 @@ def test_provider_events_can_be_matched_back_to_the_ledger(signup):
 def test_subjects_are_one_line(signup, kind):
     signup.username = "ada"
     assert "\n" not in emails.build_message(_email(kind), signup).subject
+
+
+@pytest.mark.parametrize("kind, sequence", [("verification", 1), ("reminder", 2)])
+@pytest.mark.parametrize("language", ["en", "de", "fr", "es"])
+def test_a_verification_email_or_reminder_offers_its_code_and_not_me(
+    signup, kind, sequence, language
+):
+    """The code beside the link, the "not me" link in the text and the HTML, and the same
+    action as a one-click List-Unsubscribe (RFC 8058)."""
+    signup.language = language
+    message = emails.build_message(_email(kind, sequence), signup)
+    code, not_me = tokens.verification_code(signup), tokens.not_me_url(signup)
+    html = message.alternatives[0][0]
+    assert code in message.body and code in html
+    assert not_me in message.body and f'href="{not_me}"' in html
+    assert message.extra_headers["List-Unsubscribe"] == f"<{not_me}>"
+    assert message.extra_headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_the_welcome_has_no_code_and_no_unsubscribe(signup):
+    message = emails.build_message(_email("welcome"), signup)
+    assert "List-Unsubscribe" not in message.extra_headers
+    assert tokens.verification_code(signup) not in message.body

@@ -145,3 +145,29 @@ def test_verifying_by_token_cannot_credit_the_operator():
     token = tokens.make_token(_signup())
     with pytest.raises(tokens.InvalidToken, match="unknown source"):
         workflow.verify_signup(token=token, source="operator")
+
+
+def test_a_code_is_compared_whatever_its_spacing_and_case_and_changes_with_its_generation():
+    signup = _signup()
+    code = tokens.verification_code(signup)
+    assert re.fullmatch(r"[ACDEFGHJKMNPQRTWXY34679]{4}-[ACDEFGHJKMNPQRTWXY34679]{4}", code)
+    for typed in (code, code.lower(), code.replace("-", ""), code.replace("-", " "), f" {code} "):
+        assert tokens.is_code_shaped(typed) and tokens.code_matches(signup, typed)
+    assert not tokens.code_matches(signup, code[:-1] + ("A" if code[-1] != "A" else "C"))
+    assert not tokens.code_matches(signup, None) and not tokens.is_code_shaped("O0I1-L5S2")
+    # Too many wrong tries bump the generation: the code before no longer works.
+    signup.code_generation += 1
+    assert tokens.verification_code(signup) != code and not tokens.code_matches(signup, code)
+    # Another signup, another code; another public id (a changed address), another code.
+    assert tokens.verification_code(_signup()) != tokens.verification_code(signup)
+
+
+def test_a_code_made_under_the_previous_key_is_accepted_while_it_is_a_fallback(settings):
+    signup = _signup()
+    old = tokens.verification_code(signup)
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-new-key-" + "x" * 50
+    assert tokens.verification_code(signup) != old
+    assert tokens.code_matches(signup, old)
+    settings.SECRET_KEY_FALLBACKS = []
+    assert not tokens.code_matches(signup, old)
