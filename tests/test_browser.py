@@ -1,8 +1,11 @@
 """The pages as a person uses them: headless Chromium against a live server and a real worker."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
+from signup.models import Signup
 from tests.helpers import sent_to, signed_up, signup_data, verify_link, wait_for_emails
 
 pytestmark = [pytest.mark.browser, pytest.mark.chromium, pytest.mark.postgres, pytest.mark.redis]
@@ -17,7 +20,7 @@ def test_a_person_signs_up_verifies_and_is_welcomed(page, worker, live_server):
     page.get_by_label("Last name").fill("Hopper")
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
-    expect(page.get_by_role("status")).to_contain_text("the address you gave")
+    expect(page.get_by_role("status")).to_contain_text("grace@example.com")
 
     (email,) = wait_for_emails("grace@example.com", "Verify")
     path, _, source = verify_link(email)
@@ -81,3 +84,37 @@ def test_the_pages_and_the_admin_work_within_the_content_security_policy(operato
     expect(page.locator("html")).to_have_attribute("data-theme", "auto")
 
     assert [text for text in refused if "Content Security Policy" in text] == []
+
+
+def test_a_person_fixes_a_typo_and_finishes_with_the_code_on_the_same_device(page, worker):
+    page.goto("/signup/")
+    page.get_by_label("Username").fill("anna")
+    page.get_by_label("Email").fill("anna@gmial.com")
+    page.get_by_label("First name").fill("Anna")
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("status")).to_contain_text("anna@gmial.com")
+    wait_for_emails("anna@gmial.com", "Verify")
+
+    page.get_by_label("The right email address").fill("anna@gmail.com")
+    page.get_by_role("button", name="Send it there instead").click()
+    expect(page.get_by_role("status")).to_contain_text("anna@gmail.com")
+    (email,) = wait_for_emails("anna@gmail.com", "Verify")
+    code = re.search(r"signed up: (\S+)", email.body).group(1)
+
+    page.get_by_label("Code from the email").fill(code.lower())
+    page.get_by_role("button", name="Verify with the code").click()
+    expect(page.get_by_role("heading", name="You're verified")).to_be_visible()
+    wait_for_emails("anna@gmail.com", "Welcome")
+    assert len(sent_to("anna@gmial.com")) == 1
+
+
+def test_a_stranger_stops_the_emails_from_the_link_in_one(page, worker):
+    signed_up(**signup_data())
+    (email,) = wait_for_emails("alice@example.com", "Verify")
+    not_me = re.search(r"https?://\S+/signup/not-me/\S+/", email.body).group(0)
+    page.goto(not_me)
+    expect(page.get_by_role("heading", name="Didn't sign up?")).to_be_visible()
+    page.get_by_role("button", name="Cancel the signup and stop the emails").click()
+    expect(page.get_by_role("heading", name="No more emails")).to_be_visible()
+    signup = Signup.objects.get(username="alice")
+    assert (signup.status, signup.closed_by) == ("cancelled", "recipient")

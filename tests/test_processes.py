@@ -272,7 +272,10 @@ def test_a_new_user_signs_up_verifies_by_email_and_is_welcomed(service):
     assert sent.status_code == 200
     assert sent.url == f"{service.url}/signup/sent/"
     assert heading(sent) == "Check your email"
-    assert "ada@example.com" not in sent.text  # the session does not keep the address
+    # The browser that signed up is told where the email went (its signed cookie names the
+    # signup); another browser is not.
+    assert "<strong>ada@example.com</strong>" in sent.text
+    assert "ada@example.com" not in requests.get(sent.url, timeout=HTTP_TIMEOUT).text
 
     (verification,) = service.wait_for_emails("ada@example.com", "Verify")
     # Named by its site, never by what the person typed: nobody has verified the address yet.
@@ -440,7 +443,7 @@ def test_the_resend_page_shows_a_bad_address_inline(service):
     ("method", "path", "request_args", "status"),
     [
         pytest.param("PUT", "/signup/", {}, 405, id="form-put"),
-        pytest.param("POST", "/signup/sent/", {}, 405, id="sent-page-post"),
+        pytest.param("PUT", "/signup/sent/", {}, 405, id="sent-page-put"),
         pytest.param(
             "POST", "/signup/", {"data": {"username": "x" * 3_000_000}}, 400, id="form-too-big"
         ),
