@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "anymail",
     "axes",
+    "ninja",  # the API's docs page (/api/docs): its Swagger UI, served from here
     "signup",
 ]
 
@@ -291,6 +292,8 @@ SIGNUP_MAX_EXTENSION = env.int("SIGNUP_MAX_EXTENSION", default=30 * 24 * 3600)
 # Wrong codes a signup's code survives (allauth's ACCOUNT_EMAIL_VERIFICATION_BY_CODE_MAX_ATTEMPTS
 # default); then it is void until a new email brings a new one.
 SIGNUP_CODE_MAX_ATTEMPTS = env.int("SIGNUP_CODE_MAX_ATTEMPTS", default=3)
+# How long the API keeps what it answered to a request with an Idempotency-Key.
+SIGNUP_IDEMPOTENCY_KEEP = env.int("SIGNUP_IDEMPOTENCY_KEEP", default=24 * 3600)
 # How often a pending signup's address may be changed (a mistyped one fixed).
 SIGNUP_MAX_ADDRESS_CHANGES = env.int("SIGNUP_MAX_ADDRESS_CHANGES", default=2)
 SIGNUP_MAX_REMINDERS = env.int("SIGNUP_MAX_REMINDERS", default=6)

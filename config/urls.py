@@ -9,7 +9,7 @@ urlpatterns = [
     path("signup/", include("signup.urls")),
     # The language switcher's POST (Django's set_language: a cookie, then back).
     path("i18n/", include("django.conf.urls.i18n")),
-    path("api/", include(api.urlpatterns)),
+    path("api/", api.api.urls),
     # The funnel page, /admin/signup/funnel/ (staff with the view-signup permission).
     *funnel.urlpatterns,
     path("admin/", admin.site.urls),
@@ -20,3 +20,6 @@ urlpatterns = [
     # Email-provider tracking webhooks, e.g. /anymail/postmark/tracking/ (basic auth).
     path("anymail/", include(provider_events.urlpatterns)),
 ]
+
+# An unknown path under /api/ gets a problem (JSON), as every other API error does.
+handler404 = "signup.api.not_found"

@@ -349,3 +349,29 @@ class QueueProbe(models.Model):
 
     def __str__(self) -> str:
         return f"probe of {self.queue} sent at {self.sent_at:%H:%M:%S}"
+
+
+class IdempotencyRecord(models.Model):
+    """What the API answered to a request that carried an `Idempotency-Key`, per API key, so
+    that a repeat gets the same answer and does nothing more (signup.idempotency). Kept for
+    SIGNUP_IDEMPOTENCY_KEEP seconds; `status` is null while the first request is under way."""
+
+    # A digest of the API key the request came with, not the key.
+    client = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    # A digest of the method, the path and the body: another request under the key is a 422.
+    fingerprint = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    content_type = models.CharField(max_length=64, blank=True)
+    body = models.TextField(blank=True)
+    headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["client", "key"], name="idempotency_key_once"),
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
+
+    def __str__(self) -> str:
+        return f"idempotency key {self.key[:16]}… ({self.status or 'under way'})"

@@ -120,10 +120,14 @@ def take_probe(probe_id: int) -> None:
 
 @shared_task
 def forget_personal_data() -> dict[str, int]:
-    """Personal data ends: closed signups past the retention period, and idle addresses."""
-    from signup import workflow
+    """Personal data ends: closed signups past the retention period, former and idle
+    addresses; and the API's idempotency records past their time."""
+    from signup import idempotency, workflow
 
-    return workflow.forget_personal_data()
+    return {
+        **workflow.forget_personal_data(),
+        "idempotency_records_forgotten": idempotency.forget_expired(),
+    }
 
 
 # The names the previous release gave two of these tasks: one of its messages still in the

@@ -158,7 +158,7 @@ def test_verify_a_cancelled_signup_gets_410(api):
     workflow.cancel_signup(signup_id=signup.pk)
     response = api.post("/api/signups/verify", {"token": tokens.make_token(signup)})
     assert response.status_code == 410
-    assert response.json()["status"] == "cancelled"
+    assert response.json()["signup_status"] == "cancelled"
 
 
 # --- Over real HTTP -----------------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""Safe retries of the API's writes: the `Idempotency-Key` header (the IETF httpapi draft,
+draft-ietf-httpapi-idempotency-key-header).
+
+A create or an action that carries a key is recorded, per API key, before it runs; its
+answer (status, headers that matter, body) is stored once it has one. A repeat with the same
+key and the same request (method, path and body) gets that answer again and does nothing
+more; the same key with another request gets 422; a repeat while the first is still under
+way gets 409 (the draft's answer), so concurrent repeats make one signup. A first request
+that ended in a server error leaves no record, so it may be tried again. Records are kept
+for SIGNUP_IDEMPOTENCY_KEEP seconds (24 h), then deleted hourly (forget_expired).
+"""
+
+import functools
+import hashlib
+import json
+import re
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.http import HttpResponse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from signup.models import IdempotencyRecord
+
+KEY_MAX_LENGTH = 255
+# An sf-string (RFC 8941), as the draft has it: printable ASCII in quotes; a bare token of the
+# same characters is taken as well, as most clients send one.
+_KEY = re.compile(r'\A"?([\x21\x23-\x5b\x5d-\x7e]{1,255})"?\Z')
+# A record whose first request never finished (its process died) is taken over after this.
+_ABANDONED_AFTER = timedelta(minutes=2)
+# What a replay repeats besides the body.
+_KEPT_HEADERS = ("Retry-After", "Location")
+
+
+def once(view):
+    """Decorate an API operation whose keyword `idempotency_key` is the header's value."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, idempotency_key=None, **kwargs):
+        if idempotency_key is None:
+            return view(request, *args, **kwargs)
+        from signup.api import ApiProblem
+
+        match = _KEY.match(idempotency_key)
+        if match is None:
+            raise ApiProblem(
+                400,
+                _("An Idempotency-Key is 1 to 255 printable characters, in double quotes."),
+                errors={"Idempotency-Key": [_("Not a valid key.")]},
+            )
+        client = hashlib.sha256(str(request.auth).encode()).hexdigest()
+        record, replay = _claim(client, match.group(1), _fingerprint(request))
+        if replay is not None:
+            return replay
+        try:
+            response = _answer(view, request, *args, **kwargs)
+        except BaseException:
+            IdempotencyRecord.objects.filter(pk=record.pk).delete()
+            raise
+        if response.status_code >= 500:
+            IdempotencyRecord.objects.filter(pk=record.pk).delete()
+        else:
+            _store(record, response)
+        return response
+
+    return wrapper
+
+
+def _answer(view, request, *args, **kwargs) -> HttpResponse:
+    """The view's answer as a response, whether it returned one, data, or raised a problem."""
+    from ninja import Status
+
+    from signup.api import ApiProblem, api
+
+    try:
+        result = view(request, *args, **kwargs)
+    except ApiProblem as problem:
+        return api.on_exception(request, problem)
+    status, data = (
+        (result.status_code, result.value) if isinstance(result, Status) else (200, result)
+    )
+    if isinstance(data, HttpResponse):
+        return data
+    return HttpResponse(json.dumps(data), status=status, content_type="application/json")
+
+
+def _fingerprint(request) -> str:
+    try:
+        body = json.dumps(json.loads(request.body or b"{}"), sort_keys=True)
+    except ValueError:
+        body = request.body.decode("utf-8", "replace")
+    return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
+
+
+def _claim(client: str, key: str, fingerprint: str):
+    """Record the key for this request and return (record, None), or return (None, the answer
+    to give instead): the first answer, 422 or 409."""
+    from signup.api import ApiProblem
+
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            return (
+                IdempotencyRecord.objects.create(
+                    client=client, key=key, fingerprint=fingerprint, created_at=now
+                ),
+                None,
+            )
+    except IntegrityError:
+        pass
+    # The key was seen: its record decides (a concurrent first request has committed it).
+    with transaction.atomic():
+        record = (
+            IdempotencyRecord.objects.select_for_update().filter(client=client, key=key).first()
+        )
+        if record is None:  # deleted meanwhile (expired, or its first request failed)
+            return _claim(client, key, fingerprint)
+        if record.fingerprint != fingerprint:
+            raise ApiProblem(
+                422,
+                _("This Idempotency-Key was used for another request: use a new key."),
+            )
+        if record.status is None:
+            if now - record.created_at < _ABANDONED_AFTER:
+                raise ApiProblem(
+                    409,
+                    _("A request with this Idempotency-Key is under way: retry in a moment."),
+                    headers={"Retry-After": "1"},
+                )
+            record.created_at = now  # its first request died: this one takes it over
+            record.save(update_fields=["created_at"])
+            return record, None
+    response = HttpResponse(record.body, status=record.status, content_type=record.content_type)
+    for name, value in record.headers.items():
+        response[name] = value
+    response["Idempotent-Replayed"] = "true"
+    return None, response
+
+
+def _store(record: IdempotencyRecord, response: HttpResponse) -> None:
+    record.status = response.status_code
+    record.content_type = response.get("Content-Type", "")
+    record.body = response.content.decode("utf-8")
+    record.headers = {name: response[name] for name in _KEPT_HEADERS if name in response}
+    record.save(update_fields=["status", "content_type", "body", "headers"])
+
+
+def forget_expired() -> int:
+    """Delete the records older than SIGNUP_IDEMPOTENCY_KEEP; return how many."""
+    cutoff = timezone.now() - timedelta(seconds=settings.SIGNUP_IDEMPOTENCY_KEEP)
+    deleted, _by_model = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
