@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install browser prometheus gettext hosts-tools messages run migrate test test-fast screenshots faults faults-hosts bench bench-quick lint format lock clean \
+.PHONY: install browser prometheus gettext hosts-tools messages run migrate test test-fast screenshots fuzz faults faults-hosts bench bench-quick lint format lock clean \
 	observability-check
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock
@@ -81,6 +81,14 @@ test-fast: install
 # taken again by headless Chromium.
 screenshots: install browser
 	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(BIN)/pytest tests/test_screenshots.py tests/test_accessibility.py -k "screenshot or pictures" $(PYTEST_ARGS)
+
+# Schemathesis against the live API for longer than `make test` does, with a random seed (printed;
+# FUZZ_SEED=<it> replays a run), FUZZ_EXAMPLES examples per operation.
+fuzz: install
+	@seed=$${FUZZ_SEED:-$$(python3 -c 'import random; print(random.randrange(2**31))')}; \
+	echo "fuzz seed: $$seed"; \
+	FUZZ_SEED=$$seed FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_TIMEOUT=$${FUZZ_TIMEOUT:-3000} $(TEST_ENV) \
+		$(BIN)/pytest -s tests/test_api_contract.py -k schemathesis $(PYTEST_ARGS)
 
 # The fault suite's long variants (FAULT_ROUNDS rounds each); prints the outcome table.
 faults: install

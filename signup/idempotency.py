@@ -47,7 +47,10 @@ def once(view):
         if match is None:
             raise ApiProblem(
                 400,
-                _("An Idempotency-Key is 1 to 255 printable characters, in double quotes."),
+                _(
+                    "An Idempotency-Key is 1 to 255 printable ASCII characters without spaces,"
+                    " in double quotes or not."
+                ),
                 errors={"Idempotency-Key": [_("Not a valid key.")]},
             )
         client = hashlib.sha256(str(request.auth).encode()).hexdigest()
