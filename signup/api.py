@@ -148,12 +148,19 @@ class JsonObjectParser(Parser):
 
 
 class SignupApi(NinjaAPI):
+    _schemas: dict = {}
+
     def get_openapi_schema(self, **kwargs):
         """ninja's document, and what it can't say from the declarations alone: errors are
         application/problem+json, a 429 carries Retry-After and a 401 WWW-Authenticate, and
         the links from a created signup to what may follow (for generated clients and
         stateful tests)."""
-        schema = super().get_openapi_schema(**kwargs)
+        key = json.dumps(kwargs, sort_keys=True, default=str)
+        if key not in self._schemas:  # made once per process: the page is public
+            self._schemas[key] = self._completed(super().get_openapi_schema(**kwargs))
+        return self._schemas[key]
+
+    def _completed(self, schema):
         for operations in schema["paths"].values():
             for operation in operations.values():
                 responses = operation.get("responses", {})
