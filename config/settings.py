@@ -102,6 +102,7 @@ MIDDLEWARE = [
     # The language from the language cookie (the switcher), else Accept-Language.
     "django.middleware.locale.LocaleMiddleware",
     "signup.middleware.OperatorsInEnglish",
+    "signup.middleware.ApiErrorsAsProblems",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

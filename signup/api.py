@@ -81,6 +81,12 @@ def _fields_invalid(errors: dict[str, list[str]], **extra) -> ApiProblem:
     return ApiProblem(400, _("Some fields are not valid."), errors=errors, **extra)
 
 
+def _too_large() -> ApiProblem:
+    return ApiProblem(
+        413, _("The body must be at most %(size)d bytes of JSON.") % {"size": MAX_BODY_BYTES}
+    )
+
+
 def _too_many(retry_after: int) -> ApiProblem:
     return ApiProblem(
         429,
@@ -114,6 +120,10 @@ class ApiKey(HttpBearer):
         retry_after = limits.hit("api", settings.SIGNUP_API_KEY, rate)
         if retry_after:
             raise _too_many(retry_after)
+        # Before ninja reads the body: past DATA_UPLOAD_MAX_MEMORY_SIZE, reading it would fail.
+        length = request.headers.get("Content-Length", "0")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise _too_large()
         return settings.SIGNUP_API_KEY
 
     def authenticate(self, request, token):  # __call__ decides
@@ -132,10 +142,7 @@ class JsonObjectParser(Parser):
             )
         length = request.headers.get("Content-Length", "0")
         if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            raise ApiProblem(
-                413,
-                _("The body must be at most %(size)d bytes of JSON.") % {"size": MAX_BODY_BYTES},
-            )
+            raise _too_large()
         try:
             body = json.loads(request.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -183,6 +190,13 @@ _ERROR_HEADERS = {
     },
     "401": {
         "WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}},
+    },
+    "409": {
+        "Retry-After": {
+            "description": "With a repeat of an Idempotency-Key whose first request is under"
+            " way: seconds to wait.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
     },
 }
 
@@ -235,13 +249,15 @@ def _answer_schema_error(request, exc: SchemaError):
     errors: dict[str, list[str]] = {}
     for error in exc.errors:
         location = [part for part in error.get("loc", ()) if isinstance(part, str)]
-        names = [part for part in location if part not in ("body", "payload", "path", "query")]
+        names = [
+            part for part in location if part not in ("body", "payload", "path", "query", "header")
+        ]
         field = names[0] if names else "body"
-        errors.setdefault(field, []).append(_schema_message(error))
+        errors.setdefault(field, []).append(_schema_message(error, field))
     return problem(400, _("Some fields are not valid."), errors=errors)
 
 
-def _schema_message(error: dict) -> str:
+def _schema_message(error: dict, field: str) -> str:
     kind = error.get("type", "")
     limit = (error.get("ctx") or {}).get("min_length") or (error.get("ctx") or {}).get("max_length")
     if kind == "missing":
@@ -254,8 +270,10 @@ def _schema_message(error: dict) -> str:
         return _("Use at least %(limit_value)d characters.") % {"limit_value": limit}
     if kind == "string_too_long":
         return _("Use at most %(limit_value)d characters.") % {"limit_value": limit}
-    if kind == "string_pattern_mismatch":
+    if kind == "string_pattern_mismatch" and field == "username":
         return _("Use letters, digits, and . _ - only, starting with a letter or digit.")
+    if kind == "string_pattern_mismatch":
+        return _("Not in the form the schema gives.")
     if kind in ("int_type", "int_parsing", "greater_than_equal", "less_than_equal"):
         return _("A whole number in the range the schema gives.")
     if kind == "value_error":

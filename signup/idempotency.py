@@ -6,7 +6,10 @@ answer (status, headers that matter, body) is stored once it has one. A repeat w
 key and the same request (method, path and body) gets that answer again and does nothing
 more; the same key with another request gets 422; a repeat while the first is still under
 way gets 409 (the draft's answer), so concurrent repeats make one signup. A first request
-that ended in a server error leaves no record, so it may be tried again. Records are kept
+that ended in a server error, or was told to wait (408, 429), leaves no record, so it may be
+tried again. (A failure after the workflow committed and before the answer was kept, which
+no test has caused, would let such a retry do the work again: the window of the ledger's
+"sent but not recorded", and as narrow.) Records are kept
 for SIGNUP_IDEMPOTENCY_KEEP seconds (24 h), then deleted hourly (forget_expired).
 """
 
@@ -25,13 +28,19 @@ from django.utils.translation import gettext as _
 from signup.models import IdempotencyRecord
 
 KEY_MAX_LENGTH = 255
-# An sf-string (RFC 8941), as the draft has it: printable ASCII in quotes; a bare token of the
-# same characters is taken as well, as most clients send one.
-_KEY = re.compile(r'\A"?([\x21\x23-\x5b\x5d-\x7e]{1,255})"?\Z')
+# An sf-string (RFC 8941), as the draft has it: printable ASCII in double quotes, with \" and
+# \\ escaped; a bare value of printable ASCII without spaces or quotes is taken as well, as
+# many clients send one ("abc" and abc are then one key).
+_SF_STRING = re.compile(r'\A"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"\Z')
+_BARE = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]+\Z")
+_ESCAPED = re.compile(r'\\(["\\])')
 # A record whose first request never finished (its process died) is taken over after this.
 _ABANDONED_AFTER = timedelta(minutes=2)
 # What a replay repeats besides the body.
-_KEPT_HEADERS = ("Retry-After", "Location")
+_KEPT_HEADERS = ("Retry-After", "Location", "Content-Language")
+# Answers that say "not now" rather than what happened: not kept, so a retry with the key,
+# once the wait is over, is carried out (5xx are not kept either).
+_NOT_KEPT = (408, 429)
 
 
 def once(view):
@@ -43,8 +52,8 @@ def once(view):
             return view(request, *args, **kwargs)
         from signup.api import ApiProblem
 
-        match = _KEY.match(idempotency_key)
-        if match is None:
+        key = _key(idempotency_key)
+        if key is None:
             raise ApiProblem(
                 400,
                 _(
@@ -54,21 +63,37 @@ def once(view):
                 errors={"Idempotency-Key": [_("Not a valid key.")]},
             )
         client = hashlib.sha256(str(request.auth).encode()).hexdigest()
-        record, replay = _claim(client, match.group(1), _fingerprint(request))
+        record, replay = _claim(client, key, _fingerprint(request))
         if replay is not None:
             return replay
+        # Only this request's claim: one taken over meanwhile (see _claim) is the new owner's.
+        mine = IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at)
         try:
             response = _answer(view, request, *args, **kwargs)
         except BaseException:
-            IdempotencyRecord.objects.filter(pk=record.pk).delete()
+            mine.delete()
             raise
-        if response.status_code >= 500:
-            IdempotencyRecord.objects.filter(pk=record.pk).delete()
+        if response.status_code >= 500 or response.status_code in _NOT_KEPT:
+            mine.delete()
         else:
-            _store(record, response)
+            mine.update(
+                status=response.status_code,
+                content_type=response.get("Content-Type", ""),
+                body=response.content.decode("utf-8"),
+                headers={name: response[name] for name in _KEPT_HEADERS if name in response},
+            )
         return response
 
     return wrapper
+
+
+def _key(header: str) -> str | None:
+    """The key an Idempotency-Key header carries, or None if it is not one."""
+    if len(header) > KEY_MAX_LENGTH + 2:
+        return None
+    if match := _SF_STRING.match(header):
+        return _ESCAPED.sub(r"\1", match.group(1))
+    return header if _BARE.match(header) and len(header) <= KEY_MAX_LENGTH else None
 
 
 def _answer(view, request, *args, **kwargs) -> HttpResponse:
@@ -86,7 +111,9 @@ def _answer(view, request, *args, **kwargs) -> HttpResponse:
     )
     if isinstance(data, HttpResponse):
         return data
-    return HttpResponse(json.dumps(data), status=status, content_type="application/json")
+    return HttpResponse(
+        json.dumps(data), status=status, content_type="application/json; charset=utf-8"
+    )
 
 
 def _fingerprint(request) -> str:
@@ -140,14 +167,6 @@ def _claim(client: str, key: str, fingerprint: str):
         response[name] = value
     response["Idempotent-Replayed"] = "true"
     return None, response
-
-
-def _store(record: IdempotencyRecord, response: HttpResponse) -> None:
-    record.status = response.status_code
-    record.content_type = response.get("Content-Type", "")
-    record.body = response.content.decode("utf-8")
-    record.headers = {name: response[name] for name in _KEPT_HEADERS if name in response}
-    record.save(update_fields=["status", "content_type", "body", "headers"])
 
 
 def forget_expired() -> int:

@@ -20,3 +20,30 @@ class OperatorsInEnglish:
             response = self.get_response(request)
         response["Content-Language"] = "en"
         return response
+
+
+class ApiErrorsAsProblems:
+    """Under /api/, an error answer the API's own handlers did not write (Django's 405 for a
+    method no operation has, its 400 for a body over DATA_UPLOAD_MAX_MEMORY_SIZE, a 404)
+    becomes a problem as well (signup.api.problem), keeping its status and Allow header:
+    one error shape for every answer of the API."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            request.path_info.startswith("/api/")
+            and 400 <= response.status_code < 500
+            and not response.get("Content-Type", "").startswith("application/problem+json")
+        ):
+            from signup.api import problem
+
+            message = {
+                405: translation.gettext("This operation does not take this method."),
+                400: translation.gettext("The request can't be read."),
+            }.get(response.status_code, translation.gettext("This request can't be answered."))
+            kept = {name: response[name] for name in ("Allow",) if name in response}
+            return problem(response.status_code, message, headers=kept)
+        return response

@@ -62,6 +62,29 @@ def test_an_action_repeated_with_its_key_does_not_act_twice(api, broker):
     assert api.post("/api/signups/alice/remind-now", {}).json()["result"] == "already_due"
 
 
+def test_a_quoted_key_and_its_bare_form_are_one_key(api):
+    assert (
+        api.post("/api/signups", signup_data(), **{"Idempotency-Key": '"k-1"'}).status_code == 201
+    )
+    again = api.post("/api/signups", signup_data(), **{"Idempotency-Key": "k-1"})
+    assert again.status_code == 201 and again["Idempotent-Replayed"] == "true"
+
+
+def test_a_not_now_answer_is_not_kept_so_the_retry_is_carried_out(api, settings, broker):
+    """A 429 (the address's budget holds the new email back) says "not now", not what
+    happened: the same key after the wait sends the email."""
+    signed_up(**signup_data())  # its verification email spent the address's cooldown
+    headers = {"Idempotency-Key": '"new-email-1"'}
+    held = api.post("/api/signups/alice/new-email", {}, **headers)
+    assert held.status_code == 429 and held["Retry-After"]
+    settings.SIGNUP_ADDRESS_COOLDOWN = 0  # the wait is over
+    sent = api.post("/api/signups/alice/new-email", {}, **headers)
+    assert sent.status_code == 202 and "Idempotent-Replayed" not in sent
+    again = api.post("/api/signups/alice/new-email", {}, **headers)
+    assert again.content == sent.content and again["Idempotent-Replayed"] == "true"
+    assert Signup.objects.get().emails.filter(kind="verification").count() == 2
+
+
 def test_keys_belong_to_their_api_key(api, settings):
     assert api.post("/api/signups", signup_data(), **{"Idempotency-Key": KEY}).status_code == 201
     settings.SIGNUP_API_KEY = API_KEY + "-rotated"
@@ -74,7 +97,9 @@ def test_keys_belong_to_their_api_key(api, settings):
     assert IdempotencyRecord.objects.count() == 2
 
 
-@pytest.mark.parametrize("key", ['""', "", "a" * 300, "caf\u00e9", '"two words"', "tab\there"])
+@pytest.mark.parametrize(
+    "key", ['""', "", "a" * 300, "caf\u00e9", '"unbalanced', "two words", "tab\there"]
+)
 def test_a_malformed_key_gets_400_and_nothing_is_made(api, key):
     answer = api.post("/api/signups", signup_data(), **{"Idempotency-Key": key})
     assert answer.status_code == 400, answer.content
