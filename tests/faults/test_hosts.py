@@ -427,7 +427,16 @@ def test_two_beats_double_nothing(tmp_path, fault_report):
         print(f"{figures}; events {events}; sweeps {sweeps}; doubled events {doubled_events}")
         assert_clean(figures, load)
         assert doubled_events == []
-        assert events.get("expired", 0) == len(unverified)
+        # Each signup the load did not see verified expired once. (One whose verify call the
+        # load gave up on, on a busy machine, may have been verified by it all the same.)
+        ended = dict(
+            cluster.query(
+                "SELECT status, count(*) FROM signup_signup WHERE username = ANY(%s) GROUP BY 1",
+                [unverified],
+            )
+        )
+        assert set(ended) <= {"expired", "verified"}, ended
+        assert events.get("expired", 0) == ended.get("expired", 0)
 
 
 def test_worker_hosts_with_wrong_clocks(tmp_path, fault_report):
