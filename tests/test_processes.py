@@ -7,8 +7,11 @@ import html
 import math
 import os
 import re
+import secrets
+import shutil
+import subprocess
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from itertools import pairwise
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -71,6 +74,28 @@ def empty_broker(url: str) -> None:
             # A queue that was never declared has nothing to drop (and closes the channel).
             with connection.channel() as channel, suppress(*connection.channel_errors):
                 channel.queue_purge(queue)
+
+
+@contextmanager
+def own_vhost(url: str):
+    """A RabbitMQ virtual host of the deployment's own on a local server (rabbitmqctl, as
+    root), dropped afterwards: no other deployment's workers or beat, alive at the same time
+    or left behind, can take its tasks or send it theirs. Another server is used as given."""
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost") or not shutil.which("rabbitmqctl"):
+        yield url
+        return
+    vhost = f"signup-test-{secrets.token_hex(4)}"
+
+    def rabbitmqctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+        yield urlunsplit(parts._replace(path=f"/{vhost}"))
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
 
 
 # --- The deployment: web, worker(s) and beat processes, as the Procfile starts them -------
@@ -153,6 +178,8 @@ def service(request, tmp_path_factory, hook_receiver):
     )
     broker_url = BROKER_URLS[deployment.broker]
     with ExitStack() as cleanup:
+        if deployment.broker == "rabbitmq":
+            broker_url = cleanup.enter_context(own_vhost(broker_url))
         database_url = cleanup.enter_context(fresh_database(migrated=True))
         mail = cleanup.enter_context(SmtpSink().running())
         empty_broker(broker_url)

