@@ -122,7 +122,10 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(liv
     ]  # fmt: skip
     env = {**os.environ, "SIGNUP_API_KEY": API_KEY}
     timeout = float(os.environ.get("FUZZ_TIMEOUT", "600"))
-    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    # Run where its cache (.schemathesis/) is thrown away with the test's directory.
+    run = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path
+    )
     print(run.stdout[-20000:])
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert "Traceback" not in service.logs(), "a process logged a traceback during the fuzzing"
