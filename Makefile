@@ -65,7 +65,7 @@ messages: install gettext
 		--ignore=bench --ignore=tests --ignore=harness --ignore=deploy -l de -l fr -l es
 	DEBUG=true $(PY) manage.py compilemessages --ignore=.venv
 
-# Every test, on the real services, TEST_PROCESSES at a time (pytest-xdist; about 6 minutes on
+# Every test, on the real services, TEST_PROCESSES at a time (pytest-xdist; about 9 minutes on
 # two cores, where the suite is bound by CPU: the processes the tests start cost most of it).
 TEST_PROCESSES ?= 4
 test: install browser prometheus gettext hosts-tools
