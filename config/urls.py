@@ -20,6 +20,3 @@ urlpatterns = [
     # Email-provider tracking webhooks, e.g. /anymail/postmark/tracking/ (basic auth).
     path("anymail/", include(provider_events.urlpatterns)),
 ]
-
-# An unknown path under /api/ gets a problem (JSON), as every other API error does.
-handler404 = "signup.api.not_found"

@@ -27,7 +27,6 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import translation
 from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
-from django.views.defaults import page_not_found
 from ninja import Body, Header, NinjaAPI, Schema, Status, Swagger
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as SchemaError
@@ -219,13 +218,6 @@ api = SignupApi(
     # is allowed beyond the pages' policy.
     docs_decorator=csp_update({"connect-src": [SELF], "img-src": [SELF, "data:"]}),
 )
-
-
-def not_found(request, exception=None):
-    """Django's 404 (config.urls.handler404): a problem under /api/, the usual page elsewhere."""
-    if request.path.startswith("/api/"):
-        return problem(404, _("No such operation: /api/openapi.json lists them."))
-    return page_not_found(request, exception)
 
 
 @api.exception_handler(ApiProblem)
@@ -812,8 +804,7 @@ def new_email(
     idempotency_key: IdempotencyKey = None,
 ):  # fmt: skip
     signup = _signup_named(username)
-    # Counted for the network the signup was made from: the person's, as the caller named it.
-    outcome = workflow.request_new_code(signup_id=signup.pk, network=signup.client_network)
+    outcome = workflow.request_new_code(signup_id=signup.pk)
     signup.refresh_from_db()
     if outcome == workflow.NOT_PENDING:
         raise ApiProblem(

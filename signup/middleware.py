@@ -23,10 +23,10 @@ class OperatorsInEnglish:
 
 
 class ApiErrorsAsProblems:
-    """Under /api/, an error answer the API's own handlers did not write (Django's 405 for a
-    method no operation has, its 400 for a body over DATA_UPLOAD_MAX_MEMORY_SIZE, a 404)
-    becomes a problem as well (signup.api.problem), keeping its status and Allow header:
-    one error shape for every answer of the API."""
+    """Under /api/, an error answer the API's own handlers did not write (Django's 404 for a
+    path no operation has, its 405 for a method, its 400 for a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE) becomes a problem as well (signup.api.problem), keeping its
+    status and Allow header: one error shape for every answer of the API."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -41,6 +41,7 @@ class ApiErrorsAsProblems:
             from signup.api import problem
 
             message = {
+                404: translation.gettext("No such operation: /api/openapi.json lists them."),
                 405: translation.gettext("This operation does not take this method."),
                 400: translation.gettext("The request can't be read."),
             }.get(response.status_code, translation.gettext("This request can't be answered."))

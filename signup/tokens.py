@@ -143,9 +143,10 @@ def verification_code(signup) -> str:
 def code_matches(signup, typed: str) -> bool:
     """Whether `typed` is the signup's current code, however it was spaced or cased; compared
     in constant time with the code under SECRET_KEY and each of SECRET_KEY_FALLBACKS."""
-    if not isinstance(typed, str) or len(typed) > 4 * CODE_LENGTH:
+    given = _as_typed(typed)
+    if given is None:
         return False
-    given = _TYPED_SEPARATORS.sub("", typed).upper().encode()
+    given = given.encode()
     keys = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
     # Every key is tried, so the time does not tell which (if any) matched.
     return sum(hmac.compare_digest(given, _code(signup, key).encode()) for key in keys) > 0
@@ -154,10 +155,16 @@ def code_matches(signup, typed: str) -> bool:
 def is_code_shaped(typed: object) -> bool:
     """Whether `typed` could be a code at all (its characters and length), to tell a typo
     from a wrong code: only a wrong code counts against the attempts."""
+    given = _as_typed(typed)
+    return given is not None and len(given) == CODE_LENGTH and set(given) <= set(CODE_ALPHABET)
+
+
+def _as_typed(typed: object) -> str | None:
+    """A typed code without its spaces and dashes, in capitals; None for what is not text of
+    a code's length or so."""
     if not isinstance(typed, str) or len(typed) > 4 * CODE_LENGTH:
-        return False
-    given = _TYPED_SEPARATORS.sub("", typed).upper()
-    return len(given) == CODE_LENGTH and all(char in CODE_ALPHABET for char in given)
+        return None
+    return _TYPED_SEPARATORS.sub("", typed).upper()
 
 
 def _code(signup, key: str) -> str:

@@ -92,6 +92,10 @@ def signup_sent(request):
             return _sent_notice("new-email" if sent == workflow.SENT else "held")
         if action == "change-address" and address_form.is_valid():
             return _change_address(signup, address_form.cleaned_data["email"])
+    return _sent_page(request, signup, code_form, address_form)
+
+
+def _sent_page(request, signup: Signup, code_form: CodeForm, address_form: ChangeAddressForm):
     context = {
         "signup": signup,
         "code_form": code_form,
@@ -120,14 +124,8 @@ def _verify_by_code(request, signup: Signup, form: CodeForm):
         else:
             message = _("This code no longer works: too many wrong tries. Ask for a new email.")
         form.add_error("code", message)
-        context = {
-            "signup": signup,
-            "code_form": form,
-            "address_form": ChangeAddressForm(),
-            "code_void": not rejected.tries_left,
-            "changes_left": settings.SIGNUP_MAX_ADDRESS_CHANGES - signup.address_changes,
-        }
-        return render(request, "signup/sent.html", context, status=400)
+        signup.refresh_from_db(fields=["code_attempts"])
+        return _sent_page(request, signup, form, ChangeAddressForm())
     except workflow.SignupClosed as closed:
         return _link_problem(request, closed.status)
     return render(request, "signup/verified.html", {"signup": result.signup})

@@ -19,6 +19,7 @@ import socket
 import time
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -232,6 +233,15 @@ def _fresh_readiness():
     that did not answer in another test is asked again (signup.remotes)."""
     health.forget_readiness()
     remotes.unreachable.clear()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where a test's screenshots go: SCREENSHOT_DIR (`make screenshots`: docs/screenshots/,
+    which the README shows), else the test's own directory."""
+    folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 the widths of a phone, a tablet and a laptop, where the README's pictures of them come from
 (`make screenshots` writes them to docs/screenshots/)."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -156,10 +155,3 @@ def test_the_pages_fit_a_phone_a_tablet_and_a_laptop(page, shots):
             page.screenshot(path=shots / f"{name}-{width}.png", full_page=True)
     icons = {url: status for url, status in answered.items() if "favicon" in url}
     assert icons and set(icons.values()) == {200}, icons
-
-
-@pytest.fixture
-def shots(tmp_path) -> Path:
-    folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

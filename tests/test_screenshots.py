@@ -5,7 +5,6 @@ Every run of the suite takes them (into a temporary directory) and checks them; 
 screenshots` writes them to docs/screenshots/ (SCREENSHOT_DIR), where the README shows them.
 """
 
-import os
 import struct
 from datetime import timedelta
 from pathlib import Path
@@ -23,13 +22,6 @@ pytestmark = [pytest.mark.browser]
 
 PASSWORD = "screenshot-password-0123456789"
 FIRST_NAMES = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia"]
-
-
-@pytest.fixture
-def shots(tmp_path) -> Path:
-    folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from signup.workflow.closing import cancel_signup, disown_signup, mark_undeliver
 from signup.workflow.delivery import NextAttempt, attempt, deliver, record_provider_event
 from signup.workflow.internal.budget import address_digest
 from signup.workflow.internal.clock import database_now, reminder_early_by
+from signup.workflow.internal.codes import code_is_void
 from signup.workflow.internal.endings import BY_API, BY_OPERATOR, BY_RECIPIENT
 from signup.workflow.internal.ledger import EMAIL, WEBHOOK, redrive, retry_delay
 from signup.workflow.internal.outage import held as held_emails
@@ -85,7 +86,6 @@ from signup.workflow.reminders import (
 from signup.workflow.start import contact_address, start_signup
 from signup.workflow.sweeper import last_sweep_at, stuck_work, sweep
 from signup.workflow.verification import (
-    code_is_void,
     resend_verification,
     verify_signup,
     verify_signup_by_code,

@@ -24,6 +24,7 @@ from signup.workflow.internal.budget import (
     tell_account_exists,
     when_no_email_is_out,
 )
+from signup.workflow.internal.codes import renew_void_code
 from signup.workflow.internal.endings import expire_if_due
 from signup.workflow.internal.ledger import PENDING_KINDS, next_sequence, queue_email, skip_unsent
 from signup.workflow.internal.rows import (
@@ -78,10 +79,11 @@ def request_verification_email(*, email: str, network: str = "") -> str:
     return "verification email queued"
 
 
-def request_new_code(*, signup_id: int, network: str = "") -> str:
-    """Send a pending signup another verification email, asked from the browser that made it
-    (`network`), within its mailbox's budget: SENT, HELD (the budget says not now) or
-    NOT_PENDING. A code void after its wrong tries is replaced by a new one. For an address
+def request_new_code(*, signup_id: int, network: str | None = None) -> str:
+    """Send a pending signup another verification email, asked from `network` (the browser
+    that made it; None: the network the signup was made from, as the API's caller named it),
+    within its mailbox's budget: SENT, HELD (the budget says not now) or NOT_PENDING. A
+    code void after its wrong tries is replaced by a new one. For an address
     that has an account, its owner is told so instead, as the resend page does (SENT too:
     the page must not tell whether the address has an account).
     """
@@ -91,6 +93,7 @@ def request_new_code(*, signup_id: int, network: str = "") -> str:
         signup = lock(signup_id) if address is not None else None
         if signup is None or signup.status != Status.PENDING:
             return NOT_PENDING
+        network = signup.client_network if network is None else network
         if held_back(address, network=network, now=now):
             return HELD
         if address.verified_signup_id not in (None, signup.pk):
@@ -104,11 +107,7 @@ def request_new_code(*, signup_id: int, network: str = "") -> str:
 def _send_again(address: Address, signup: Signup, *, network: str, now) -> None:
     """Queue another verification email for a pending signup of the address (both locked),
     which takes the mailbox's reminder chain if it had not; spend the budget."""
-    fields = ["expires_at", "updated_at"]
-    if signup.code_attempts >= settings.SIGNUP_CODE_MAX_ATTEMPTS:
-        signup.code_generation += 1  # the void code gives way to a new one, in this email
-        signup.code_attempts = 0
-        fields += ["code_generation", "code_attempts"]
+    fields = ["expires_at", "updated_at", *renew_void_code(signup)]
     restore_expiry(signup)  # a mute signup's link goes out now
     if address.live_signup_id != signup.pk:
         take_chain(address, signup, now=now)

@@ -1,7 +1,6 @@
 """Verifying: by the emailed link (crediting the email it came from), by the code beside it,
 or on an operator's word, and an operator's resend of the verification email."""
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -9,6 +8,7 @@ from signup import selectors, tokens
 from signup.models import Address, Signup
 from signup.workflow.internal.announce import VERIFIED, announce
 from signup.workflow.internal.budget import restore_expiry, when_no_email_is_out
+from signup.workflow.internal.codes import code_is_void, tries_left
 from signup.workflow.internal.endings import expire_if_due
 from signup.workflow.internal.ledger import PENDING_KINDS, next_sequence, queue_email, skip_unsent
 from signup.workflow.internal.rows import (
@@ -61,7 +61,7 @@ def verify_signup_by_code(*, signup_id: int, code: str) -> VerifyResult:
             signup.code_attempts += 1
             signup.save(update_fields=["code_attempts", "updated_at"])
             add_event(signup.pk, Event.CODE_REJECTED, number=signup.code_attempts)
-            return CodeRejected(tries_left=settings.SIGNUP_CODE_MAX_ATTEMPTS - signup.code_attempts)
+            return CodeRejected(tries_left=tries_left(signup))
         return _verified(signup, address, source=tokens.CODE_SOURCE)
 
     result = when_no_email_is_out(signup_id, act)
@@ -70,11 +70,6 @@ def verify_signup_by_code(*, signup_id: int, code: str) -> VerifyResult:
     if isinstance(result, CodeRejected):
         raise result  # after the count has committed
     return result
-
-
-def code_is_void(signup: Signup) -> bool:
-    """Whether the signup's current code has had its wrong tries."""
-    return signup.code_attempts >= settings.SIGNUP_CODE_MAX_ATTEMPTS
 
 
 def verify_signup_by_operator(*, signup_id: int) -> VerifyResult:

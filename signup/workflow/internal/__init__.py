@@ -9,7 +9,10 @@
                task from one waiting its turn
     outage     a provider down for everyone: emails held, then all sent when it is back
     budget     one mailbox's budget and reminder chain, and a new signup's first contact
-    endings    how a pending signup ends (expired, cancelled, undeliverable)
+    codes      when the code the emails carry is void, and the one that replaces it
+    clock      the database's clock, which reminders are planned on
+    endings    how a pending signup ends (expired, cancelled, undeliverable), and who
+               cancelled it
     announce   telling others: a signal and a webhook delivery per transition
 
 Names here are public within the package; the package's own surface is signup.workflow.
